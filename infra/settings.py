@@ -1,0 +1,305 @@
+"""Stack settings: read from Pulumi config, validated in one pass, returned frozen.
+
+Every invalid value is collected and reported in one SettingsError, raised before any
+resource is registered, so a bad config never leaves a half-created stack.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import pulumi
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from infra import gpu
+
+_CLUSTER_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+_ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(
+    r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$"
+)
+
+GPU_LABEL = "gpu"
+
+
+class SettingsError(pulumi.RunError):
+    """Invalid stack configuration; Pulumi prints the message without a stack trace."""
+
+
+def _invalid(reason: str) -> PydanticCustomError:
+    return PydanticCustomError("invalid", "{reason}", {"reason": reason})
+
+
+def region_of(location: str) -> str:
+    """The region of a zone or region name."""
+    zone = _ZONE.match(location)
+    return zone.group(1) if zone else location
+
+
+def _check_cluster_name(name: str) -> str:
+    if not _CLUSTER_NAME.match(name):
+        raise _invalid(
+            "allowed: lowercase letters, digits and hyphens, starting with a letter, "
+            "ending with a letter or digit, at most 40 characters"
+        )
+    return name
+
+
+def _check_location(location: str) -> str:
+    if not (_REGION.match(location) or _ZONE.match(location)):
+        raise _invalid("allowed: a region (like europe-west6) or a zone (like europe-west6-b)")
+    return location
+
+
+def _check_zones(zones: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+    """Zones must be zone names, distinct, and in the cluster's region."""
+    region = (info.context or {}).get("region")
+    for zone in zones:
+        if not _ZONE.match(zone):
+            raise _invalid(f"{zone!r} is not a zone; allowed: zone names like europe-west6-b")
+        if region and region_of(zone) != region:
+            raise _invalid(f"{zone!r} is not in the cluster's region {region} (cluster.location)")
+    if len(set(zones)) != len(zones):
+        raise _invalid("lists a zone twice")
+    return zones
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"label key {key!r} has an invalid prefix; allowed: a DNS subdomain like example.com"
+    if not _LABEL_NAME.match(name):
+        return (
+            f"label key {key!r} is invalid; allowed: at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit, optionally behind a 'prefix/'"
+        )
+    return None
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        problem = _label_key_problem(key)
+        if problem:
+            raise _invalid(problem)
+        if key == GPU_LABEL:
+            raise _invalid(f"the {GPU_LABEL!r} label is set by the pool itself; remove it here")
+        if value and not _LABEL_NAME.match(value):
+            raise _invalid(
+                f"label value {value!r} (key {key!r}) is invalid; allowed: empty, or at most 63 "
+                "letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+            )
+    return labels
+
+
+def _check_min_nodes(min_nodes: int, info: ValidationInfo) -> int:
+    max_nodes = info.data.get("max_nodes")
+    if max_nodes is not None and min_nodes > max_nodes:
+        raise _invalid(f"allowed: 0 to maxNodes ({max_nodes})")
+    return min_nodes
+
+
+ClusterName = Annotated[str, AfterValidator(_check_cluster_name)]
+Location = Annotated[str, AfterValidator(_check_location)]
+ZoneList = Annotated[tuple[str, ...], AfterValidator(_check_zones)]
+Zones = Annotated[ZoneList, Field(min_length=1)]
+MaxNodes = Annotated[int, Field(ge=1)]
+MinNodes = Annotated[int, Field(ge=0), AfterValidator(_check_min_nodes)]
+DiskSizeGb = Annotated[int, Field(ge=10, le=65536)]
+ExtraLabels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+
+
+class _Section(BaseModel):
+    """A config object: camelCase keys, unknown keys rejected, defaults validated too."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, extra="forbid", frozen=True, validate_default=True
+    )
+
+
+class ClusterSettings(_Section):
+    """The GKE cluster (`cluster`)."""
+
+    name: ClusterName = "mlops-kubernetes"
+    location: Location = "europe-west6"
+    release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = "REGULAR"
+    deletion_protection: bool = True
+
+    @property
+    def region(self) -> str:
+        return region_of(self.location)
+
+
+class SystemPoolSettings(_Section):
+    """The CPU node pool for system pods (`systemPool`), labelled gpu=false."""
+
+    machine_type: str = "e2-standard-2"
+    zones: Zones = ("europe-west6-b",)
+    max_nodes: MaxNodes = 2
+    min_nodes: MinNodes = 1
+    disk_size_gb: DiskSizeGb = 50
+    labels: ExtraLabels = {}
+
+    @property
+    def node_labels(self) -> dict[str, str]:
+        return {**self.labels, GPU_LABEL: "false"}
+
+
+def _check_accelerator(accelerator: str) -> str:
+    if accelerator not in gpu.KNOWN_ACCELERATORS:
+        raise _invalid(f"unknown accelerator; allowed: {', '.join(gpu.KNOWN_ACCELERATORS)}")
+    return accelerator
+
+
+def _check_gpu_machine_type(machine_type: str, info: ValidationInfo) -> str:
+    accelerator = info.data.get("accelerator_type")
+    problem = accelerator and gpu.machine_type_problem(accelerator, machine_type)
+    if problem:
+        raise _invalid(problem)
+    return machine_type
+
+
+def _check_accelerator_count(count: int | None, info: ValidationInfo) -> int | None:
+    """Check the configured count, or the default one when none is set."""
+    accelerator, machine_type = info.data.get("accelerator_type"), info.data.get("machine_type")
+    if accelerator is None or machine_type is None:
+        return count
+    effective = count if count is not None else gpu.default_count(accelerator, machine_type)
+    problem = gpu.count_problem(accelerator, machine_type, effective)
+    if problem:
+        raise _invalid(problem)
+    return count
+
+
+def _check_gpu_zones(zones: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+    """Every zone must offer the accelerator, per the catalog or the user's explicit override."""
+    accelerator = info.data.get("accelerator_type")
+    vouched = info.data.get("zones_outside_catalog")
+    if accelerator is None or vouched is None:
+        return zones
+    offering = gpu.zones_offering(accelerator)
+    for zone in zones:
+        if zone not in offering and zone not in vouched:
+            nearby = sorted(z for z in offering if region_of(z) == region_of(zone))
+            raise _invalid(
+                f"{zone!r} does not offer {accelerator} according to the zone catalog "
+                f"(infra/data/gpu_zones.yaml, {gpu.catalog_date()}); "
+                f"allowed in {region_of(zone)}: {', '.join(nearby) or 'none'}. "
+                "If the zone is newer than the catalog, list it in gpuPool.zonesOutsideCatalog"
+            )
+    return zones
+
+
+class GpuPoolSettings(_Section):
+    """The GPU node pool (`gpuPool`), labelled gpu=true and tainted nvidia.com/gpu."""
+
+    accelerator_type: Annotated[str, AfterValidator(_check_accelerator)] = "nvidia-l4"
+    machine_type: Annotated[str, AfterValidator(_check_gpu_machine_type)] = "g2-standard-4"
+    accelerator_count: Annotated[
+        int | None, Field(ge=1), AfterValidator(_check_accelerator_count)
+    ] = None
+    zones_outside_catalog: ZoneList = ()
+    zones: Annotated[Zones, AfterValidator(_check_gpu_zones)] = ("europe-west6-b",)
+    max_nodes: MaxNodes = 1
+    min_nodes: MinNodes = 0
+    spot: bool = False
+    driver_version: Literal["DEFAULT", "LATEST"] = "LATEST"
+    disk_size_gb: DiskSizeGb = 100
+    labels: ExtraLabels = {}
+
+    @property
+    def gpus_per_node(self) -> int:
+        """The configured GPU count, or the one the machine type fixes."""
+        return self.accelerator_count or gpu.default_count(self.accelerator_type, self.machine_type)
+
+    @property
+    def node_labels(self) -> dict[str, str]:
+        return {**self.labels, GPU_LABEL: "true"}
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Everything the program needs from the stack's config."""
+
+    project: str
+    cluster: ClusterSettings
+    system_pool: SystemPoolSettings
+    gpu_pool: GpuPoolSettings
+
+
+# Config key (in the project namespace) -> the model that validates it.
+SECTIONS: dict[str, type[_Section]] = {
+    "cluster": ClusterSettings,
+    "systemPool": SystemPoolSettings,
+    "gpuPool": GpuPoolSettings,
+}
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(not set)"
+    return json.dumps(value) if isinstance(value, dict) else repr(value)
+
+
+def _describe(namespace: str, section: str, error: dict) -> str:
+    """One line naming the config key, the value given and what is allowed."""
+    fields = SECTIONS[section].model_fields
+    # A default that fails validation is reported under its Python name; show the config key.
+    path = [fields[p].alias if p in fields else str(p) for p in error["loc"]]
+    key = ".".join([f"{namespace}:{section}", *path])
+    reason = error["msg"]
+    if error["type"] == "extra_forbidden":
+        reason = f"unknown key; allowed keys: {', '.join(f.alias for f in fields.values())}"
+    return f"{key} = {_show(error['input'])}: {reason}"
+
+
+def _read_section(config: pulumi.Config, key: str) -> Any:
+    try:
+        return config.get_object(key) or {}
+    except json.JSONDecodeError:
+        return config.get(key)
+
+
+def _project_problem(project: str | None) -> str | None:
+    if not project:
+        return "gcp:project is not set; run `pulumi config set gcp:project <your-project-id>`"
+    if not _PROJECT_ID.match(project):
+        return (
+            f"gcp:project = {project!r}: allowed: a project ID of 6 to 30 lowercase letters, "
+            "digits and hyphens, starting with a letter"
+        )
+    return None
+
+
+def load() -> StackSettings:
+    """Read and validate the stack's config, or raise one SettingsError listing every problem."""
+    config = pulumi.Config()
+    project = pulumi.Config("gcp").get("project")
+    problems = [p for p in [_project_problem(project)] if p]
+    parsed: dict[str, _Section] = {}
+    context: dict[str, str] = {}
+    for key, model in SECTIONS.items():
+        try:
+            parsed[key] = model.model_validate(_read_section(config, key), context=context)
+        except ValidationError as error:
+            problems += [_describe(config.name, key, e) for e in error.errors()]
+            continue
+        if key == "cluster":
+            context["region"] = parsed[key].region
+    if problems:
+        stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
+        raise SettingsError(
+            f"Invalid stack configuration ({stack_file}); nothing was created.\n"
+            + "\n".join(f"  - {problem}" for problem in problems)
+        )
+    return StackSettings(
+        project=project,
+        cluster=parsed["cluster"],
+        system_pool=parsed["systemPool"],
+        gpu_pool=parsed["gpuPool"],
+    )
