@@ -1,0 +1,236 @@
+"""GpuCluster: a GKE Standard cluster with a CPU system pool and a GPU node pool."""
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+import yaml
+
+from infra.settings import ClusterSettings, GpuPoolSettings, SystemPoolSettings
+
+# What a node needs and nothing more: write logs and metrics, read its own metadata for
+# monitoring, and pull images from Artifact Registry.
+NODE_ROLES: tuple[str, ...] = (
+    "roles/logging.logWriter",
+    "roles/monitoring.metricWriter",
+    "roles/monitoring.viewer",
+    "roles/stackdriver.resourceMetadata.writer",
+    "roles/artifactregistry.reader",
+)
+
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+_AUTH_PLUGIN_HINT = (
+    "Install gke-gcloud-auth-plugin: gcloud components install gke-gcloud-auth-plugin "
+    "(https://cloud.google.com/kubernetes-engine/docs/how-to/cluster-access-for-kubectl)"
+)
+
+
+def service_account_id(base: str, suffix: str) -> str:
+    """A service account ID (6 to 30 characters) made from a resource name and a suffix."""
+    head = base[: 29 - len(suffix)].rstrip("-")
+    return f"{head}-{suffix}"
+
+
+def kubeconfig_yaml(context: str, endpoint: str, ca_certificate: str) -> str:
+    """A kubeconfig for one cluster that authenticates through gke-gcloud-auth-plugin."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": context,
+                    "cluster": {
+                        "server": f"https://{endpoint}",
+                        "certificate-authority-data": ca_certificate,
+                    },
+                }
+            ],
+            "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
+            "current-context": context,
+            "users": [
+                {
+                    "name": context,
+                    "user": {
+                        "exec": {
+                            "apiVersion": "client.authentication.k8s.io/v1beta1",
+                            "command": "gke-gcloud-auth-plugin",
+                            "installHint": _AUTH_PLUGIN_HINT,
+                            "provideClusterInfo": True,
+                            "interactiveMode": "Never",
+                        }
+                    },
+                }
+            ],
+        },
+        sort_keys=False,
+    )
+
+
+@dataclass(frozen=True)
+class GpuClusterArgs:
+    """What GpuCluster builds."""
+
+    project: str
+    cluster: ClusterSettings
+    system_pool: SystemPoolSettings
+    gpu_pool: GpuPoolSettings
+
+
+class GpuCluster(pulumi.ComponentResource):
+    """A GKE cluster, its node account, a system pool (gpu=false) and a GPU pool (gpu=true)."""
+
+    name: pulumi.Output[str]
+    endpoint: pulumi.Output[str]
+    location: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    node_service_account: pulumi.Output[str]
+    provider: k8s.Provider
+
+    def __init__(
+        self, name: str, args: GpuClusterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("gpu-runners:index:GpuCluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        settings = args.cluster
+
+        node_sa = gcp.serviceaccount.Account(
+            f"{name}-nodes",
+            project=args.project,
+            account_id=service_account_id(settings.name, "nodes"),
+            display_name=f"GKE nodes of {settings.name}",
+            opts=child,
+        )
+        for role in NODE_ROLES:
+            gcp.projects.IAMMember(
+                f"{name}-nodes-{role.removeprefix('roles/')}",
+                project=args.project,
+                role=role,
+                member=node_sa.member,
+                opts=child,
+            )
+
+        cluster = gcp.container.Cluster(
+            name,
+            name=settings.name,
+            project=args.project,
+            location=settings.location,
+            # GKE needs a first pool to create the cluster; it is deleted at once and the pools
+            # below replace it. It runs as the node account so it needs no default Compute SA.
+            remove_default_node_pool=True,
+            initial_node_count=1,
+            node_config={"service_account": node_sa.email, "oauth_scopes": [CLOUD_PLATFORM_SCOPE]},
+            release_channel={"channel": settings.release_channel},
+            workload_identity_config={"workload_pool": f"{args.project}.svc.id.goog"},
+            enable_shielded_nodes=True,
+            deletion_protection=settings.deletion_protection,
+            opts=pulumi.ResourceOptions(
+                parent=self, ignore_changes=["nodeConfig", "initialNodeCount"]
+            ),
+        )
+
+        system = args.system_pool
+        system_pool = gcp.container.NodePool(
+            f"{name}-system",
+            name="system",
+            project=args.project,
+            cluster=cluster.name,
+            location=settings.location,
+            node_locations=list(system.zones),
+            initial_node_count=1,
+            autoscaling={
+                "total_min_node_count": system.min_nodes,
+                "total_max_node_count": system.max_nodes,
+                "location_policy": "BALANCED",
+            },
+            management={"auto_repair": True, "auto_upgrade": True},
+            node_config=_node_config(
+                node_sa.email, system.machine_type, system.disk_size_gb, system.node_labels
+            ),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["initialNodeCount"]),
+        )
+
+        gpu = args.gpu_pool
+        gpu_pool = gcp.container.NodePool(
+            f"{name}-gpu",
+            name="gpu",
+            project=args.project,
+            cluster=cluster.name,
+            location=settings.location,
+            node_locations=list(gpu.zones),
+            initial_node_count=0,
+            autoscaling={
+                "total_min_node_count": gpu.min_nodes,
+                "total_max_node_count": gpu.max_nodes,
+                # ANY takes a GPU wherever one is free, which matters for scarce GPUs and Spot.
+                "location_policy": "ANY",
+            },
+            management={"auto_repair": True, "auto_upgrade": True},
+            node_config=_node_config(
+                node_sa.email, gpu.machine_type, gpu.disk_size_gb, gpu.node_labels
+            )
+            | {
+                "spot": gpu.spot,
+                "guest_accelerators": [
+                    {
+                        "type": gpu.accelerator_type,
+                        "count": gpu.gpus_per_node,
+                        "gpu_driver_installation_config": {
+                            "gpu_driver_version": gpu.driver_version
+                        },
+                    }
+                ],
+                # GKE adds this taint to every GPU node itself; declaring it avoids a diff.
+                "taints": [GPU_TAINT],
+            },
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["initialNodeCount"]),
+        )
+
+        context = f"gke_{args.project}_{settings.location}_{settings.name}"
+        self.name = cluster.name
+        self.endpoint = cluster.endpoint
+        self.location = cluster.location
+        self.node_service_account = node_sa.email
+        self.kubeconfig = pulumi.Output.secret(
+            pulumi.Output.all(cluster.endpoint, cluster.master_auth.cluster_ca_certificate).apply(
+                lambda parts: kubeconfig_yaml(context, parts[0], parts[1])
+            )
+        )
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            # Kubernetes objects are created after the pools and deleted before them.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[system_pool, gpu_pool]),
+        )
+        self.register_outputs(
+            {
+                "name": self.name,
+                "endpoint": self.endpoint,
+                "location": self.location,
+                "kubeconfig": self.kubeconfig,
+                "nodeServiceAccount": self.node_service_account,
+            }
+        )
+
+
+def _node_config(
+    service_account: pulumi.Input[str], machine_type: str, disk_size_gb: int, labels: dict[str, str]
+) -> dict:
+    """Node settings both pools share: hardened, Workload Identity metadata, image streaming."""
+    return {
+        "machine_type": machine_type,
+        "disk_size_gb": disk_size_gb,
+        "image_type": "COS_CONTAINERD",
+        "service_account": service_account,
+        "oauth_scopes": [CLOUD_PLATFORM_SCOPE],
+        "labels": labels,
+        "metadata": {"disable-legacy-endpoints": "true"},
+        "workload_metadata_config": {"mode": "GKE_METADATA"},
+        "gcfs_config": {"enabled": True},
+        "shielded_instance_config": {
+            "enable_secure_boot": True,
+            "enable_integrity_monitoring": True,
+        },
+    }
