@@ -1,0 +1,201 @@
+"""Runs the real __main__.py offline under Pulumi mocks and records every resource it registers."""
+
+import json
+import runpy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as runtime_settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT = "gpu-runners"
+TEST_PROJECT_ID = "ml-team-sandbox"
+FAKE_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One registration: type token, logical name, inputs (engine camelCase keys), options."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    urn: str
+    parent: str
+    depends_on: tuple[str, ...]
+    provider: str
+    ignore_changes: tuple[str, ...]
+
+
+@dataclass
+class Program:
+    """What one run of the program registered and exported."""
+
+    resources: list[Resource]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str, name: str | None = None) -> Resource:
+        """The single resource of a type (and name, when given); fails loudly otherwise."""
+        found = [r for r in self.of_type(type_) if name is None or r.name == name]
+        assert len(found) == 1, (
+            f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
+        )
+        return found[0]
+
+
+def is_secret(value: Any) -> bool:
+    """Whether a recorded input value is marked secret."""
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+def reveal(value: Any) -> Any:
+    """A recorded input value with every secret marker removed."""
+    if is_secret(value):
+        return reveal(value["value"])
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+def _computed_state(type_: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Outputs the cloud would compute, for the types whose outputs the program reads."""
+    if type_ == "gcp:serviceaccount/account:Account":
+        email = f"{inputs['accountId']}@{inputs['project']}.iam.gserviceaccount.com"
+        return {"email": email, "member": f"serviceAccount:{email}"}
+    if type_ == "gcp:container/cluster:Cluster":
+        return {"endpoint": "203.0.113.10", "masterAuth": {"clusterCaCertificate": FAKE_CA}}
+    return {}
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Pulumi mocks that answer with the inputs plus what the cloud would compute."""
+
+    def __init__(self) -> None:
+        # Registrations run on a thread pool, so inputs are kept by (type, name).
+        self.inputs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        self.inputs[(args.typ, args.name)] = dict(args.inputs)
+        return f"{args.name}-id", {**args.inputs, **_computed_state(args.typ, args.inputs)}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, None]:
+        return {}, None
+
+
+class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
+    """A mock resource monitor that keeps every registration with its inputs and options."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.recording_mocks = mocks
+        self.registered: list[Resource] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.registered.append(
+                Resource(
+                    type=request.type,
+                    name=request.name,
+                    inputs=self.recording_mocks.inputs.get((request.type, request.name), {}),
+                    urn=response.urn,
+                    parent=request.parent,
+                    depends_on=tuple(request.dependencies),
+                    provider=request.provider,
+                    ignore_changes=tuple(request.ignoreChanges),
+                )
+            )
+        return response
+
+
+def stack_config(
+    stack: str, overrides: Mapping[str, Any], without: Iterable[str]
+) -> dict[str, Any]:
+    """Pulumi.<stack>.yaml's config with a test project, per-test overrides merged into it.
+
+    An override of an object key is merged one level deep into the stack file's object, so a
+    test names only the fields it changes; a field overridden with None is removed.
+    """
+    config: dict[str, Any] = {"gcp:project": TEST_PROJECT_ID}
+    config |= yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
+    for key, value in overrides.items():
+        base = config.get(key)
+        if isinstance(base, dict) and isinstance(value, dict):
+            value = {k: v for k, v in (base | value).items() if v is not None}
+        config[key] = value
+    for key in without:
+        config.pop(key, None)
+    return config
+
+
+def _run(
+    config: Mapping[str, Any] | None,
+    secrets: Mapping[str, Any] | None,
+    stack: str,
+    without: Iterable[str],
+) -> tuple[RecordingMonitor, BaseException | None]:
+    values = stack_config(stack, {**(config or {}), **(secrets or {})}, without)
+    monitor = RecordingMonitor(RecordingMocks())
+    runtime_settings.reset_options(project=PROJECT, stack=stack, preview=False)
+    pulumi.runtime.set_mocks(
+        monitor.recording_mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor
+    )
+    pulumi.runtime.set_all_config(
+        {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()},
+        list(secrets or {}),
+    )
+    try:
+        _sync_await(
+            run_pulumi_func(lambda: runpy.run_path(str(REPO / "__main__.py"), run_name="__main__"))
+        )
+    except Exception as error:
+        return monitor, error
+    return monitor, None
+
+
+def run_program(
+    config: Mapping[str, Any] | None = None,
+    secrets: Mapping[str, Any] | None = None,
+    stack: str = "dev",
+    without: Iterable[str] = (),
+) -> Program:
+    """Run __main__.py for a stack, as `pulumi up` would, and return what it registered.
+
+    config: overrides merged into Pulumi.<stack>.yaml; secrets: keys set as secret config;
+    without: keys removed. Raises what the program raises.
+    """
+    monitor, error = _run(config, secrets, stack, without)
+    if error is not None:
+        raise error
+    program = Program(monitor.registered)
+    for name, value in runtime_settings.get_root_resource().outputs.items():
+        output = pulumi.Output.from_input(value)
+        program.outputs[name] = _sync_await(output.future())
+        if _sync_await(output.is_secret()):
+            program.secret_outputs.add(name)
+    return program
+
+
+def run_rejected_program(
+    config: Mapping[str, Any] | None = None,
+    secrets: Mapping[str, Any] | None = None,
+    stack: str = "dev",
+    without: Iterable[str] = (),
+) -> tuple[BaseException, list[Resource]]:
+    """Run a stack that must fail; return the error and what was registered before it."""
+    monitor, error = _run(config, secrets, stack, without)
+    assert error is not None, "the program accepted a config it should have rejected"
+    return error, monitor.registered

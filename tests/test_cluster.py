@@ -1,0 +1,176 @@
+"""What the dev stack creates on GCP: the cluster, its node account and its two pools."""
+
+import pytest
+import yaml
+
+from tests.harness import TEST_PROJECT_ID, is_secret, reveal, run_program
+
+CLUSTER = "gcp:container/cluster:Cluster"
+NODE_POOL = "gcp:container/nodePool:NodePool"
+ACCOUNT = "gcp:serviceaccount/account:Account"
+IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
+NODE_SA_EMAIL = f"mlops-kubernetes-nodes@{TEST_PROJECT_ID}.iam.gserviceaccount.com"
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return run_program()
+
+
+def test_cluster_is_standard_with_workload_identity_and_no_default_pool(dev):
+    cluster = dev.one(CLUSTER).inputs
+    assert cluster["name"] == "mlops-kubernetes"
+    assert cluster["location"] == "europe-west6"
+    assert cluster["project"] == TEST_PROJECT_ID
+    assert cluster["removeDefaultNodePool"] is True
+    assert cluster["initialNodeCount"] == 1
+    assert cluster["nodeConfig"]["serviceAccount"] == NODE_SA_EMAIL
+    assert cluster["workloadIdentityConfig"] == {"workloadPool": f"{TEST_PROJECT_ID}.svc.id.goog"}
+    assert cluster["releaseChannel"] == {"channel": "REGULAR"}
+    assert cluster["enableShieldedNodes"] is True
+    assert "enableAutopilot" not in cluster
+
+
+def test_dev_stack_can_be_destroyed(dev):
+    assert dev.one(CLUSTER).inputs["deletionProtection"] is False
+
+
+def test_deletion_protection_is_on_unless_switched_off():
+    program = run_program({"gpu-runners:cluster": {"deletionProtection": None}})
+    assert program.one(CLUSTER).inputs["deletionProtection"] is True
+
+
+def test_nodes_run_as_a_dedicated_account_with_only_node_roles(dev):
+    assert dev.one(ACCOUNT).inputs["accountId"] == "mlops-kubernetes-nodes"
+    grants = {m.inputs["role"]: m.inputs for m in dev.of_type(IAM_MEMBER)}
+    assert set(grants) == {
+        "roles/logging.logWriter",
+        "roles/monitoring.metricWriter",
+        "roles/monitoring.viewer",
+        "roles/stackdriver.resourceMetadata.writer",
+        "roles/artifactregistry.reader",
+    }
+    for grant in grants.values():
+        assert grant["member"] == f"serviceAccount:{NODE_SA_EMAIL}"
+        assert grant["project"] == TEST_PROJECT_ID
+    for pool in dev.of_type(NODE_POOL):
+        assert pool.inputs["nodeConfig"]["serviceAccount"] == NODE_SA_EMAIL
+
+
+def test_system_pool_is_the_cpu_node_labelled_gpu_false(dev):
+    pool = dev.one(NODE_POOL, "gke-system").inputs
+    node = pool["nodeConfig"]
+    assert pool["cluster"] == "mlops-kubernetes"
+    assert pool["nodeLocations"] == ["europe-west6-b"]
+    assert pool["autoscaling"]["totalMinNodeCount"] == 1
+    assert pool["autoscaling"]["totalMaxNodeCount"] == 2
+    assert node["labels"] == {"gpu": "false"}
+    assert node["machineType"] == "e2-standard-2"
+    assert "guestAccelerators" not in node
+    assert "taints" not in node
+    assert node["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
+
+
+def test_gpu_pool_has_one_l4_with_driver_taint_label_and_scales_from_zero(dev):
+    pool = dev.one(NODE_POOL, "gke-gpu").inputs
+    node = pool["nodeConfig"]
+    assert pool["nodeLocations"] == ["europe-west6-b"]
+    assert pool["initialNodeCount"] == 0
+    assert pool["autoscaling"]["totalMinNodeCount"] == 0
+    assert pool["autoscaling"]["totalMaxNodeCount"] == 1
+    assert pool["management"] == {"autoRepair": True, "autoUpgrade": True}
+    assert node["machineType"] == "g2-standard-4"
+    assert node["labels"] == {"gpu": "true"}
+    assert node["guestAccelerators"] == [
+        {
+            "type": "nvidia-l4",
+            "count": 1,
+            "gpuDriverInstallationConfig": {"gpuDriverVersion": "LATEST"},
+        }
+    ]
+    assert node["taints"] == [
+        {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
+    ]
+    assert node["spot"] is False
+    assert node["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
+    assert node["gcfsConfig"] == {"enabled": True}
+    assert node["imageType"] == "COS_CONTAINERD"
+    assert node["shieldedInstanceConfig"]["enableSecureBoot"] is True
+
+
+def test_kubeconfig_is_secret_and_authenticates_through_the_gke_plugin(dev):
+    assert "kubeconfig" in dev.secret_outputs
+    kubeconfig = yaml.safe_load(dev.outputs["kubeconfig"])
+    context = f"gke_{TEST_PROJECT_ID}_europe-west6_mlops-kubernetes"
+    assert kubeconfig["current-context"] == context
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://203.0.113.10"
+    exec_auth = kubeconfig["users"][0]["user"]["exec"]
+    assert exec_auth["command"] == "gke-gcloud-auth-plugin"
+    assert exec_auth["apiVersion"] == "client.authentication.k8s.io/v1beta1"
+
+
+def test_outputs_name_the_cluster(dev):
+    assert dev.outputs["clusterName"] == "mlops-kubernetes"
+    assert dev.outputs["clusterLocation"] == "europe-west6"
+    assert dev.outputs["clusterEndpoint"] == "203.0.113.10"
+    assert dev.outputs["nodeServiceAccount"] == NODE_SA_EMAIL
+    assert not dev.secret_outputs - {"kubeconfig"}
+
+
+def test_kubernetes_provider_uses_the_kubeconfig_and_waits_for_both_pools(dev):
+    provider = dev.one("pulumi:providers:kubernetes")
+    assert is_secret(provider.inputs["kubeconfig"])
+    assert reveal(provider.inputs["kubeconfig"]) == dev.outputs["kubeconfig"]
+    pools = {p.urn for p in dev.of_type(NODE_POOL)}
+    assert pools <= set(provider.depends_on)
+
+
+def test_everything_is_parented_to_the_cluster_component(dev):
+    component = dev.one("gpu-runners:index:GpuCluster")
+    children = [r for r in dev.resources if r is not component]
+    assert children
+    assert all(r.parent == component.urn for r in children)
+
+
+def test_a_regional_t4_spot_pool_across_zones():
+    program = run_program(
+        {
+            "gpu-runners:cluster": {"location": "us-central1"},
+            "gpu-runners:systemPool": {"zones": ["us-central1-a"]},
+            "gpu-runners:gpuPool": {
+                "acceleratorType": "nvidia-tesla-t4",
+                "machineType": "n1-standard-8",
+                "acceleratorCount": 2,
+                "zones": ["us-central1-a", "us-central1-b"],
+                "spot": True,
+                "maxNodes": 3,
+                "labels": {"team": "vision"},
+            },
+        }
+    )
+    pool = program.one(NODE_POOL, "gke-gpu").inputs
+    node = pool["nodeConfig"]
+    assert pool["nodeLocations"] == ["us-central1-a", "us-central1-b"]
+    assert pool["autoscaling"]["totalMaxNodeCount"] == 3
+    assert node["guestAccelerators"][0]["type"] == "nvidia-tesla-t4"
+    assert node["guestAccelerators"][0]["count"] == 2
+    assert node["spot"] is True
+    assert node["labels"] == {"team": "vision", "gpu": "true"}
+
+
+def test_the_machine_type_fixes_the_gpu_count_when_none_is_set():
+    program = run_program({"gpu-runners:gpuPool": {"machineType": "g2-standard-24"}})
+    node = program.one(NODE_POOL, "gke-gpu").inputs["nodeConfig"]
+    assert node["guestAccelerators"][0]["count"] == 2
+
+
+def test_a_zone_newer_than_the_catalog_is_accepted_when_vouched_for():
+    program = run_program(
+        {
+            "gpu-runners:gpuPool": {
+                "zones": ["europe-west6-a"],
+                "zonesOutsideCatalog": ["europe-west6-a"],
+            }
+        }
+    )
+    assert program.one(NODE_POOL, "gke-gpu").inputs["nodeLocations"] == ["europe-west6-a"]
