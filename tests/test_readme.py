@@ -1,0 +1,34 @@
+"""The README is the user's manual: its config table and test command match the code."""
+
+import json
+import re
+
+from infra.settings import SECTIONS
+from tests.harness import REPO
+
+README = (REPO / "README.md").read_text()
+ROW = re.compile(r"^\| `(\w+)\.(\w+)` \| (.+?) \| .+ \|$", re.MULTILINE)
+
+
+def _shown(default: object) -> str:
+    """A default as the README writes it."""
+    if default is None:
+        return "—"
+    if isinstance(default, str):
+        return f"`{default}`"
+    return f"`{json.dumps(list(default) if isinstance(default, tuple) else default)}`"
+
+
+def test_config_table_lists_every_key_with_its_default():
+    documented = {(section, key): default for section, key, default in ROW.findall(README)}
+    in_code = {
+        (section, field.alias): _shown(field.default)
+        for section, model in SECTIONS.items()
+        for field in model.model_fields.values()
+    }
+    assert documented == in_code
+
+
+def test_ci_runs_the_readme_test_command():
+    command = re.search(r"```sh\n(python3 -m venv .+ -m pytest)\n```", README).group(1)
+    assert command in (REPO / ".ci" / "run").read_text()
