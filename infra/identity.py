@@ -1,0 +1,92 @@
+"""RunnerIdentity: the Google identity runner pods act as, and the DVC remote it may use."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.cluster import service_account_id
+
+# Read, write and delete objects (what `dvc pull` and `dvc push` do); no bucket admin, no IAM.
+BUCKET_ROLE = "roles/storage.objectUser"
+
+
+@dataclass(frozen=True)
+class KubernetesServiceAccount:
+    """A Kubernetes service account that may act as the runner's Google service account."""
+
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RunnerIdentityArgs:
+    """Who the runners are on Google Cloud and which bucket they may use."""
+
+    project: str
+    account_base: str
+    """Start of the Google service account ID, e.g. the cluster name."""
+    bucket_location: str
+    """Where to create the DVC bucket (a region), when no existing bucket is named."""
+    existing_bucket: str | None
+    """An existing bucket to use as the DVC remote instead of creating one."""
+    force_destroy_bucket: bool
+    """Let `pulumi destroy` delete a created bucket together with the data in it."""
+    kubernetes_service_accounts: Sequence[KubernetesServiceAccount]
+    """Runner service accounts that may act as the Google service account."""
+
+
+class RunnerIdentity(pulumi.ComponentResource):
+    """A Google service account for runner pods, bound by Workload Identity, with bucket access."""
+
+    email: pulumi.Output[str]
+    bucket_name: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: RunnerIdentityArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("gpu-runners:index:RunnerIdentity", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        account = gcp.serviceaccount.Account(
+            name,
+            project=args.project,
+            account_id=service_account_id(args.account_base, "runner"),
+            display_name="CI runner pods (DVC remote access)",
+            opts=child,
+        )
+
+        if args.existing_bucket:
+            bucket_name: pulumi.Input[str] = args.existing_bucket
+        else:
+            bucket_name = gcp.storage.Bucket(
+                f"{args.account_base}-dvc",
+                project=args.project,
+                location=args.bucket_location.upper(),
+                uniform_bucket_level_access=True,
+                public_access_prevention="enforced",
+                force_destroy=args.force_destroy_bucket,
+                opts=child,
+            ).name
+
+        gcp.storage.BucketIAMMember(
+            f"{name}-dvc-objects",
+            bucket=bucket_name,
+            role=BUCKET_ROLE,
+            member=account.member,
+            opts=child,
+        )
+
+        for ksa in args.kubernetes_service_accounts:
+            gcp.serviceaccount.IAMMember(
+                f"{name}-wi-{ksa.namespace}-{ksa.name}",
+                service_account_id=account.name,
+                role="roles/iam.workloadIdentityUser",
+                member=f"serviceAccount:{args.project}.svc.id.goog[{ksa.namespace}/{ksa.name}]",
+                opts=child,
+            )
+
+        self.email = account.email
+        self.bucket_name = pulumi.Output.from_input(bucket_name)
+        self.register_outputs({"email": self.email, "bucketName": self.bucket_name})
