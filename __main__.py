@@ -1,9 +1,11 @@
-"""gpu-runners: stack settings -> GKE cluster with a GPU pool -> stack outputs."""
+"""gpu-runners: stack settings -> GKE cluster -> runner identity -> runners -> stack outputs."""
 
 import pulumi
 
 from infra import settings as stack_settings
 from infra.cluster import GpuCluster, GpuClusterArgs
+from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
+from infra.runner import RunnerDeployment, RunnerDeploymentArgs
 
 settings = stack_settings.load()
 
@@ -17,8 +19,57 @@ cluster = GpuCluster(
     ),
 )
 
+# Each runner's namespace and Kubernetes service account are named after the runner.
+identity = RunnerIdentity(
+    "runner-identity",
+    RunnerIdentityArgs(
+        project=settings.project,
+        account_base=settings.cluster.name,
+        bucket_location=settings.cluster.region,
+        existing_bucket=settings.dvc_remote.bucket,
+        force_destroy_bucket=settings.dvc_remote.force_destroy,
+        kubernetes_service_accounts=[
+            KubernetesServiceAccount(namespace=r.name, name=r.name) for r in settings.runners
+        ],
+    ),
+)
+
+runners = {
+    runner.name: RunnerDeployment(
+        runner.name,
+        RunnerDeploymentArgs(
+            platform=runner.platform,
+            repository=runner.repository,
+            token=settings.runner_tokens[runner.name],
+            labels=runner.labels,
+            replicas=runner.replicas,
+            cpu=runner.cpu,
+            memory=runner.memory,
+            gpus=runner.gpus,
+            node_selector=runner.node_selector,
+            image_tag=runner.image_tag,
+            google_service_account=identity.email,
+        ),
+        opts=pulumi.ResourceOptions(providers=[cluster.provider]),
+    )
+    for runner in settings.runners
+}
+
 pulumi.export("clusterName", cluster.name)
 pulumi.export("clusterEndpoint", cluster.endpoint)
 pulumi.export("clusterLocation", cluster.location)
 pulumi.export("nodeServiceAccount", cluster.node_service_account)
 pulumi.export("kubeconfig", cluster.kubeconfig)
+pulumi.export("runnerServiceAccount", identity.email)
+pulumi.export("dvcRemoteUrl", identity.bucket_name.apply(lambda bucket: f"gs://{bucket}"))
+pulumi.export(
+    "runners",
+    {
+        name: {
+            "namespace": deployment.namespace,
+            "deployment": deployment.deployment_name,
+            "labels": deployment.labels,
+        }
+        for name, deployment in runners.items()
+    },
+)

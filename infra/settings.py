@@ -10,11 +10,21 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import pulumi
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pulumi.runtime.config import is_config_secret
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from infra import gpu
+from infra import gpu, runner
 
 _CLUSTER_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -24,6 +34,17 @@ _LABEL_NAME = re.compile(r"^[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(
     r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$"
 )
+
+_RUNNER_NAME = _CLUSTER_NAME
+_GITHUB_REPO = re.compile(
+    r"^https://github\.com/[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+(?<!\.git)$"
+)
+_GITLAB_REPO = re.compile(
+    r"^https://[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+(?<!\.git)$"
+)
+_QUANTITY = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
 GPU_LABEL = "gpu"
 
@@ -82,18 +103,26 @@ def _label_key_problem(key: str) -> str | None:
     return None
 
 
+def _label_problem(key: str, value: str) -> str | None:
+    """Why key: value is not a valid Kubernetes label, or None."""
+    key_problem = _label_key_problem(key)
+    if key_problem:
+        return key_problem
+    if value and not _LABEL_NAME.match(value):
+        return (
+            f"label value {value!r} (key {key!r}) is invalid; allowed: empty, or at most 63 "
+            "letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        )
+    return None
+
+
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
-        problem = _label_key_problem(key)
-        if problem:
-            raise _invalid(problem)
         if key == GPU_LABEL:
             raise _invalid(f"the {GPU_LABEL!r} label is set by the pool itself; remove it here")
-        if value and not _LABEL_NAME.match(value):
-            raise _invalid(
-                f"label value {value!r} (key {key!r}) is invalid; allowed: empty, or at most 63 "
-                "letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
-            )
+        problem = _label_problem(key, value)
+        if problem:
+            raise _invalid(problem)
     return labels
 
 
@@ -222,6 +251,118 @@ class GpuPoolSettings(_Section):
         return {**self.labels, GPU_LABEL: "true"}
 
 
+def _check_bucket_name(bucket: str | None) -> str | None:
+    if bucket is not None and not _BUCKET.match(bucket):
+        raise _invalid(
+            "allowed: an existing bucket's name, 3 to 63 lowercase letters, digits, '-', '_' "
+            "or '.', without gs://"
+        )
+    return bucket
+
+
+class DvcRemoteSettings(_Section):
+    """The bucket that runner pods use as DVC remote (`dvcRemote`)."""
+
+    bucket: Annotated[str | None, AfterValidator(_check_bucket_name)] = None
+    force_destroy: bool = False
+
+
+def _check_runner_name(name: str) -> str:
+    if not _RUNNER_NAME.match(name) or name == "default" or name.startswith("kube-"):
+        raise _invalid(
+            "allowed: lowercase letters, digits and hyphens, starting with a letter, at most "
+            "40 characters, not 'default' or 'kube-*' (it names the runner's namespace)"
+        )
+    return name
+
+
+def _check_repository(url: str, info: ValidationInfo) -> str:
+    platform = info.data.get("platform")
+    if platform == "github" and not _GITHUB_REPO.match(url):
+        raise _invalid("does not fit platform github; allowed: https://github.com/<owner>/<repo>")
+    if platform == "gitlab" and (not _GITLAB_REPO.match(url) or _GITHUB_REPO.match(url)):
+        raise _invalid(
+            "does not fit platform gitlab; allowed: https://gitlab.com/<group>/<project> "
+            "(or the same on your GitLab host)"
+        )
+    return url
+
+
+def _check_runner_label(label: str) -> str:
+    if not _LABEL_NAME.match(label):
+        raise _invalid(
+            "allowed: at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
+            "letter or digit (no commas or spaces)"
+        )
+    return label
+
+
+def _quantity_text(value: Any) -> Any:
+    """YAML reads `cpu: 1` as a number; Kubernetes quantities are strings."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _check_quantity(quantity: str) -> str:
+    match = _QUANTITY.match(quantity)
+    if not match or float(match.group(1)) <= 0:
+        raise _invalid(
+            "not a Kubernetes quantity; allowed: a positive number with an optional suffix "
+            "(m, k, M, G, Ki, Mi, Gi…), e.g. 500m, 2, 2000Mi, 8Gi"
+        )
+    return quantity
+
+
+def _check_runner_gpus(gpus: int, info: ValidationInfo) -> int:
+    per_node = (info.context or {}).get("gpus_per_node")
+    if per_node is not None and gpus > per_node:
+        raise _invalid(
+            f"a GPU node carries {per_node} (gpuPool); allowed: 0 to {per_node}, "
+            "or a larger gpuPool.machineType"
+        )
+    return gpus
+
+
+def _check_node_selector(selector: dict[str, str] | None, info: ValidationInfo):
+    if selector is None:
+        return selector
+    for key, value in selector.items():
+        problem = _label_problem(key, value)
+        if problem:
+            raise _invalid(problem)
+    gpus = info.data.get("gpus")
+    if gpus and selector.get(GPU_LABEL) == "false":
+        raise _invalid(f"selects gpu=false nodes, which have no GPU, but gpus is {gpus}")
+    if gpus == 0 and selector.get(GPU_LABEL) == "true":
+        raise _invalid("selects the tainted GPU nodes, but gpus is 0; a CPU runner needs gpu=false")
+    return selector
+
+
+def _check_image_tag(tag: str) -> str:
+    if not _IMAGE_TAG.match(tag):
+        raise _invalid(f"not an image tag of {runner.CML_IMAGE}; allowed: e.g. 0-dvc3-base1")
+    return tag
+
+
+Quantity = Annotated[str, BeforeValidator(_quantity_text), AfterValidator(_check_quantity)]
+
+
+class RunnerSettings(_Section):
+    """One CI runner: an entry of the `runners` list."""
+
+    name: Annotated[str, AfterValidator(_check_runner_name)]
+    platform: Literal["github", "gitlab"] = "github"
+    repository: Annotated[str, AfterValidator(_check_repository)]
+    labels: Annotated[
+        tuple[Annotated[str, AfterValidator(_check_runner_label)], ...], Field(min_length=1)
+    ] = runner.DEFAULT_LABELS
+    replicas: Annotated[int, Field(ge=0)] = 1
+    cpu: Quantity = runner.DEFAULT_CPU
+    memory: Quantity = runner.DEFAULT_MEMORY
+    gpus: Annotated[int, Field(ge=0), AfterValidator(_check_runner_gpus)] = 1
+    node_selector: Annotated[dict[str, str] | None, AfterValidator(_check_node_selector)] = None
+    image_tag: Annotated[str, AfterValidator(_check_image_tag)] = runner.DEFAULT_IMAGE_TAG
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """Everything the program needs from the stack's config."""
@@ -230,6 +371,10 @@ class StackSettings:
     cluster: ClusterSettings
     system_pool: SystemPoolSettings
     gpu_pool: GpuPoolSettings
+    dvc_remote: DvcRemoteSettings
+    runners: tuple[RunnerSettings, ...]
+    runner_tokens: dict[str, pulumi.Output[str]]
+    """Each runner's forge token, by runner name, as a Pulumi secret."""
 
 
 # Config key (in the project namespace) -> the model that validates it.
@@ -237,7 +382,11 @@ SECTIONS: dict[str, type[_Section]] = {
     "cluster": ClusterSettings,
     "systemPool": SystemPoolSettings,
     "gpuPool": GpuPoolSettings,
+    "dvcRemote": DvcRemoteSettings,
 }
+RUNNERS_KEY = "runners"
+TOKENS_KEY = "runnerTokens"
+_RUNNERS = TypeAdapter(Annotated[list[RunnerSettings], Field(min_length=1)])
 
 
 def _show(value: Any) -> str:
@@ -246,21 +395,26 @@ def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, dict) else repr(value)
 
 
-def _describe(namespace: str, section: str, error: dict) -> str:
+def _describe(namespace: str, key: str, model: type[_Section], error: dict) -> str:
     """One line naming the config key, the value given and what is allowed."""
-    fields = SECTIONS[section].model_fields
-    # A default that fails validation is reported under its Python name; show the config key.
-    path = [fields[p].alias if p in fields else str(p) for p in error["loc"]]
-    key = ".".join([f"{namespace}:{section}", *path])
+    fields = model.model_fields
+    path = f"{namespace}:{key}"
+    for part in error["loc"]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            # A default that fails validation is reported under its Python name.
+            path += "." + (fields[part].alias if part in fields else part)
     reason = error["msg"]
     if error["type"] == "extra_forbidden":
         reason = f"unknown key; allowed keys: {', '.join(f.alias for f in fields.values())}"
-    return f"{key} = {_show(error['input'])}: {reason}"
+    return f"{path} = {_show(error['input'])}: {reason}"
 
 
 def _read_section(config: pulumi.Config, key: str) -> Any:
+    """A config value as an object, or as the plain text it is when not JSON."""
     try:
-        return config.get_object(key) or {}
+        return config.get_object(key)
     except json.JSONDecodeError:
         return config.get(key)
 
@@ -276,21 +430,68 @@ def _project_problem(project: str | None) -> str | None:
     return None
 
 
+def _parse(
+    model: Any, namespace: str, key: str, raw: Any, context: dict, problems: list[str]
+) -> Any:
+    """Validate one config key; on failure add its problems and return None."""
+    try:
+        return model.validate_python(raw, context=context)
+    except ValidationError as error:
+        item = RunnerSettings if key == RUNNERS_KEY else SECTIONS[key]
+        problems += [_describe(namespace, key, item, e) for e in error.errors()]
+        return None
+
+
+def _runner_problems(namespace: str, runners: list[RunnerSettings], tokens: Any) -> list[str]:
+    """Names must be unique and each runner needs a token, set as a secret. Never shows a token."""
+    problems = []
+    names = [r.name for r in runners]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            problems.append(
+                f"{namespace}:{RUNNERS_KEY}[{index}].name = {name!r}: duplicate runner name; "
+                "each runner needs its own"
+            )
+    tokens_key = f"{namespace}:{TOKENS_KEY}"
+    if tokens and not is_config_secret(tokens_key):
+        problems.append(
+            f"{tokens_key} is stored in plain text in the stack file; remove it and set each "
+            f"token with `pulumi config set --secret --path '{TOKENS_KEY}.<runner>' <token>`"
+        )
+    if not isinstance(tokens, dict):
+        tokens = {}
+    for name in dict.fromkeys(names):
+        if not isinstance(tokens.get(name), str) or not tokens[name]:
+            problems.append(
+                f"{tokens_key}.{name} is not set: the runner's GitHub or GitLab token; run "
+                f"`pulumi config set --secret --path '{TOKENS_KEY}.{name}' <token>`"
+            )
+    for name in tokens:
+        if name not in names:
+            problems.append(f"{tokens_key}.{name}: no runner is named {name!r}; runners: {names}")
+    return problems
+
+
 def load() -> StackSettings:
     """Read and validate the stack's config, or raise one SettingsError listing every problem."""
     config = pulumi.Config()
+    namespace = config.name
     project = pulumi.Config("gcp").get("project")
     problems = [p for p in [_project_problem(project)] if p]
-    parsed: dict[str, _Section] = {}
-    context: dict[str, str] = {}
+    context: dict[str, Any] = {}
+    parsed: dict[str, Any] = {}
     for key, model in SECTIONS.items():
-        try:
-            parsed[key] = model.model_validate(_read_section(config, key), context=context)
-        except ValidationError as error:
-            problems += [_describe(config.name, key, e) for e in error.errors()]
-            continue
-        if key == "cluster":
+        raw = _read_section(config, key) or {}
+        parsed[key] = _parse(TypeAdapter(model), namespace, key, raw, context, problems)
+        if key == "cluster" and parsed[key]:
             context["region"] = parsed[key].region
+        if key == "gpuPool" and parsed[key]:
+            context["gpus_per_node"] = parsed[key].gpus_per_node
+    raw_runners = _read_section(config, RUNNERS_KEY) or []
+    runners = _parse(_RUNNERS, namespace, RUNNERS_KEY, raw_runners, context, problems)
+    tokens = _read_section(config, TOKENS_KEY)
+    if runners:
+        problems += _runner_problems(namespace, runners, tokens)
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
         raise SettingsError(
@@ -302,4 +503,7 @@ def load() -> StackSettings:
         cluster=parsed["cluster"],
         system_pool=parsed["systemPool"],
         gpu_pool=parsed["gpuPool"],
+        dvc_remote=parsed["dvcRemote"],
+        runners=tuple(runners),
+        runner_tokens={r.name: pulumi.Output.secret(tokens[r.name]) for r in runners},
     )
