@@ -1,8 +1,9 @@
 """Runs the real __main__.py offline under Pulumi mocks and records every resource it registers."""
 
+import hashlib
 import json
 import runpy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,12 @@ from pulumi.runtime.sync_await import _sync_await
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = "gpu-runners"
 TEST_PROJECT_ID = "ml-team-sandbox"
+TEST_REPOSITORIES = {
+    "github": "https://github.com/ml-team/churn-model",
+    "gitlab": "https://gitlab.com/ml-team/churn-model",
+}
+RUNNERS = "gpu-runners:runners"
+TOKENS = "gpu-runners:runnerTokens"
 FAKE_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
 
 
@@ -70,11 +77,28 @@ def reveal(value: Any) -> Any:
     return value
 
 
-def _computed_state(type_: str, inputs: dict[str, Any]) -> dict[str, Any]:
+def _whole_numbers(value: Any) -> Any:
+    """The engine's wire format carries every number as a float; give integers back."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
+def _computed_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """Outputs the cloud would compute, for the types whose outputs the program reads."""
     if type_ == "gcp:serviceaccount/account:Account":
         email = f"{inputs['accountId']}@{inputs['project']}.iam.gserviceaccount.com"
-        return {"email": email, "member": f"serviceAccount:{email}"}
+        return {
+            "email": email,
+            "member": f"serviceAccount:{email}",
+            "name": f"projects/{inputs['project']}/serviceAccounts/{email}",
+        }
+    if type_ == "gcp:storage/bucket:Bucket":
+        return {"name": inputs.get("name", f"{name}-4f3a2b1")}
     if type_ == "gcp:container/cluster:Cluster":
         return {"endpoint": "203.0.113.10", "masterAuth": {"clusterCaCertificate": FAKE_CA}}
     return {}
@@ -88,8 +112,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.inputs: dict[tuple[str, str], dict[str, Any]] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
-        self.inputs[(args.typ, args.name)] = dict(args.inputs)
-        return f"{args.name}-id", {**args.inputs, **_computed_state(args.typ, args.inputs)}
+        self.inputs[(args.typ, args.name)] = _whole_numbers(dict(args.inputs))
+        return f"{args.name}-id", {
+            **args.inputs,
+            **_computed_state(args.typ, args.name, args.inputs),
+        }
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, None]:
         return {}, None
@@ -121,24 +148,61 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
         return response
 
 
+def fake_token(runner: str) -> str:
+    """A token-shaped stand-in for a runner's GitHub token, distinct per runner."""
+    return "ghp_" + hashlib.sha256(runner.encode()).hexdigest()[:36]
+
+
+def _with_quickstart_values(config: dict[str, Any]) -> dict[str, Any]:
+    """Add what the README's quickstart asks the user to set: project, repositories, tokens."""
+    config.setdefault("gcp:project", TEST_PROJECT_ID)
+    runners = config.get(RUNNERS, [])
+    for runner in runners:
+        platform = runner.get("platform", "github")
+        runner.setdefault("repository", TEST_REPOSITORIES.get(platform, "https://example.org/x/y"))
+    config.setdefault(TOKENS, {r["name"]: fake_token(r["name"]) for r in runners})
+    return config
+
+
 def stack_config(
     stack: str, overrides: Mapping[str, Any], without: Iterable[str]
 ) -> dict[str, Any]:
-    """Pulumi.<stack>.yaml's config with a test project, per-test overrides merged into it.
+    """Pulumi.<stack>.yaml's config, per-test overrides merged in, plus the quickstart's values.
 
     An override of an object key is merged one level deep into the stack file's object, so a
-    test names only the fields it changes; a field overridden with None is removed.
+    test names only the fields it changes; a field overridden with None is removed. Keys in
+    `without` are removed after the quickstart's values are added.
     """
-    config: dict[str, Any] = {"gcp:project": TEST_PROJECT_ID}
-    config |= yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
+    config = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
     for key, value in overrides.items():
         base = config.get(key)
         if isinstance(base, dict) and isinstance(value, dict):
             value = {k: v for k, v in (base | value).items() if v is not None}
         config[key] = value
+    config = _with_quickstart_values(config)
     for key in without:
         config.pop(key, None)
     return config
+
+
+def _run_mocked(
+    program: Callable[[], Any], config: Mapping[str, Any], secret_keys: Iterable[str], stack: str
+) -> tuple[RecordingMonitor, BaseException | None]:
+    """Run a Pulumi program under recording mocks with the given config."""
+    monitor = RecordingMonitor(RecordingMocks())
+    runtime_settings.reset_options(project=PROJECT, stack=stack, preview=False)
+    pulumi.runtime.set_mocks(
+        monitor.recording_mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor
+    )
+    pulumi.runtime.set_all_config(
+        {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
+        list(secret_keys),
+    )
+    try:
+        _sync_await(run_pulumi_func(program))
+    except Exception as error:
+        return monitor, error
+    return monitor, None
 
 
 def _run(
@@ -148,22 +212,32 @@ def _run(
     without: Iterable[str],
 ) -> tuple[RecordingMonitor, BaseException | None]:
     values = stack_config(stack, {**(config or {}), **(secrets or {})}, without)
-    monitor = RecordingMonitor(RecordingMocks())
-    runtime_settings.reset_options(project=PROJECT, stack=stack, preview=False)
-    pulumi.runtime.set_mocks(
-        monitor.recording_mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor
+    secret_keys = {*(secrets or {}), *({TOKENS} & values.keys() - set(config or {}))}
+    return _run_mocked(
+        lambda: runpy.run_path(str(REPO / "__main__.py"), run_name="__main__"),
+        values,
+        secret_keys,
+        stack,
     )
-    pulumi.runtime.set_all_config(
-        {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()},
-        list(secrets or {}),
-    )
-    try:
-        _sync_await(
-            run_pulumi_func(lambda: runpy.run_path(str(REPO / "__main__.py"), run_name="__main__"))
-        )
-    except Exception as error:
-        return monitor, error
-    return monitor, None
+
+
+def _program(monitor: RecordingMonitor) -> Program:
+    """What a finished run registered and exported."""
+    program = Program(monitor.registered)
+    for name, value in runtime_settings.get_root_resource().outputs.items():
+        output = pulumi.Output.from_input(value)
+        program.outputs[name] = _sync_await(output.future())
+        if _sync_await(output.is_secret()):
+            program.secret_outputs.add(name)
+    return program
+
+
+def run_components(build: Callable[[], Any]) -> Program:
+    """Run a function that builds components, outside the stack program, and record it."""
+    monitor, error = _run_mocked(build, {}, (), "components")
+    if error is not None:
+        raise error
+    return _program(monitor)
 
 
 def run_program(
@@ -180,13 +254,7 @@ def run_program(
     monitor, error = _run(config, secrets, stack, without)
     if error is not None:
         raise error
-    program = Program(monitor.registered)
-    for name, value in runtime_settings.get_root_resource().outputs.items():
-        output = pulumi.Output.from_input(value)
-        program.outputs[name] = _sync_await(output.future())
-        if _sync_await(output.is_secret()):
-            program.secret_outputs.add(name)
-    return program
+    return _program(monitor)
 
 
 def run_rejected_program(

@@ -41,7 +41,7 @@ def test_deletion_protection_is_on_unless_switched_off():
 
 
 def test_nodes_run_as_a_dedicated_account_with_only_node_roles(dev):
-    assert dev.one(ACCOUNT).inputs["accountId"] == "mlops-kubernetes-nodes"
+    assert dev.one(ACCOUNT, "gke-nodes").inputs["accountId"] == "mlops-kubernetes-nodes"
     grants = {m.inputs["role"]: m.inputs for m in dev.of_type(IAM_MEMBER)}
     assert set(grants) == {
         "roles/logging.logWriter",
@@ -127,9 +127,15 @@ def test_kubernetes_provider_uses_the_kubeconfig_and_waits_for_both_pools(dev):
 
 def test_everything_is_parented_to_the_cluster_component(dev):
     component = dev.one("gpu-runners:index:GpuCluster")
-    children = [r for r in dev.resources if r is not component]
-    assert children
-    assert all(r.parent == component.urn for r in children)
+    parts = [r for r in dev.resources if r.name.startswith("gke-") or r.name == "gke"]
+    assert {r.type for r in parts if r is not component} == {
+        ACCOUNT,
+        IAM_MEMBER,
+        CLUSTER,
+        NODE_POOL,
+        "pulumi:providers:kubernetes",
+    }
+    assert all(r.parent == component.urn for r in parts if r is not component)
 
 
 def test_a_regional_t4_spot_pool_across_zones():

@@ -3,15 +3,21 @@
 import json
 import re
 
-from infra.settings import SECTIONS
+from pydantic.fields import FieldInfo
+
+from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from tests.harness import REPO
 
 README = (REPO / "README.md").read_text()
-ROW = re.compile(r"^\| `(\w+)\.(\w+)` \| (.+?) \| .+ \|$", re.MULTILINE)
+ROW = re.compile(r"^\| `(\w+(?:\[\])?)\.(\w+)` \| (.+?) \| .+ \|$", re.MULTILINE)
+DOCUMENTED_MODELS = {**SECTIONS, f"{RUNNERS_KEY}[]": RunnerSettings}
 
 
-def _shown(default: object) -> str:
-    """A default as the README writes it."""
+def _shown(field: FieldInfo) -> str:
+    """A field's default as the README writes it."""
+    if field.is_required():
+        return "required"
+    default = field.default
     if default is None:
         return "—"
     if isinstance(default, str):
@@ -22,8 +28,8 @@ def _shown(default: object) -> str:
 def test_config_table_lists_every_key_with_its_default():
     documented = {(section, key): default for section, key, default in ROW.findall(README)}
     in_code = {
-        (section, field.alias): _shown(field.default)
-        for section, model in SECTIONS.items()
+        (section, field.alias): _shown(field)
+        for section, model in DOCUMENTED_MODELS.items()
         for field in model.model_fields.values()
     }
     assert documented == in_code

@@ -3,10 +3,16 @@
 import pytest
 
 from infra.settings import SettingsError
-from tests.harness import run_rejected_program
+from tests.harness import RUNNERS, TOKENS, fake_token, run_rejected_program
 
 GPU_POOL = "gpu-runners:gpuPool"
 CLUSTER = "gpu-runners:cluster"
+
+
+def runner(**fields) -> dict:
+    """The runners list with one runner, cml-runner, with these fields changed."""
+    return {RUNNERS: [{"name": "cml-runner", **fields}]}
+
 
 BAD_INPUTS = {
     "unknown accelerator": (
@@ -118,6 +124,86 @@ BAD_INPUTS = {
         "gpu-runners:gpuPool.driverVersion = 'R535'",
         "Input should be 'DEFAULT' or 'LATEST'",
     ),
+    "a GitLab URL for a GitHub runner": (
+        runner(platform="github", repository="https://gitlab.com/ml-team/churn-model"),
+        "gpu-runners:runners[0].repository = 'https://gitlab.com/ml-team/churn-model'",
+        "does not fit platform github; allowed: https://github.com/<owner>/<repo>",
+    ),
+    "a GitHub URL for a GitLab runner": (
+        runner(platform="gitlab", repository="https://github.com/ml-team/churn-model"),
+        "gpu-runners:runners[0].repository = 'https://github.com/ml-team/churn-model'",
+        "does not fit platform gitlab; allowed: https://gitlab.com/<group>/<project>",
+    ),
+    "a repository URL that is not a repository": (
+        runner(repository="https://github.com/ml-team"),
+        "gpu-runners:runners[0].repository = 'https://github.com/ml-team'",
+        "does not fit platform github",
+    ),
+    "empty labels": (
+        runner(labels=[]),
+        "gpu-runners:runners[0].labels = []",
+        "at least 1 item",
+    ),
+    "a label with a comma": (
+        runner(labels=["cml,gpu"]),
+        "gpu-runners:runners[0].labels[0] = 'cml,gpu'",
+        "no commas or spaces",
+    ),
+    "a memory quantity Kubernetes refuses": (
+        runner(memory="2GB"),
+        "gpu-runners:runners[0].memory = '2GB'",
+        "not a Kubernetes quantity; allowed: a positive number with an optional suffix",
+    ),
+    "a zero CPU": (
+        runner(cpu=0),
+        "gpu-runners:runners[0].cpu = 0",
+        "not a Kubernetes quantity",
+    ),
+    "replicas below 0": (
+        runner(replicas=-1),
+        "gpu-runners:runners[0].replicas = -1",
+        "greater than or equal to 0",
+    ),
+    "more GPUs than a node carries": (
+        runner(gpus=2),
+        "gpu-runners:runners[0].gpus = 2",
+        "a GPU node carries 1 (gpuPool); allowed: 0 to 1",
+    ),
+    "a GPU runner sent to CPU nodes": (
+        runner(gpus=1, nodeSelector={"gpu": "false"}),
+        'gpu-runners:runners[0].nodeSelector = {"gpu": "false"}',
+        "selects gpu=false nodes, which have no GPU",
+    ),
+    "a CPU runner sent to the tainted GPU nodes": (
+        runner(gpus=0, nodeSelector={"gpu": "true"}),
+        'gpu-runners:runners[0].nodeSelector = {"gpu": "true"}',
+        "a CPU runner needs gpu=false",
+    ),
+    "a runner name Kubernetes refuses": (
+        runner(name="CML Runner"),
+        "gpu-runners:runners[0].name = 'CML Runner'",
+        "allowed: lowercase letters, digits and hyphens",
+    ),
+    "an unknown platform": (
+        runner(platform="bitbucket"),
+        "gpu-runners:runners[0].platform = 'bitbucket'",
+        "Input should be 'github' or 'gitlab'",
+    ),
+    "no runners": (
+        {RUNNERS: []},
+        "gpu-runners:runners = []",
+        "at least 1 item",
+    ),
+    "duplicate runner names": (
+        {RUNNERS: [{"name": "cml-runner"}, {"name": "cml-runner", "gpus": 0}]},
+        "gpu-runners:runners[1].name = 'cml-runner'",
+        "duplicate runner name",
+    ),
+    "a bucket URL instead of a bucket name": (
+        {"gpu-runners:dvcRemote": {"bucket": "gs://acme-data"}},
+        "gpu-runners:dvcRemote.bucket = 'gs://acme-data'",
+        "without gs://",
+    ),
 }
 
 
@@ -168,3 +254,39 @@ def test_a_zone_error_lists_the_zones_that_do_offer_the_accelerator():
     error, _ = run_rejected_program({GPU_POOL: {"zones": ["europe-west6-a"]}})
     assert "allowed in europe-west6: europe-west6-b, europe-west6-c" in str(error)
     assert "gpuPool.zonesOutsideCatalog" in str(error)
+
+
+def test_a_missing_token_is_rejected_with_the_command_that_sets_it():
+    error, registered = run_rejected_program(without=[TOKENS])
+    assert (
+        "gpu-runners:runnerTokens.cml-runner is not set: the runner's GitHub or GitLab token; run "
+        "`pulumi config set --secret --path 'runnerTokens.cml-runner' <token>`"
+    ) in str(error)
+    assert registered == []
+
+
+def test_a_token_stored_in_plain_text_is_rejected_without_showing_it():
+    token = fake_token("cml-runner")
+    error, registered = run_rejected_program({TOKENS: {"cml-runner": token}})
+    assert "gpu-runners:runnerTokens is stored in plain text" in str(error)
+    assert token not in str(error)
+    assert registered == []
+
+
+def test_a_token_for_no_runner_is_rejected():
+    tokens = {"cml-runner": fake_token("cml-runner"), "old-runner": fake_token("old-runner")}
+    error, _ = run_rejected_program(secrets={TOKENS: tokens})
+    assert "gpu-runners:runnerTokens.old-runner: no runner is named 'old-runner'" in str(error)
+    assert fake_token("old-runner") not in str(error)
+
+
+def test_no_error_message_shows_a_token():
+    tokens = {"a-runner": fake_token("a-runner"), "b-runner": fake_token("b-runner")}
+    error, _ = run_rejected_program(
+        {RUNNERS: [{"name": "a-runner", "memory": "2GB"}, {"name": "b-runner", "gpus": 9}]},
+        secrets={TOKENS: tokens},
+    )
+    assert "runners[0].memory" in str(error)
+    assert "runners[1].gpus" in str(error)
+    for token in tokens.values():
+        assert token not in str(error)

@@ -1,0 +1,67 @@
+"""RunnerIdentity: runner pods reach the DVC bucket as a Google account, with no key."""
+
+from tests.harness import TEST_PROJECT_ID, run_program
+
+ACCOUNT = "gcp:serviceaccount/account:Account"
+BUCKET = "gcp:storage/bucket:Bucket"
+BUCKET_MEMBER = "gcp:storage/bucketIAMMember:BucketIAMMember"
+SA_MEMBER = "gcp:serviceaccount/iAMMember:IAMMember"
+RUNNER_GSA = f"mlops-kubernetes-runner@{TEST_PROJECT_ID}.iam.gserviceaccount.com"
+
+
+def test_dev_stack_creates_a_private_bucket_that_only_the_runner_account_may_use():
+    program = run_program()
+    assert program.one(ACCOUNT, "runner-identity").inputs["accountId"] == "mlops-kubernetes-runner"
+    bucket = program.one(BUCKET).inputs
+    assert bucket["location"] == "EUROPE-WEST6"
+    assert bucket["uniformBucketLevelAccess"] is True
+    assert bucket["publicAccessPrevention"] == "enforced"
+    assert bucket["forceDestroy"] is True
+    grant = program.one(BUCKET_MEMBER).inputs
+    assert grant == {
+        "bucket": f"{program.outputs['dvcRemoteUrl'].removeprefix('gs://')}",
+        "role": "roles/storage.objectUser",
+        "member": f"serviceAccount:{RUNNER_GSA}",
+    }
+    assert program.outputs["runnerServiceAccount"] == RUNNER_GSA
+    assert program.outputs["dvcRemoteUrl"].startswith("gs://mlops-kubernetes-dvc-")
+
+
+def test_runner_account_has_no_project_wide_role():
+    program = run_program()
+    project_grants = program.of_type("gcp:projects/iAMMember:IAMMember")
+    assert project_grants
+    assert all(RUNNER_GSA not in g.inputs["member"] for g in project_grants)
+
+
+def test_each_runner_service_account_is_bound_by_workload_identity():
+    program = run_program(
+        {
+            "gpu-runners:runners": [
+                {"name": "train-gpu", "gpus": 1},
+                {"name": "eval-cpu", "gpus": 0},
+            ]
+        }
+    )
+    bindings = sorted(b.inputs["member"] for b in program.of_type(SA_MEMBER))
+    assert bindings == [
+        f"serviceAccount:{TEST_PROJECT_ID}.svc.id.goog[eval-cpu/eval-cpu]",
+        f"serviceAccount:{TEST_PROJECT_ID}.svc.id.goog[train-gpu/train-gpu]",
+    ]
+    for binding in program.of_type(SA_MEMBER):
+        assert binding.inputs["role"] == "roles/iam.workloadIdentityUser"
+        assert binding.inputs["serviceAccountId"] == (
+            f"projects/{TEST_PROJECT_ID}/serviceAccounts/{RUNNER_GSA}"
+        )
+
+
+def test_an_existing_bucket_is_used_and_not_created():
+    program = run_program({"gpu-runners:dvcRemote": {"bucket": "acme-ml-data"}})
+    assert program.of_type(BUCKET) == []
+    assert program.one(BUCKET_MEMBER).inputs["bucket"] == "acme-ml-data"
+    assert program.outputs["dvcRemoteUrl"] == "gs://acme-ml-data"
+
+
+def test_no_service_account_key_is_created():
+    program = run_program()
+    assert program.of_type("gcp:serviceaccount/key:Key") == []
