@@ -1,5 +1,6 @@
 """GpuCluster: a GKE Standard cluster with a CPU system pool and a GPU node pool."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -7,6 +8,7 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import yaml
 
+from infra.iam import grant_project_roles, service_account_id
 from infra.settings import ClusterSettings, GpuPoolSettings, SystemPoolSettings
 
 # What a node needs and nothing more: write logs and metrics, read its own metadata for
@@ -25,12 +27,6 @@ _AUTH_PLUGIN_HINT = (
     "Install gke-gcloud-auth-plugin: gcloud components install gke-gcloud-auth-plugin "
     "(https://cloud.google.com/kubernetes-engine/docs/how-to/cluster-access-for-kubectl)"
 )
-
-
-def service_account_id(base: str, suffix: str) -> str:
-    """A service account ID (6 to 30 characters) made from a resource name and a suffix."""
-    head = base[: 29 - len(suffix)].rstrip("-")
-    return f"{head}-{suffix}"
 
 
 def kubeconfig_yaml(context: str, endpoint: str, ca_certificate: str) -> str:
@@ -77,6 +73,8 @@ class GpuClusterArgs:
     cluster: ClusterSettings
     system_pool: SystemPoolSettings
     gpu_pool: GpuPoolSettings
+    node_account_users: Sequence[pulumi.Input[str]] = ()
+    """Members (e.g. a CI deployer) that may create node pools running as the node account."""
 
 
 class GpuCluster(pulumi.ComponentResource):
@@ -103,14 +101,19 @@ class GpuCluster(pulumi.ComponentResource):
             display_name=f"GKE nodes of {settings.name}",
             opts=child,
         )
-        for role in NODE_ROLES:
-            gcp.projects.IAMMember(
-                f"{name}-nodes-{role.removeprefix('roles/')}",
-                project=args.project,
-                role=role,
-                member=node_sa.member,
+        grant_project_roles(f"{name}-nodes", args.project, NODE_ROLES, node_sa.member, child)
+
+        # Creating a node pool that runs as the node account needs actAs on that account only.
+        node_account_grants = [
+            gcp.serviceaccount.IAMMember(
+                f"{name}-nodes-user-{index}",
+                service_account_id=node_sa.name,
+                role="roles/iam.serviceAccountUser",
+                member=member,
                 opts=child,
             )
+            for index, member in enumerate(args.node_account_users)
+        ]
 
         cluster = gcp.container.Cluster(
             name,
@@ -127,7 +130,9 @@ class GpuCluster(pulumi.ComponentResource):
             enable_shielded_nodes=True,
             deletion_protection=settings.deletion_protection,
             opts=pulumi.ResourceOptions(
-                parent=self, ignore_changes=["nodeConfig", "initialNodeCount"]
+                parent=self,
+                ignore_changes=["nodeConfig", "initialNodeCount"],
+                depends_on=node_account_grants,
             ),
         )
 
@@ -149,7 +154,9 @@ class GpuCluster(pulumi.ComponentResource):
             node_config=_node_config(
                 node_sa.email, system.machine_type, system.disk_size_gb, system.node_labels
             ),
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["initialNodeCount"]),
+            opts=pulumi.ResourceOptions(
+                parent=self, ignore_changes=["initialNodeCount"], depends_on=node_account_grants
+            ),
         )
 
         gpu = args.gpu_pool
@@ -185,7 +192,9 @@ class GpuCluster(pulumi.ComponentResource):
                 # GKE adds this taint to every GPU node itself; declaring it avoids a diff.
                 "taints": [GPU_TAINT],
             },
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["initialNodeCount"]),
+            opts=pulumi.ResourceOptions(
+                parent=self, ignore_changes=["initialNodeCount"], depends_on=node_account_grants
+            ),
         )
 
         context = f"gke_{args.project}_{settings.location}_{settings.name}"

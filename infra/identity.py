@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.cluster import service_account_id
+from infra.iam import service_account_id
 
 # Read, write and delete objects (what `dvc pull` and `dvc push` do); no bucket admin, no IAM.
 BUCKET_ROLE = "roles/storage.objectUser"

@@ -1,0 +1,32 @@
+"""Small IAM building blocks the components share: service account IDs and project grants."""
+
+from collections.abc import Iterable
+
+import pulumi
+import pulumi_gcp as gcp
+
+
+def service_account_id(base: str, suffix: str) -> str:
+    """A service account ID (6 to 30 characters) made from a resource name and a suffix."""
+    head = base[: 29 - len(suffix)].rstrip("-")
+    return f"{head}-{suffix}"
+
+
+def grant_project_roles(
+    name: str,
+    project: str,
+    roles: Iterable[str],
+    member: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+) -> list[gcp.projects.IAMMember]:
+    """Add member to each project role, one non-authoritative binding per role."""
+    return [
+        gcp.projects.IAMMember(
+            f"{name}-{role.removeprefix('roles/')}",
+            project=project,
+            role=role,
+            member=member,
+            opts=opts,
+        )
+        for role in roles
+    ]
