@@ -1,13 +1,29 @@
-"""gpu-runners: stack settings -> GKE cluster -> runner identity -> runners -> stack outputs."""
+"""gpu-runners: settings -> CI access -> GKE cluster -> runner identity -> runners -> outputs."""
 
 import pulumi
 
 from infra import settings as stack_settings
+from infra.ci import CiDeployer, CiDeployerArgs
 from infra.cluster import GpuCluster, GpuClusterArgs
 from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
 from infra.runner import RunnerDeployment, RunnerDeploymentArgs
 
 settings = stack_settings.load()
+
+deployer = (
+    CiDeployer(
+        "ci",
+        CiDeployerArgs(
+            project=settings.project,
+            pool_id=settings.ci.pool_id,
+            github_repository=settings.ci.github_repository,
+            gitlab_project=settings.ci.gitlab_project,
+            gitlab_url=settings.ci.gitlab_url,
+        ),
+    )
+    if settings.ci.enabled
+    else None
+)
 
 cluster = GpuCluster(
     "gke",
@@ -16,6 +32,7 @@ cluster = GpuCluster(
         cluster=settings.cluster,
         system_pool=settings.system_pool,
         gpu_pool=settings.gpu_pool,
+        node_account_users=[deployer.member] if deployer else [],
     ),
 )
 
@@ -73,3 +90,6 @@ pulumi.export(
         for name, deployment in runners.items()
     },
 )
+if deployer:
+    pulumi.export("ciDeployerServiceAccount", deployer.email)
+    pulumi.export("ciWorkloadIdentityProviders", deployer.provider_names)

@@ -44,6 +44,10 @@ _GITLAB_REPO = re.compile(
 )
 _QUANTITY = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_GITHUB_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")
+_GITLAB_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+$")
+_HTTPS_ORIGIN = re.compile(r"^https://[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?$")
+_POOL_ID = re.compile(r"^(?!gcp-)[a-z0-9-]{4,32}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
 GPU_LABEL = "gpu"
@@ -363,6 +367,39 @@ class RunnerSettings(_Section):
     image_tag: Annotated[str, AfterValidator(_check_image_tag)] = runner.DEFAULT_IMAGE_TAG
 
 
+def _matching(pattern: re.Pattern, allowed: str):
+    """A validator that accepts None or a value matching pattern."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not pattern.match(value):
+            raise _invalid(f"allowed: {allowed}")
+        return value
+
+    return AfterValidator(check)
+
+
+class CiSettings(_Section):
+    """Which CI may deploy the stack through Workload Identity Federation (`ci`)."""
+
+    github_repository: Annotated[
+        str | None, _matching(_GITHUB_PATH, "owner/repo of the infrastructure repository")
+    ] = None
+    gitlab_project: Annotated[
+        str | None, _matching(_GITLAB_PATH, "group/project of the infrastructure project")
+    ] = None
+    gitlab_url: Annotated[str, _matching(_HTTPS_ORIGIN, "https://<host>, no path")] = (
+        "https://gitlab.com"
+    )
+    pool_id: Annotated[
+        str,
+        _matching(_POOL_ID, "4 to 32 lowercase letters, digits and hyphens, not gcp-*"),
+    ] = "gpu-runners-ci"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.github_repository or self.gitlab_project)
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """Everything the program needs from the stack's config."""
@@ -372,6 +409,7 @@ class StackSettings:
     system_pool: SystemPoolSettings
     gpu_pool: GpuPoolSettings
     dvc_remote: DvcRemoteSettings
+    ci: CiSettings
     runners: tuple[RunnerSettings, ...]
     runner_tokens: dict[str, pulumi.Output[str]]
     """Each runner's forge token, by runner name, as a Pulumi secret."""
@@ -383,6 +421,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "systemPool": SystemPoolSettings,
     "gpuPool": GpuPoolSettings,
     "dvcRemote": DvcRemoteSettings,
+    "ci": CiSettings,
 }
 RUNNERS_KEY = "runners"
 TOKENS_KEY = "runnerTokens"
@@ -504,6 +543,7 @@ def load() -> StackSettings:
         system_pool=parsed["systemPool"],
         gpu_pool=parsed["gpuPool"],
         dvc_remote=parsed["dvcRemote"],
+        ci=parsed["ci"],
         runners=tuple(runners),
         runner_tokens={r.name: pulumi.Output.secret(tokens[r.name]) for r in runners},
     )

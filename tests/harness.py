@@ -18,6 +18,7 @@ from pulumi.runtime.sync_await import _sync_await
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = "gpu-runners"
 TEST_PROJECT_ID = "ml-team-sandbox"
+TEST_PROJECT_NUMBER = "123456789012"
 TEST_REPOSITORIES = {
     "github": "https://github.com/ml-team/churn-model",
     "gitlab": "https://gitlab.com/ml-team/churn-model",
@@ -39,6 +40,7 @@ class Resource:
     depends_on: tuple[str, ...]
     provider: str
     ignore_changes: tuple[str, ...]
+    protect: bool
 
 
 @dataclass
@@ -97,6 +99,17 @@ def _computed_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, 
             "member": f"serviceAccount:{email}",
             "name": f"projects/{inputs['project']}/serviceAccounts/{email}",
         }
+    if type_ == "gcp:iam/workloadIdentityPool:WorkloadIdentityPool":
+        pool = inputs["workloadIdentityPoolId"]
+        return {
+            "name": f"projects/{TEST_PROJECT_NUMBER}/locations/global/workloadIdentityPools/{pool}"
+        }
+    if type_ == "gcp:iam/workloadIdentityPoolProvider:WorkloadIdentityPoolProvider":
+        pool, provider = inputs["workloadIdentityPoolId"], inputs["workloadIdentityPoolProviderId"]
+        return {
+            "name": f"projects/{TEST_PROJECT_NUMBER}/locations/global/workloadIdentityPools/"
+            f"{pool}/providers/{provider}"
+        }
     if type_ == "gcp:storage/bucket:Bucket":
         return {"name": inputs.get("name", f"{name}-4f3a2b1")}
     if type_ == "gcp:container/cluster:Cluster":
@@ -143,6 +156,7 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
                     depends_on=tuple(request.dependencies),
                     provider=request.provider,
                     ignore_changes=tuple(request.ignoreChanges),
+                    protect=request.protect,
                 )
             )
         return response
