@@ -1,0 +1,240 @@
+"""The CI files of this repository and the ML pipeline examples: valid, and safe by construction."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.harness import REPO
+
+GITHUB_WORKFLOW = REPO / ".github/workflows/infrastructure.yml"
+GITLAB_CI = REPO / ".gitlab-ci.yml"
+GITHUB_EXAMPLE = REPO / "examples/github/.github/workflows/mlops.yml"
+GITLAB_EXAMPLE = REPO / "examples/gitlab/.gitlab-ci.yml"
+GITHUB_FILES = [GITHUB_WORKFLOW, GITHUB_EXAMPLE]
+GITLAB_FILES = [GITLAB_CI, GITLAB_EXAMPLE]
+ALL_FILES = GITHUB_FILES + GITLAB_FILES
+README_TEST_COMMAND = (
+    "python3 -m venv .venv && .venv/bin/pip install -r requirements-dev.txt "
+    "&& .venv/bin/python -m pytest"
+)
+
+
+def load(path) -> dict:
+    document = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads the key `on` as true.
+    if True in document:
+        document["on"] = document.pop(True)
+    return document
+
+
+def steps_using(job: dict, action: str) -> list[dict]:
+    return [s for s in job.get("steps", []) if s.get("uses", "").startswith(f"{action}@")]
+
+
+def run_text(job: dict) -> str:
+    return "\n".join(s.get("run", "") for s in job.get("steps", []))
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict:
+    return load(GITHUB_WORKFLOW)
+
+
+@pytest.fixture(scope="module")
+def gitlab() -> dict:
+    return load(GITLAB_CI)
+
+
+@pytest.mark.parametrize(
+    ("path", "schema"),
+    [(p, "vendor.github-workflows") for p in GITHUB_FILES]
+    + [(p, "vendor.gitlab-ci") for p in GITLAB_FILES],
+    ids=lambda value: str(value).removeprefix(str(REPO) + "/"),
+)
+def test_file_validates_against_its_forges_schema(path, schema):
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.name)
+def test_no_cloud_key_anywhere(path):
+    text = yaml.safe_dump(load(path))  # what the forge runs, without the comments
+    assert "credentials_json" not in text
+    assert "GOOGLE_CREDENTIALS" not in text
+    assert not re.search(r"SERVICE_ACCOUNT_KEY|secrets\.\w*KEY\b", text)
+
+
+@pytest.mark.parametrize("path", GITHUB_FILES, ids=lambda p: p.name)
+def test_every_action_is_pinned_to_a_release_or_commit(path):
+    uses = re.findall(r"uses:\s*([^\s#]+)", path.read_text())
+    assert uses
+    for action in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@(v\d+\.\d+\.\d+|[0-9a-f]{40})", action), action
+
+
+def test_workflow_triggers_and_default_permissions(workflow):
+    assert set(workflow["on"]) == {"pull_request", "push", "workflow_dispatch"}
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    assert workflow["on"]["workflow_dispatch"]["inputs"]["confirm"]["required"] is True
+    assert workflow["permissions"] == {}
+
+
+def test_offline_tests_run_on_every_pull_request_including_forks(workflow):
+    test = workflow["jobs"]["test"]
+    assert "fork" not in test.get("if", "") and "head.repo" not in test.get("if", "")
+    assert README_TEST_COMMAND in run_text(test)
+    assert test["permissions"] == {"contents": "read"}
+
+
+def test_preview_runs_only_on_pull_requests_from_this_repository_and_comments(workflow):
+    preview = workflow["jobs"]["preview"]
+    assert "github.event_name == 'pull_request'" in preview["if"]
+    assert "head.repo.full_name == github.repository" in preview["if"]
+    assert preview["needs"] == "test"
+    (pulumi,) = steps_using(preview, "pulumi/actions")
+    assert pulumi["with"]["command"] == "preview"
+    assert pulumi["with"]["comment-on-pr"] is True
+    assert pulumi["with"]["cloud-url"].startswith("gs://")
+    assert preview["permissions"] == {
+        "contents": "read",
+        "id-token": "write",
+        "pull-requests": "write",
+    }
+
+
+def test_fork_pull_requests_get_a_clear_message_instead_of_a_preview(workflow):
+    notice = workflow["jobs"]["fork-notice"]
+    assert "head.repo.full_name != github.repository" in notice["if"]
+    assert "Pull requests from forks get no secrets" in run_text(notice)
+    assert notice["permissions"] == {}
+
+
+def test_up_runs_only_on_push_to_main(workflow):
+    up = workflow["jobs"]["up"]
+    assert up["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    (pulumi,) = steps_using(up, "pulumi/actions")
+    assert pulumi["with"]["command"] == "up"
+
+
+def test_destroy_runs_only_when_dispatched_and_confirmed(workflow):
+    destroy = workflow["jobs"]["destroy"]
+    confirmed = "inputs.confirm == format('destroy {0}', inputs.stack)"
+    assert destroy["if"] == f"github.event_name == 'workflow_dispatch' && {confirmed}"
+    assert "pulumi destroy" in run_text(destroy)
+    assert "--exclude-protected" in run_text(destroy)
+    refused = workflow["jobs"]["destroy-refused"]
+    assert "inputs.confirm != format('destroy {0}', inputs.stack)" in refused["if"]
+    assert "exit 1" in run_text(refused)
+    others = {n: j for n, j in workflow["jobs"].items() if n != "destroy"}
+    for name, job in others.items():
+        assert "pulumi destroy" not in run_text(job), name
+        for step in steps_using(job, "pulumi/actions"):
+            assert step.get("with", {}).get("command") != "destroy", name
+
+
+def test_deployments_of_a_stack_never_overlap(workflow):
+    up, destroy = workflow["jobs"]["up"], workflow["jobs"]["destroy"]
+    assert up["concurrency"]["group"] == destroy["concurrency"]["group"]
+    assert up["concurrency"]["cancel-in-progress"] is False
+    assert destroy["concurrency"]["cancel-in-progress"] is False
+    assert "concurrency" in workflow["jobs"]["preview"]
+
+
+def test_only_cloud_jobs_get_an_oidc_token_and_they_use_workload_identity(workflow):
+    for name, job in workflow["jobs"].items():
+        cloud = name in {"preview", "up", "destroy"}
+        assert (job["permissions"].get("id-token") == "write") is cloud, name
+        if cloud:
+            (auth,) = steps_using(job, "google-github-actions/auth")
+            assert set(auth["with"]) == {"workload_identity_provider", "service_account"}
+            (gcloud,) = steps_using(job, "google-github-actions/setup-gcloud")
+            assert gcloud["with"]["install_components"] == "gke-gcloud-auth-plugin"
+
+
+def rules(job: dict) -> list[str]:
+    return [rule["if"] for rule in job["rules"]]
+
+
+def test_gitlab_preview_runs_only_for_merge_requests_from_this_project(gitlab):
+    assert rules(gitlab["preview"]) == [
+        '$CI_PIPELINE_SOURCE == "merge_request_event" '
+        "&& $CI_MERGE_REQUEST_SOURCE_PROJECT_ID == $CI_PROJECT_ID"
+    ]
+    assert any("pulumi preview" in line for line in gitlab["preview"]["script"])
+    assert gitlab["preview"]["artifacts"]["expose_as"] == "pulumi preview"
+    assert "!= $CI_PROJECT_ID" in rules(gitlab["preview-skipped"])[0]
+
+
+def test_gitlab_up_runs_only_on_the_default_branch(gitlab):
+    assert rules(gitlab["up"]) == [
+        '$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH && $CI_PIPELINE_SOURCE == "push"'
+    ]
+    assert gitlab["up"]["needs"] == ["test"]
+
+
+def test_gitlab_destroy_is_manual_and_confirmed(gitlab):
+    destroy = gitlab["destroy"]
+    assert destroy["rules"] == [
+        {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "when": "manual", "allow_failure": True}
+    ]
+    script = "\n".join(destroy["script"])
+    assert '"$CONFIRM_DESTROY" != "destroy $PULUMI_STACK"' in script
+    assert script.index("exit 1") < script.index("pulumi destroy")
+    for name, job in gitlab.items():
+        if isinstance(job, dict) and "script" in job and name != "destroy":
+            assert "pulumi destroy" not in "\n".join(job["script"]), name
+
+
+def test_gitlab_deployments_share_a_resource_group(gitlab):
+    assert gitlab["up"]["resource_group"] == gitlab["destroy"]["resource_group"]
+    assert "$PULUMI_STACK" in gitlab["up"]["resource_group"]
+
+
+def test_gitlab_authenticates_with_an_id_token_through_workload_identity(gitlab):
+    base = gitlab[".pulumi"]
+    aud = base["id_tokens"]["GCP_ID_TOKEN"]["aud"]
+    assert aud == "https://iam.googleapis.com/$GCP_WORKLOAD_IDENTITY_PROVIDER"
+    setup = "\n".join(base["before_script"])
+    assert "gcloud iam workload-identity-pools create-cred-config" in setup
+    assert "--credential-source-file" in setup
+    for job in ("preview", "up", "destroy"):
+        assert gitlab[job]["extends"] == ".pulumi"
+    assert README_TEST_COMMAND in gitlab["test"]["script"][0]
+
+
+def dev_runner_labels() -> list[str]:
+    config = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())["config"]
+    return config["gpu-runners:runners"][0]["labels"]
+
+
+def test_github_example_trains_on_the_dev_runner_and_keeps_the_report():
+    example = load(GITHUB_EXAMPLE)
+    assert "setup-runner" not in example["jobs"]
+    train = example["jobs"]["train"]
+    assert train["runs-on"] == ["self-hosted", *dev_runner_labels()]
+    assert "dvc pull" in run_text(train)
+    assert "dvc repro" in run_text(train)
+    report = example["jobs"]["report"]
+    assert report["needs"] == "train"
+    assert "cml comment update --target=pr --publish report.md" in run_text(report)
+    assert "dvc metrics diff main" in run_text(report)
+
+
+def test_gitlab_example_trains_on_the_dev_runner_and_keeps_the_report():
+    example = load(GITLAB_EXAMPLE)
+    assert "setup-runner" not in example
+    assert example["stages"] == ["train", "report"]
+    train = example["train"]
+    assert train["tags"] == dev_runner_labels()
+    assert train["script"] == ["dvc pull", "dvc repro --force"]
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in str(train)
+    report = "\n".join(example["report"]["script"])
+    assert "cml comment update --target=pr --publish report.md" in report
