@@ -5,6 +5,7 @@ import re
 
 from pydantic.fields import FieldInfo
 
+from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from tests.harness import REPO
 
@@ -38,3 +39,10 @@ def test_config_table_lists_every_key_with_its_default():
 def test_ci_runs_the_readme_test_command():
     command = re.search(r"```sh\n(python3 -m venv .+ -m pytest)\n```", README).group(1)
     assert command in (REPO / ".ci" / "run").read_text()
+
+
+def test_every_deployer_role_is_justified_in_the_readme():
+    section = README[README.index("### What the deployer may do") :]
+    table = section[: section.index("\n\n", section.index("| Role |"))]
+    for role in [*DEPLOYER_ROLES, "roles/resourcemanager.projectIamAdmin"]:
+        assert f"| `{role}`" in table, role
