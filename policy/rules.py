@@ -1,0 +1,317 @@
+"""The gpu-runners policies: GPU placement, secrets and privileges, checked on every preview.
+
+Each policy validates one resource's inputs (camelCase, as the engine passes them). The module
+builds no PolicyPack, so tests can call the policies without the policy engine.
+"""
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Secret,
+)
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_LABEL = "gpu"
+NODE_POOL = "gcp:container/nodePool:NodePool"
+CLUSTER = "gcp:container/cluster:Cluster"
+SERVICE_ACCOUNT_KEY = "gcp:serviceaccount/key:Key"
+PRIMITIVE_ROLES = ("roles/owner", "roles/editor")
+DRIVER_VERSIONS = ("DEFAULT", "LATEST")
+
+# Where each Kubernetes workload keeps its pod spec.
+_POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
+    "kubernetes:core/v1:Pod": ("spec",),
+    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:ReplicaSet": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+}
+
+_LITERAL_SECRETS: dict[str, re.Pattern] = {
+    "a GitHub token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_\w{20,})"),
+    "a GitLab token": re.compile(r"\b(?:glpat|glrt)-[A-Za-z0-9_-]{20,}"),
+    "a Google API key": re.compile(r"\bAIza[0-9A-Za-z_-]{35}"),
+    "a private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+}
+
+
+def _plain(value: Any) -> Any:
+    """A property value with the engine's secret wrapper removed."""
+    return value.value if isinstance(value, Secret) else value
+
+
+def _get(props: Mapping[str, Any], *path: str) -> Any:
+    """The value at path in nested props, or None."""
+    value: Any = props
+    for key in path:
+        value = _plain(value)
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return _plain(value)
+
+
+def _subject(args: ResourceValidationArgs) -> str:
+    """How a message names the resource: its type's short name and its Pulumi name."""
+    return f"{args.resource_type.rsplit(':', 1)[-1]} {args.name!r}"
+
+
+def _stack_of(urn: str) -> str:
+    """The stack name in a URN: urn:pulumi:<stack>::<project>::<type>::<name>."""
+    return urn.removeprefix("urn:pulumi:").split("::", 1)[0]
+
+
+def _pod_spec(args: ResourceValidationArgs) -> Mapping[str, Any] | None:
+    path = _POD_SPEC_PATHS.get(args.resource_type)
+    return _get(args.props, *path) if path else None
+
+
+def _containers(pod: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    for key in ("initContainers", "containers"):
+        for container in _plain(pod.get(key)) or []:
+            yield _plain(container)
+
+
+def _gpu_accelerators(props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    accelerators = _get(props, "nodeConfig", "guestAccelerators") or []
+    return [_plain(a) for a in accelerators if int(_plain(a).get("count") or 0) > 0]
+
+
+def _requests_gpus(pod: Mapping[str, Any]) -> bool:
+    for container in _containers(pod):
+        for kind in ("limits", "requests"):
+            if int(_get(container, "resources", kind, GPU_RESOURCE) or 0) > 0:
+                return True
+    return False
+
+
+def _tolerates_gpu_taint(pod: Mapping[str, Any]) -> bool:
+    for toleration in _plain(pod.get("tolerations")) or []:
+        toleration = _plain(toleration)
+        key, operator = toleration.get("key"), toleration.get("operator", "Equal")
+        if toleration.get("effect") not in (None, "", "NoSchedule"):
+            continue
+        if operator == "Exists" and key in (None, "", GPU_RESOURCE):
+            return True
+        if key == GPU_RESOURCE and toleration.get("value") == "present":
+            return True
+    return False
+
+
+def _selects_gpu_nodes(pod: Mapping[str, Any]) -> bool:
+    selector = _plain(pod.get("nodeSelector")) or {}
+    return selector.get(GPU_LABEL) == "true" or "cloud.google.com/gke-accelerator" in selector
+
+
+def gpu_node_pools_are_labelled_tainted_and_driven(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """A GPU node pool carries gpu=true, the NoSchedule GPU taint, and GKE's driver install."""
+    if args.resource_type != NODE_POOL or not _gpu_accelerators(args.props):
+        return
+    subject = f"GPU node pool {args.name!r}"
+    if (_get(args.props, "nodeConfig", "labels") or {}).get(GPU_LABEL) != "true":
+        report_violation(
+            f"{subject} lacks the label gpu=true, so runners cannot select it; "
+            "add it to node_config.labels.",
+            None,
+        )
+    taints = [_plain(t) for t in _get(args.props, "nodeConfig", "taints") or []]
+    if not any(t.get("key") == GPU_RESOURCE and t.get("effect") == "NO_SCHEDULE" for t in taints):
+        report_violation(
+            f"{subject} lacks the taint nvidia.com/gpu=present:NoSchedule, so any "
+            "pod may land on a GPU node; declare it in node_config.taints.",
+            None,
+        )
+    for accelerator in _gpu_accelerators(args.props):
+        version = _get(accelerator, "gpuDriverInstallationConfig", "gpuDriverVersion")
+        if version not in DRIVER_VERSIONS:
+            report_violation(
+                f"{subject} does not install the NVIDIA driver (driver version "
+                f"{version or 'unset'}); set gpu_driver_installation_config.gpu_driver_version "
+                "to LATEST or DEFAULT.",
+                None,
+            )
+
+
+def gpu_workloads_select_and_tolerate_gpu_nodes(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """A workload that requests nvidia.com/gpu selects gpu=true nodes and tolerates the taint."""
+    pod = _pod_spec(args)
+    if not pod or not _requests_gpus(pod):
+        return
+    if not _selects_gpu_nodes(pod):
+        report_violation(
+            f"{_subject(args)} requests nvidia.com/gpu but does not select GPU nodes; add the "
+            'nodeSelector gpu: "true".',
+            None,
+        )
+    if not _tolerates_gpu_taint(pod):
+        report_violation(
+            f"{_subject(args)} requests nvidia.com/gpu but does not tolerate the GPU taint; add "
+            "the toleration {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}.",
+            None,
+        )
+
+
+def _literal_secret_kind(text: Any) -> str | None:
+    text = _plain(text)
+    if not isinstance(text, str):
+        return None
+    return next((kind for kind, p in _LITERAL_SECRETS.items() if p.search(text)), None)
+
+
+def containers_hold_no_literal_tokens(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """No container env value, command or argument holds a token or key in clear."""
+    pod = _pod_spec(args)
+    if not pod:
+        return
+    for container in _containers(pod):
+        places = [
+            (f"env {_plain(e).get('name')}", _plain(e).get("value"))
+            for e in _plain(container.get("env")) or []
+        ]
+        places += [("command", part) for part in _plain(container.get("command")) or []]
+        places += [("args", part) for part in _plain(container.get("args")) or []]
+        for place, text in places:
+            kind = _literal_secret_kind(text)
+            if kind:
+                report_violation(
+                    f"{_subject(args)}: container {container.get('name')!r} {place} holds "
+                    f"{kind} in clear; store it in a Secret and pass it with "
+                    "env.valueFrom.secretKeyRef.",
+                    None,
+                )
+
+
+def no_service_account_keys(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """No long-lived service account keys: use Workload Identity (Federation) instead."""
+    if args.resource_type == SERVICE_ACCOUNT_KEY:
+        report_violation(
+            f"{_subject(args)} creates a long-lived service account JSON key; remove it and use "
+            "Workload Identity (pods) or Workload Identity Federation (CI).",
+            None,
+        )
+
+
+def no_primitive_roles(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    """Nobody is granted roles/owner or roles/editor."""
+    role = _plain(args.props.get("role"))
+    policy = _plain(args.props.get("policyData"))
+    granted = [r for r in PRIMITIVE_ROLES if r == role or (isinstance(policy, str) and r in policy)]
+    for primitive in granted:
+        report_violation(
+            f"{_subject(args)} grants {primitive}; grant the narrow predefined roles the member "
+            "needs instead.",
+            None,
+        )
+
+
+def no_privileged_containers(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """No privileged container, and every container forbids privilege escalation."""
+    pod = _pod_spec(args)
+    if not pod:
+        return
+    for container in _containers(pod):
+        name = container.get("name")
+        security = _plain(container.get("securityContext")) or {}
+        if _plain(security.get("privileged")) is True:
+            report_violation(
+                f"{_subject(args)}: container {name!r} is privileged; remove "
+                "securityContext.privileged and add only the capabilities it needs.",
+                None,
+            )
+        if _plain(security.get("allowPrivilegeEscalation")) is not False:
+            report_violation(
+                f"{_subject(args)}: container {name!r} may escalate privileges; set "
+                "securityContext.allowPrivilegeEscalation: false.",
+                None,
+            )
+
+
+def prod_clusters_have_deletion_protection(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """In stacks named prod*, a GKE cluster keeps deletion protection on."""
+    stack = _stack_of(args.urn)
+    if args.resource_type != CLUSTER or not stack.startswith("prod"):
+        return
+    if _plain(args.props.get("deletionProtection")) is False:
+        report_violation(
+            f"{_subject(args)} in stack {stack!r} has deletion protection off; set "
+            "cluster.deletionProtection: true (the default).",
+            None,
+        )
+
+
+def gpu_pools_use_spot(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    """GPU pools on Spot VMs cost 60 to 90 % less."""
+    if args.resource_type != NODE_POOL or not _gpu_accelerators(args.props):
+        return
+    node = _get(args.props, "nodeConfig") or {}
+    if not (_plain(node.get("spot")) or _plain(node.get("preemptible"))):
+        report_violation(
+            f"GPU node pool {args.name!r} runs on-demand VMs; gpuPool.spot: true costs 60 to "
+            "90 % less if your jobs can be retried.",
+            None,
+        )
+
+
+def gpu_pools_scale_to_zero(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """GPU pools scale down to zero nodes, so an idle GPU costs nothing."""
+    if args.resource_type != NODE_POOL or not _gpu_accelerators(args.props):
+        return
+    autoscaling = _get(args.props, "autoscaling") or {}
+    minimum = autoscaling.get("totalMinNodeCount", autoscaling.get("minNodeCount"))
+    if not autoscaling or int(_plain(minimum) or 0) > 0:
+        report_violation(
+            f"GPU node pool {args.name!r} keeps {minimum or 'a fixed number of'} GPU node(s) "
+            "even when idle; set gpuPool.minNodes: 0.",
+            None,
+        )
+
+
+def _policy(
+    validate: Callable[[ResourceValidationArgs, ReportViolation], None],
+    level: EnforcementLevel,
+) -> ResourceValidationPolicy:
+    """A policy named after its function, described by its docstring."""
+    return ResourceValidationPolicy(
+        name=validate.__name__.replace("_", "-"),
+        description=validate.__doc__ or "",
+        validate=validate,
+        enforcement_level=level,
+    )
+
+
+MANDATORY = EnforcementLevel.MANDATORY
+ADVISORY = EnforcementLevel.ADVISORY
+
+POLICIES: list[ResourceValidationPolicy] = [
+    _policy(gpu_node_pools_are_labelled_tainted_and_driven, MANDATORY),
+    _policy(gpu_workloads_select_and_tolerate_gpu_nodes, MANDATORY),
+    _policy(containers_hold_no_literal_tokens, MANDATORY),
+    _policy(no_service_account_keys, MANDATORY),
+    _policy(no_primitive_roles, MANDATORY),
+    _policy(no_privileged_containers, MANDATORY),
+    _policy(prod_clusters_have_deletion_protection, MANDATORY),
+    _policy(gpu_pools_use_spot, ADVISORY),
+    _policy(gpu_pools_scale_to_zero, ADVISORY),
+]

@@ -1,0 +1,248 @@
+"""The policy pack: clean on what the program registers, and every rule catches its mistake."""
+
+import copy
+
+import pytest
+import yaml
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyCustomTimeouts,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+)
+from pulumi_policy.deserialize import deserialize_properties
+
+from policy.rules import POLICIES
+from tests.harness import REPO, Resource, fake_token, run_program
+from tests.test_ci_identity import CI
+from tests.test_runner import TWO_RUNNERS
+
+BY_NAME = {policy.name: policy for policy in POLICIES}
+
+
+def violations(resource: Resource, policy_name: str) -> list[str]:
+    """Run one policy on one recorded resource, as the policy engine would."""
+    args = ResourceValidationArgs(
+        resource_type=resource.type,
+        props=deserialize_properties(resource.inputs, proxy_secrets=True),
+        urn=resource.urn,
+        name=resource.name,
+        opts=PolicyResourceOptions(
+            protect=resource.protect,
+            ignore_changes=list(resource.ignore_changes),
+            delete_before_replace=None,
+            aliases=[],
+            custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+            additional_secret_outputs=[],
+            parent=resource.parent,
+        ),
+        provider=None,
+    )
+    found: list[str] = []
+    BY_NAME[policy_name].validate(args, lambda message, urn=None: found.append(message))
+    return found
+
+
+def crafted(program, type_: str, name: str, change, urn_stack: str | None = None) -> Resource:
+    """A copy of a registered resource with its inputs changed by `change`."""
+    original = program.one(type_, name)
+    inputs = copy.deepcopy(original.inputs)
+    change(inputs)
+    urn = original.urn.replace(":dev::", f":{urn_stack}::") if urn_stack else original.urn
+    return Resource(
+        type=original.type,
+        name=original.name,
+        inputs=inputs,
+        urn=urn,
+        parent=original.parent,
+        depends_on=original.depends_on,
+        provider=original.provider,
+        ignore_changes=original.ignore_changes,
+        protect=original.protect,
+    )
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return run_program()
+
+
+def test_the_pack_has_the_mandatory_and_advisory_rules():
+    levels = {p.name: p.enforcement_level for p in POLICIES}
+    assert levels == {
+        "gpu-node-pools-are-labelled-tainted-and-driven": EnforcementLevel.MANDATORY,
+        "gpu-workloads-select-and-tolerate-gpu-nodes": EnforcementLevel.MANDATORY,
+        "containers-hold-no-literal-tokens": EnforcementLevel.MANDATORY,
+        "no-service-account-keys": EnforcementLevel.MANDATORY,
+        "no-primitive-roles": EnforcementLevel.MANDATORY,
+        "no-privileged-containers": EnforcementLevel.MANDATORY,
+        "prod-clusters-have-deletion-protection": EnforcementLevel.MANDATORY,
+        "gpu-pools-use-spot": EnforcementLevel.ADVISORY,
+        "gpu-pools-scale-to-zero": EnforcementLevel.ADVISORY,
+    }
+    assert all(p.description for p in POLICIES)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, TWO_RUNNERS, {CI: {"githubRepository": "ml-team/gpu-runners", "gitlabProject": "a/b"}}],
+    ids=["dev", "two-runners", "with-ci"],
+)
+@pytest.mark.parametrize("policy_name", list(BY_NAME))
+def test_every_rule_passes_on_what_the_program_registers(config, policy_name):
+    program = run_program(config)
+    for resource in program.resources:
+        assert violations(resource, policy_name) == [], resource.name
+
+
+def gpu_pool(dev, change) -> Resource:
+    return crafted(dev, "gcp:container/nodePool:NodePool", "gke-gpu", change)
+
+
+def runner(dev, change) -> Resource:
+    return crafted(dev, "kubernetes:apps/v1:Deployment", "cml-runner", change)
+
+
+def pod(inputs: dict) -> dict:
+    return inputs["spec"]["template"]["spec"]
+
+
+def first_container(inputs: dict) -> dict:
+    return pod(inputs)["containers"][0]
+
+
+def test_a_gpu_pool_without_label_taint_or_driver_is_refused(dev):
+    def strip(inputs):
+        node = inputs["nodeConfig"]
+        node["labels"] = {}
+        node["taints"] = []
+        node["guestAccelerators"][0]["gpuDriverInstallationConfig"] = {
+            "gpuDriverVersion": "INSTALLATION_DISABLED"
+        }
+
+    found = violations(gpu_pool(dev, strip), "gpu-node-pools-are-labelled-tainted-and-driven")
+    assert len(found) == 3
+    assert all(message.startswith("GPU node pool 'gke-gpu' ") for message in found)
+    assert "add it to node_config.labels" in found[0]
+    assert "declare it in node_config.taints" in found[1]
+    assert "set gpu_driver_installation_config.gpu_driver_version to LATEST" in found[2]
+
+
+def test_a_cpu_pool_needs_no_gpu_label(dev):
+    system = dev.one("gcp:container/nodePool:NodePool", "gke-system")
+    assert violations(system, "gpu-node-pools-are-labelled-tainted-and-driven") == []
+
+
+def test_a_gpu_deployment_that_does_not_target_gpu_nodes_is_refused(dev):
+    def untarget(inputs):
+        pod(inputs)["nodeSelector"] = {"gpu": "false"}
+        del pod(inputs)["tolerations"]
+
+    found = violations(runner(dev, untarget), "gpu-workloads-select-and-tolerate-gpu-nodes")
+    assert len(found) == 2
+    assert found[0].startswith("Deployment 'cml-runner' requests nvidia.com/gpu")
+    assert 'add the nodeSelector gpu: "true"' in found[0]
+    assert "add the toleration {key: nvidia.com/gpu" in found[1]
+
+
+@pytest.mark.parametrize(
+    ("secret", "kind"),
+    [
+        (fake_token("x"), "a GitHub token"),
+        ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "a GitHub token"),
+        ("glpat-" + "a1B2c3D4e5F6g7H8i9J0", "a GitLab token"),
+        ("glrt-" + "a1B2c3D4e5F6g7H8i9J0k", "a GitLab token"),
+        ("AIza" + "S" * 35, "a Google API key"),
+        ("-----BEGIN PRIVATE KEY-----\nMIIE...", "a private key"),
+    ],
+    ids=["ghp", "github_pat", "glpat", "glrt", "google-api-key", "private-key"],
+)
+def test_a_literal_token_in_env_or_args_is_refused_without_being_echoed(dev, secret, kind):
+    def leak(inputs):
+        container = first_container(inputs)
+        container["env"][1] = {"name": "REPO_TOKEN", "value": secret}
+        container["args"].append(f"--token={secret}")
+
+    found = violations(runner(dev, leak), "containers-hold-no-literal-tokens")
+    assert len(found) == 2
+    assert found[0] == (
+        f"Deployment 'cml-runner': container 'runner' env REPO_TOKEN holds {kind} in clear; "
+        "store it in a Secret and pass it with env.valueFrom.secretKeyRef."
+    )
+    assert "container 'runner' args holds" in found[1]
+    assert all(secret not in message for message in found)
+
+
+def test_a_service_account_key_is_refused():
+    key = Resource(
+        type="gcp:serviceaccount/key:Key",
+        name="ci-key",
+        inputs={"serviceAccountId": "deployer"},
+        urn="urn:pulumi:dev::gpu-runners::gcp:serviceaccount/key:Key::ci-key",
+        parent="",
+        depends_on=(),
+        provider="",
+        ignore_changes=(),
+        protect=False,
+    )
+    (message,) = violations(key, "no-service-account-keys")
+    assert message.startswith("Key 'ci-key' creates a long-lived service account JSON key")
+    assert "use Workload Identity" in message
+
+
+@pytest.mark.parametrize("role", ["roles/owner", "roles/editor"])
+def test_a_primitive_role_is_refused(dev, role):
+    grant = crafted(
+        dev,
+        "gcp:projects/iAMMember:IAMMember",
+        "gke-nodes-logging.logWriter",
+        lambda inputs: inputs.update(role=role),
+    )
+    (message,) = violations(grant, "no-primitive-roles")
+    assert message == (
+        f"IAMMember 'gke-nodes-logging.logWriter' grants {role}; grant the narrow predefined "
+        "roles the member needs instead."
+    )
+
+
+def test_a_privileged_or_escalating_container_is_refused(dev):
+    def escalate(inputs):
+        first_container(inputs)["securityContext"] = {"privileged": True}
+
+    found = violations(runner(dev, escalate), "no-privileged-containers")
+    assert len(found) == 2
+    assert "container 'runner' is privileged; remove securityContext.privileged" in found[0]
+    assert "set securityContext.allowPrivilegeEscalation: false" in found[1]
+
+
+def test_a_prod_cluster_without_deletion_protection_is_refused(dev):
+    cluster = dev.one("gcp:container/cluster:Cluster")
+    assert cluster.inputs["deletionProtection"] is False
+    assert violations(cluster, "prod-clusters-have-deletion-protection") == []
+    prod = crafted(dev, "gcp:container/cluster:Cluster", "gke", lambda _: None, "prod-eu")
+    (message,) = violations(prod, "prod-clusters-have-deletion-protection")
+    assert message == (
+        "Cluster 'gke' in stack 'prod-eu' has deletion protection off; set "
+        "cluster.deletionProtection: true (the default)."
+    )
+
+
+def test_advisories_for_on_demand_and_always_on_gpu_pools(dev):
+    def costly(inputs):
+        inputs["nodeConfig"]["spot"] = False
+        inputs["autoscaling"]["totalMinNodeCount"] = 1
+
+    pool = gpu_pool(dev, costly)
+    (spot,) = violations(pool, "gpu-pools-use-spot")
+    assert "runs on-demand VMs; gpuPool.spot: true" in spot
+    (zero,) = violations(pool, "gpu-pools-scale-to-zero")
+    assert "keeps 1 GPU node(s) even when idle; set gpuPool.minNodes: 0" in zero
+
+
+def test_the_pack_is_a_python_policy_pack_with_pinned_requirements():
+    manifest = yaml.safe_load((REPO / "policy/PulumiPolicy.yaml").read_text())
+    assert manifest["runtime"]["name"] == "python"
+    requirements = (REPO / "policy/requirements.txt").read_text()
+    assert "pulumi-policy>=1.21,<2" in requirements
+    main = (REPO / "policy/__main__.py").read_text()
+    assert "PolicyPack(" in main and "from rules import POLICIES" in main
