@@ -71,7 +71,7 @@ def test_system_pool_is_the_cpu_node_labelled_gpu_false(dev):
     assert node["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
 
 
-def test_gpu_pool_has_one_l4_with_driver_taint_label_and_scales_from_zero(dev):
+def test_gpu_pool_has_one_spot_l4_with_driver_taint_label_and_scales_from_zero(dev):
     pool = dev.one(NODE_POOL, "gke-gpu").inputs
     node = pool["nodeConfig"]
     assert pool["nodeLocations"] == ["europe-west6-b"]
@@ -91,7 +91,7 @@ def test_gpu_pool_has_one_l4_with_driver_taint_label_and_scales_from_zero(dev):
     assert node["taints"] == [
         {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
     ]
-    assert node["spot"] is False
+    assert node["spot"] is True
     assert node["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
     assert node["gcfsConfig"] == {"enabled": True}
     assert node["imageType"] == "COS_CONTAINERD"
