@@ -238,3 +238,14 @@ def test_gitlab_example_trains_on_the_dev_runner_and_keeps_the_report():
     assert "GOOGLE_APPLICATION_CREDENTIALS" not in str(train)
     report = "\n".join(example["report"]["script"])
     assert "cml comment update --target=pr --publish report.md" in report
+
+
+def test_preview_and_up_run_the_policy_pack(workflow, gitlab):
+    for name in ("preview", "up"):
+        (pulumi,) = steps_using(workflow["jobs"][name], "pulumi/actions")
+        assert pulumi["with"]["policyPacks"] == "policy", name
+        assert "policy/venv/bin/pip install -r policy/requirements.txt" in run_text(
+            workflow["jobs"][name]
+        )
+        assert any("--policy-pack policy" in line for line in gitlab[name]["script"]), name
+    assert "policy/requirements.txt" in "\n".join(gitlab[".pulumi"]["before_script"])
