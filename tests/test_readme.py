@@ -7,6 +7,7 @@ from pydantic.fields import FieldInfo
 
 from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
+from policy.rules import POLICIES
 from tests.harness import REPO
 
 README = (REPO / "README.md").read_text()
@@ -46,3 +47,9 @@ def test_every_deployer_role_is_justified_in_the_readme():
     table = section[: section.index("\n\n", section.index("| Role |"))]
     for role in [*DEPLOYER_ROLES, "roles/resourcemanager.projectIamAdmin"]:
         assert f"| `{role}`" in table, role
+
+
+def test_every_policy_is_listed_with_its_level():
+    for policy in POLICIES:
+        level = policy.enforcement_level.value
+        assert f"| `{policy.name}` | {level} |" in README, policy.name
