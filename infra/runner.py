@@ -7,6 +7,8 @@ from typing import Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra import keda as keda_objects
+
 CML_IMAGE = "iterativeai/cml"
 DEFAULT_IMAGE_TAG = "0-dvc3-base1"
 DEFAULT_LABELS: tuple[str, ...] = ("cml-runner",)
@@ -44,6 +46,18 @@ def runner_image(tag: str, gpus: int) -> str:
 
 
 @dataclass(frozen=True)
+class OnDemandScaling:
+    """Run runner pods only while the repository has jobs for them (GitHub only, through KEDA)."""
+
+    keda: pulumi.Resource
+    """KEDA's installation; the KEDA objects wait for it."""
+    max_runners: int = 1
+    """Runners at once. 1: a Deployment scaled 0..1; more: a ScaledJob, one Job per CI job."""
+    idle_timeout_seconds: int = 300
+    """How long a runner without a job lives, and how long KEDA waits before scaling to 0."""
+
+
+@dataclass(frozen=True)
 class RunnerDeploymentArgs:
     """What one runner is: where it registers, with which labels, on which nodes."""
 
@@ -60,7 +74,7 @@ class RunnerDeploymentArgs:
     create_namespace: bool = True
     """Create the namespace, or use one that already exists."""
     replicas: int = 1
-    """Runner pods; each takes one job, then exits and is replaced."""
+    """Runner pods kept up (without on_demand); each takes one job, then is replaced."""
     cpu: str = DEFAULT_CPU
     """CPU request and limit of a runner pod."""
     memory: str = DEFAULT_MEMORY
@@ -73,13 +87,17 @@ class RunnerDeploymentArgs:
     """Tag of iterativeai/cml; `-gpu` is appended for GPU runners."""
     google_service_account: pulumi.Input[str] | None = None
     """Google service account the pod acts as through GKE Workload Identity, if any."""
+    on_demand: OnDemandScaling | None = None
+    """Scale from zero with KEDA instead of keeping `replicas` runners up."""
 
 
 class RunnerDeployment(pulumi.ComponentResource):
-    """A namespace, service account, token Secret and runner Deployment, on any Kubernetes."""
+    """A namespace, service account, token Secret and the runner's pods, on any Kubernetes:
+    a Deployment kept at `replicas`, or scaled from zero by KEDA when `on_demand` is given."""
 
     namespace: pulumi.Output[str]
-    deployment_name: pulumi.Output[str]
+    workload: pulumi.Output[str]
+    """Kind/name of what runs the runner pods: Deployment/<name> or ScaledJob/<name>."""
     labels: list[str]
 
     def __init__(
@@ -137,94 +155,182 @@ class RunnerDeployment(pulumi.ComponentResource):
             opts=child,
         )
 
-        resources = {"cpu": args.cpu, "memory": args.memory}
-        if args.gpus > 0:
-            resources[GPU_RESOURCE] = str(args.gpus)
-        pod_labels = {**app_labels, **{f"gpu-runners/{label}": "true" for label in args.labels}}
-
-        deployment = k8s.apps.v1.Deployment(
-            name,
-            metadata={
-                "name": name,
-                "namespace": namespace,
-                "labels": app_labels,
-                # The GPU pool may scale up from zero, which takes longer than Pulumi's wait.
-                "annotations": {"pulumi.com/skipAwait": "true"},
-            },
-            spec={
-                "replicas": args.replicas,
-                # Never run an extra runner during a rollout: the old pod goes first.
-                "strategy": {"type": "Recreate"},
-                "selector": {
-                    "match_labels": {
-                        "app.kubernetes.io/name": "cml-runner",
-                        "app.kubernetes.io/instance": name,
-                    }
-                },
-                "template": {
-                    "metadata": {"labels": pod_labels},
-                    "spec": {
-                        "service_account_name": service_account.metadata.name,
-                        "node_selector": dict(
-                            args.node_selector or default_node_selector(args.gpus)
-                        ),
-                        "tolerations": [GPU_TOLERATION] if args.gpus > 0 else None,
-                        "termination_grace_period_seconds": TERMINATION_GRACE_SECONDS,
-                        "security_context": {"seccomp_profile": {"type": "RuntimeDefault"}},
-                        "containers": [
-                            {
-                                "name": "runner",
-                                "image": runner_image(args.image_tag, args.gpus),
-                                "command": ["cml"],
-                                "args": _runner_args(args),
-                                "env": [
-                                    {
-                                        "name": "POD_NAME",
-                                        "value_from": {
-                                            "field_ref": {"field_path": "metadata.name"}
-                                        },
-                                    },
-                                    {
-                                        "name": "REPO_TOKEN",
-                                        "value_from": {
-                                            "secret_key_ref": {
-                                                "name": token.metadata.name,
-                                                "key": TOKEN_KEY,
-                                            }
-                                        },
-                                    },
-                                ],
-                                "resources": {"requests": resources, "limits": resources},
-                                "security_context": {
-                                    "privileged": False,
-                                    "allow_privilege_escalation": False,
-                                    "capabilities": {
-                                        "drop": ["ALL"],
-                                        "add": list(KEPT_CAPABILITIES),
-                                    },
-                                },
-                            }
-                        ],
-                    },
-                },
-            },
-            opts=child,
+        pod_template = _pod_template(
+            args, app_labels, service_account.metadata.name, token.metadata.name
         )
+        deployment_metadata = {
+            "name": name,
+            "namespace": namespace,
+            "labels": app_labels,
+            # The GPU pool may scale up from zero, which takes longer than Pulumi's wait.
+            "annotations": {"pulumi.com/skipAwait": "true"},
+        }
+        selector = {
+            "matchLabels": {
+                "app.kubernetes.io/name": "cml-runner",
+                "app.kubernetes.io/instance": name,
+            }
+        }
+        on_demand = args.on_demand
+        if on_demand is None:
+            workload = k8s.apps.v1.Deployment(
+                name,
+                metadata=deployment_metadata,
+                spec={
+                    "replicas": args.replicas,
+                    # Never run an extra runner during a rollout: the old pod goes first.
+                    "strategy": {"type": "Recreate"},
+                    "selector": selector,
+                    "template": pod_template,
+                },
+                opts=child,
+            )
+        else:
+            if args.platform != "github":
+                raise ValueError(f"runner {name}: on-demand scaling needs platform github")
+            keda = pulumi.ResourceOptions(parent=self, depends_on=[on_demand.keda])
+            authentication = k8s.apiextensions.CustomResource(
+                f"{name}-github",
+                api_version=keda_objects.API_VERSION,
+                kind="TriggerAuthentication",
+                metadata={"name": f"{name}-github", "namespace": namespace, "labels": app_labels},
+                spec={
+                    "secretTargetRef": [
+                        {
+                            "parameter": "personalAccessToken",
+                            "name": token.metadata.name,
+                            "key": TOKEN_KEY,
+                        }
+                    ]
+                },
+                opts=keda,
+            )
+            trigger = keda_objects.github_runner_trigger(
+                args.repository, args.labels, authentication.metadata["name"]
+            )
+            if on_demand.max_runners == 1:
+                workload = k8s.apps.v1.Deployment(
+                    name,
+                    metadata=deployment_metadata,
+                    spec={
+                        # KEDA owns the replica count from here on; Pulumi must not reset it,
+                        # or an update would stop a runner in the middle of a job.
+                        "replicas": 0,
+                        "strategy": {"type": "Recreate"},
+                        "selector": selector,
+                        "template": pod_template,
+                    },
+                    opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"]),
+                )
+                k8s.apiextensions.CustomResource(
+                    name,
+                    api_version=keda_objects.API_VERSION,
+                    kind="ScaledObject",
+                    metadata={"name": name, "namespace": namespace, "labels": app_labels},
+                    spec={
+                        "scaleTargetRef": {"name": workload.metadata.name},
+                        "minReplicaCount": 0,
+                        "maxReplicaCount": 1,
+                        "pollingInterval": keda_objects.POLLING_SECONDS,
+                        "cooldownPeriod": on_demand.idle_timeout_seconds,
+                        "triggers": [trigger],
+                    },
+                    opts=keda,
+                )
+            else:
+                # One Kubernetes Job per CI job: a Job runs to its end, so scaling down never
+                # stops a busy runner, and `gradual` rollout lets running Jobs finish on update.
+                workload = k8s.apiextensions.CustomResource(
+                    name,
+                    api_version=keda_objects.API_VERSION,
+                    kind="ScaledJob",
+                    metadata={"name": name, "namespace": namespace, "labels": app_labels},
+                    spec={
+                        "jobTargetRef": {
+                            "backoffLimit": 0,
+                            "template": {
+                                **pod_template,
+                                "spec": {**pod_template["spec"], "restartPolicy": "Never"},
+                            },
+                        },
+                        "minReplicaCount": 0,
+                        "maxReplicaCount": on_demand.max_runners,
+                        "pollingInterval": keda_objects.POLLING_SECONDS,
+                        "scalingStrategy": {"strategy": "default"},
+                        "rollout": {"strategy": "gradual"},
+                        "successfulJobsHistoryLimit": 3,
+                        "failedJobsHistoryLimit": 3,
+                        "triggers": [trigger],
+                    },
+                    opts=keda,
+                )
 
         self.namespace = pulumi.Output.from_input(namespace)
-        self.deployment_name = deployment.metadata.name
+        self.workload = pulumi.Output.concat(workload.kind, "/", workload.metadata["name"])
         self.labels = list(args.labels)
         self.register_outputs(
-            {
-                "namespace": self.namespace,
-                "deploymentName": self.deployment_name,
-                "labels": self.labels,
-            }
+            {"namespace": self.namespace, "workload": self.workload, "labels": self.labels}
         )
+
+
+def _pod_template(
+    args: RunnerDeploymentArgs,
+    app_labels: dict[str, str],
+    service_account: pulumi.Input[str],
+    token_secret: pulumi.Input[str],
+) -> dict:
+    """The runner pod, shared by the Deployment and the ScaledJob (camelCase, as Kubernetes)."""
+    resources = {"cpu": args.cpu, "memory": args.memory}
+    if args.gpus > 0:
+        resources[GPU_RESOURCE] = str(args.gpus)
+    spec = {
+        "serviceAccountName": service_account,
+        "nodeSelector": dict(args.node_selector or default_node_selector(args.gpus)),
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "runner",
+                "image": runner_image(args.image_tag, args.gpus),
+                "command": ["cml"],
+                "args": _runner_args(args),
+                "env": [
+                    {
+                        "name": "POD_NAME",
+                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                    },
+                    {
+                        "name": "REPO_TOKEN",
+                        "valueFrom": {"secretKeyRef": {"name": token_secret, "key": TOKEN_KEY}},
+                    },
+                ],
+                "resources": {"requests": resources, "limits": resources},
+                "securityContext": {
+                    "privileged": False,
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"], "add": list(KEPT_CAPABILITIES)},
+                },
+            }
+        ],
+    }
+    if args.gpus > 0:
+        spec["tolerations"] = [GPU_TOLERATION]
+    return {
+        "metadata": {
+            "labels": {**app_labels, **{f"gpu-runners/{label}": "true" for label in args.labels}},
+            # The cluster autoscaler must not move a runner that may be running a job.
+            "annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"},
+        },
+        "spec": spec,
+    }
 
 
 def _runner_args(args: RunnerDeploymentArgs) -> list[str]:
-    """`cml runner launch` for one job; the pod's name (unique) becomes the runner's name."""
+    """`cml runner launch` for one job; the pod's name (unique) becomes the runner's name.
+
+    An on-demand runner that finds no job exits after its idle time, so a cancelled job does
+    not keep a GPU node up; an always-on runner waits for ever.
+    """
     return [
         "runner",
         "launch",
@@ -232,6 +338,6 @@ def _runner_args(args: RunnerDeploymentArgs) -> list[str]:
         f"--labels={','.join(args.labels)}",
         f"--driver={args.platform}",
         f"--repo={args.repository}",
-        "--idle-timeout=never",
+        f"--idle-timeout={args.on_demand.idle_timeout_seconds if args.on_demand else 'never'}",
         "--name=$(POD_NAME)",
     ]
