@@ -6,7 +6,13 @@ from infra import settings as stack_settings
 from infra.ci import CiDeployer, CiDeployerArgs
 from infra.cluster import GpuCluster, GpuClusterArgs
 from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
-from infra.runner import RunnerDeployment, RunnerDeploymentArgs
+from infra.keda import Keda
+from infra.runner import (
+    OnDemandScaling,
+    RunnerDeployment,
+    RunnerDeploymentArgs,
+    default_node_selector,
+)
 
 settings = stack_settings.load()
 
@@ -51,6 +57,17 @@ identity = RunnerIdentity(
     ),
 )
 
+# KEDA, once, on the system pool, when a runner starts on demand.
+keda = (
+    Keda(
+        "keda",
+        node_selector=default_node_selector(gpus=0),
+        opts=pulumi.ResourceOptions(providers=[cluster.provider]),
+    )
+    if any(r.scaling_mode == "on-demand" for r in settings.runners)
+    else None
+)
+
 runners = {
     runner.name: RunnerDeployment(
         runner.name,
@@ -59,13 +76,20 @@ runners = {
             repository=runner.repository,
             token=settings.runner_tokens[runner.name],
             labels=runner.labels,
-            replicas=runner.replicas,
+            replicas=runner.replica_count,
             cpu=runner.cpu,
             memory=runner.memory,
             gpus=runner.gpus,
             node_selector=runner.node_selector,
             image_tag=runner.image_tag,
             google_service_account=identity.email,
+            on_demand=OnDemandScaling(
+                keda=keda.release,
+                max_runners=runner.max_runners,
+                idle_timeout_seconds=runner.idle_timeout_seconds,
+            )
+            if keda and runner.scaling_mode == "on-demand"
+            else None,
         ),
         opts=pulumi.ResourceOptions(providers=[cluster.provider]),
     )
@@ -84,7 +108,7 @@ pulumi.export(
     {
         name: {
             "namespace": deployment.namespace,
-            "deployment": deployment.deployment_name,
+            "workload": deployment.workload,
             "labels": deployment.labels,
         }
         for name, deployment in runners.items()

@@ -347,6 +347,30 @@ def _check_image_tag(tag: str) -> str:
     return tag
 
 
+def _default_mode(platform: str | None, gpus: int | None) -> str:
+    """GitHub GPU runners start on demand; the rest (GitLab has no KEDA scaler) run always."""
+    return "on-demand" if platform == "github" and gpus else "always"
+
+
+def _check_mode(mode: str | None, info: ValidationInfo) -> str | None:
+    if mode == "on-demand" and info.data.get("platform") == "gitlab":
+        raise _invalid(
+            "on-demand is not available for gitlab: KEDA has no released GitLab scaler, and "
+            "GitLab's jobs API cannot count only the jobs for this runner's tags; allowed: always"
+        )
+    return mode
+
+
+def _check_replicas(replicas: int | None, info: ValidationInfo) -> int | None:
+    mode = info.data.get("mode") or _default_mode(info.data.get("platform"), info.data.get("gpus"))
+    if replicas is not None and mode == "on-demand":
+        raise _invalid(
+            "replicas applies to mode always; an on-demand runner scales from 0 to maxRunners. "
+            "Remove replicas, or set mode: always"
+        )
+    return replicas
+
+
 Quantity = Annotated[str, BeforeValidator(_quantity_text), AfterValidator(_check_quantity)]
 
 
@@ -359,12 +383,25 @@ class RunnerSettings(_Section):
     labels: Annotated[
         tuple[Annotated[str, AfterValidator(_check_runner_label)], ...], Field(min_length=1)
     ] = runner.DEFAULT_LABELS
-    replicas: Annotated[int, Field(ge=0)] = 1
     cpu: Quantity = runner.DEFAULT_CPU
     memory: Quantity = runner.DEFAULT_MEMORY
     gpus: Annotated[int, Field(ge=0), AfterValidator(_check_runner_gpus)] = 1
     node_selector: Annotated[dict[str, str] | None, AfterValidator(_check_node_selector)] = None
     image_tag: Annotated[str, AfterValidator(_check_image_tag)] = runner.DEFAULT_IMAGE_TAG
+    mode: Annotated[Literal["always", "on-demand"] | None, AfterValidator(_check_mode)] = None
+    replicas: Annotated[int | None, Field(ge=0), AfterValidator(_check_replicas)] = None
+    max_runners: Annotated[int, Field(ge=1, le=20)] = 1
+    idle_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 300
+
+    @property
+    def scaling_mode(self) -> str:
+        """The configured mode, or the default for the runner's platform and GPUs."""
+        return self.mode or _default_mode(self.platform, self.gpus)
+
+    @property
+    def replica_count(self) -> int:
+        """Runner pods of an `always` runner."""
+        return 1 if self.replicas is None else self.replicas
 
 
 def _matching(pattern: re.Pattern, allowed: str):
