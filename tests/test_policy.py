@@ -85,8 +85,13 @@ def test_the_pack_has_the_mandatory_and_advisory_rules():
 
 @pytest.mark.parametrize(
     "config",
-    [{}, TWO_RUNNERS, {CI: {"githubRepository": "ml-team/gpu-runners", "gitlabProject": "a/b"}}],
-    ids=["dev", "two-runners", "with-ci"],
+    [
+        {},
+        TWO_RUNNERS,
+        {CI: {"githubRepository": "ml-team/gpu-runners", "gitlabProject": "a/b"}},
+        {"gpu-runners:runners": [{"name": "cml-runner", "maxRunners": 3}]},
+    ],
+    ids=["dev", "two-runners", "with-ci", "scaled-job"],
 )
 @pytest.mark.parametrize("policy_name", list(BY_NAME))
 def test_every_rule_passes_on_what_the_program_registers(config, policy_name):
@@ -246,3 +251,18 @@ def test_the_pack_is_a_python_policy_pack_with_pinned_requirements():
     assert "pulumi-policy>=1.21,<2" in requirements
     main = (REPO / "policy/__main__.py").read_text()
     assert "PolicyPack(" in main and "from rules import POLICIES" in main
+
+
+def test_rules_look_inside_a_keda_scaled_job():
+    program = run_program({"gpu-runners:runners": [{"name": "cml-runner", "maxRunners": 3}]})
+
+    def leak_and_untarget(inputs):
+        pod_spec = inputs["spec"]["jobTargetRef"]["template"]["spec"]
+        pod_spec["containers"][0]["args"].append("--token=" + fake_token("x"))
+        del pod_spec["tolerations"]
+
+    job = crafted(program, "kubernetes:keda.sh/v1alpha1:ScaledJob", "cml-runner", leak_and_untarget)
+    (leak,) = violations(job, "containers-hold-no-literal-tokens")
+    assert leak.startswith("ScaledJob 'cml-runner': container 'runner' args holds a GitHub token")
+    (untargeted,) = violations(job, "gpu-workloads-select-and-tolerate-gpu-nodes")
+    assert "does not tolerate the GPU taint" in untargeted

@@ -50,6 +50,12 @@ def two():
     return run_program(TWO_RUNNERS)
 
 
+@pytest.fixture(scope="module")
+def always():
+    """The dev runner kept up all the time (mode always), as the chapter's runner was."""
+    return run_program({"gpu-runners:runners": [{"name": "cml-runner", "mode": "always"}]})
+
+
 def pod_spec(program, name: str) -> dict:
     return program.one(DEPLOYMENT, name).inputs["spec"]["template"]["spec"]
 
@@ -71,8 +77,8 @@ def test_dev_runner_is_the_chapters_runner_pinned_to_the_gpu_nodes(dev):
     assert runner["image"] == "iterativeai/cml:0-dvc3-base1-gpu"
 
 
-def test_runner_takes_one_job_registers_under_its_pod_name_and_never_idles_out(dev):
-    runner = container(dev, "cml-runner")
+def test_runner_takes_one_job_registers_under_its_pod_name_and_never_idles_out(always):
+    runner = container(always, "cml-runner")
     assert runner["command"] == ["cml"]
     assert runner["args"] == [
         "runner",
@@ -120,8 +126,8 @@ def test_token_appears_nowhere_but_inside_the_secret(stack, request):
         assert token not in json.dumps(program.outputs)
 
 
-def test_deployment_never_runs_an_extra_runner_and_does_not_wait_for_a_gpu(dev):
-    deployment = dev.one(DEPLOYMENT, "cml-runner").inputs
+def test_deployment_never_runs_an_extra_runner_and_does_not_wait_for_a_gpu(always):
+    deployment = always.one(DEPLOYMENT, "cml-runner").inputs
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert deployment["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
@@ -190,17 +196,22 @@ def test_gitlab_cpu_runner_next_to_github_gpu_runner(two):
     assert two.one(DEPLOYMENT, "lint-cpu").inputs["spec"]["replicas"] == 2
     assert two.outputs["runners"]["lint-cpu"] == {
         "namespace": "lint-cpu",
-        "deployment": "lint-cpu",
+        "workload": "Deployment/lint-cpu",
         "labels": ["cml-cpu"],
     }
 
 
 def test_kubernetes_objects_use_the_clusters_provider_and_belong_to_their_runner(two):
     provider = two.one("pulumi:providers:kubernetes")
-    for name in ("train-gpu", "lint-cpu"):
+    core = {NAMESPACE, SERVICE_ACCOUNT, SECRET, DEPLOYMENT}
+    keda = {
+        "kubernetes:keda.sh/v1alpha1:TriggerAuthentication",
+        "kubernetes:keda.sh/v1alpha1:ScaledObject",
+    }
+    for name, types in (("train-gpu", core | keda), ("lint-cpu", core)):
         component = two.one("gpu-runners:index:RunnerDeployment", name)
         objects = [r for r in two.resources if r.parent == component.urn]
-        assert {r.type for r in objects} == {NAMESPACE, SERVICE_ACCOUNT, SECRET, DEPLOYMENT}
+        assert {r.type for r in objects} == types
         assert all(r.provider.startswith(provider.urn) for r in objects)
 
 
