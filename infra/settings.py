@@ -67,13 +67,15 @@ def region_of(location: str) -> str:
     return zone.group(1) if zone else location
 
 
-def _check_cluster_name(name: str) -> str:
-    if not _CLUSTER_NAME.match(name):
-        raise _invalid(
-            "allowed: lowercase letters, digits and hyphens, starting with a letter, "
-            "ending with a letter or digit, at most 40 characters"
-        )
-    return name
+def _matching(pattern: re.Pattern, allowed: str):
+    """A validator that accepts None or a value matching pattern."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not pattern.match(value):
+            raise _invalid(f"allowed: {allowed}")
+        return value
+
+    return AfterValidator(check)
 
 
 def _check_location(location: str) -> str:
@@ -137,7 +139,14 @@ def _check_min_nodes(min_nodes: int, info: ValidationInfo) -> int:
     return min_nodes
 
 
-ClusterName = Annotated[str, AfterValidator(_check_cluster_name)]
+ClusterName = Annotated[
+    str,
+    _matching(
+        _CLUSTER_NAME,
+        "lowercase letters, digits and hyphens, starting with a letter, ending with a letter "
+        "or digit, at most 40 characters",
+    ),
+]
 Location = Annotated[str, AfterValidator(_check_location)]
 ZoneList = Annotated[tuple[str, ...], AfterValidator(_check_zones)]
 Zones = Annotated[ZoneList, Field(min_length=1)]
@@ -255,19 +264,17 @@ class GpuPoolSettings(_Section):
         return {**self.labels, GPU_LABEL: "true"}
 
 
-def _check_bucket_name(bucket: str | None) -> str | None:
-    if bucket is not None and not _BUCKET.match(bucket):
-        raise _invalid(
-            "allowed: an existing bucket's name, 3 to 63 lowercase letters, digits, '-', '_' "
-            "or '.', without gs://"
-        )
-    return bucket
-
-
 class DvcRemoteSettings(_Section):
     """The bucket that runner pods use as DVC remote (`dvcRemote`)."""
 
-    bucket: Annotated[str | None, AfterValidator(_check_bucket_name)] = None
+    bucket: Annotated[
+        str | None,
+        _matching(
+            _BUCKET,
+            "an existing bucket's name, 3 to 63 lowercase letters, digits, '-', '_' or '.', "
+            "without gs://",
+        ),
+    ] = None
     force_destroy: bool = False
 
 
@@ -290,15 +297,6 @@ def _check_repository(url: str, info: ValidationInfo) -> str:
             "(or the same on your GitLab host)"
         )
     return url
-
-
-def _check_runner_label(label: str) -> str:
-    if not _LABEL_NAME.match(label):
-        raise _invalid(
-            "allowed: at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
-            "letter or digit (no commas or spaces)"
-        )
-    return label
 
 
 def _quantity_text(value: Any) -> Any:
@@ -326,7 +324,9 @@ def _check_runner_gpus(gpus: int, info: ValidationInfo) -> int:
     return gpus
 
 
-def _check_node_selector(selector: dict[str, str] | None, info: ValidationInfo):
+def _check_node_selector(
+    selector: dict[str, str] | None, info: ValidationInfo
+) -> dict[str, str] | None:
     if selector is None:
         return selector
     for key, value in selector.items():
@@ -339,12 +339,6 @@ def _check_node_selector(selector: dict[str, str] | None, info: ValidationInfo):
     if gpus == 0 and selector.get(GPU_LABEL) == "true":
         raise _invalid("selects the tainted GPU nodes, but gpus is 0; a CPU runner needs gpu=false")
     return selector
-
-
-def _check_image_tag(tag: str) -> str:
-    if not _IMAGE_TAG.match(tag):
-        raise _invalid(f"not an image tag of {runner.CML_IMAGE}; allowed: e.g. 0-dvc3-base1")
-    return tag
 
 
 def _default_mode(platform: str | None, gpus: int | None) -> str:
@@ -372,6 +366,14 @@ def _check_replicas(replicas: int | None, info: ValidationInfo) -> int | None:
 
 
 Quantity = Annotated[str, BeforeValidator(_quantity_text), AfterValidator(_check_quantity)]
+RunnerLabel = Annotated[
+    str,
+    _matching(
+        _LABEL_NAME,
+        "at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or "
+        "digit (no commas or spaces)",
+    ),
+]
 
 
 class RunnerSettings(_Section):
@@ -380,14 +382,14 @@ class RunnerSettings(_Section):
     name: Annotated[str, AfterValidator(_check_runner_name)]
     platform: Literal["github", "gitlab"] = "github"
     repository: Annotated[str, AfterValidator(_check_repository)]
-    labels: Annotated[
-        tuple[Annotated[str, AfterValidator(_check_runner_label)], ...], Field(min_length=1)
-    ] = runner.DEFAULT_LABELS
+    labels: Annotated[tuple[RunnerLabel, ...], Field(min_length=1)] = runner.DEFAULT_LABELS
     cpu: Quantity = runner.DEFAULT_CPU
     memory: Quantity = runner.DEFAULT_MEMORY
     gpus: Annotated[int, Field(ge=0), AfterValidator(_check_runner_gpus)] = 1
     node_selector: Annotated[dict[str, str] | None, AfterValidator(_check_node_selector)] = None
-    image_tag: Annotated[str, AfterValidator(_check_image_tag)] = runner.DEFAULT_IMAGE_TAG
+    image_tag: Annotated[
+        str, _matching(_IMAGE_TAG, f"a tag of {runner.CML_IMAGE}, e.g. 0-dvc3-base1")
+    ] = runner.DEFAULT_IMAGE_TAG
     mode: Annotated[Literal["always", "on-demand"] | None, AfterValidator(_check_mode)] = None
     replicas: Annotated[int | None, Field(ge=0), AfterValidator(_check_replicas)] = None
     max_runners: Annotated[int, Field(ge=1, le=20)] = 1
@@ -402,17 +404,6 @@ class RunnerSettings(_Section):
     def replica_count(self) -> int:
         """Runner pods of an `always` runner."""
         return 1 if self.replicas is None else self.replicas
-
-
-def _matching(pattern: re.Pattern, allowed: str):
-    """A validator that accepts None or a value matching pattern."""
-
-    def check(value: str | None) -> str | None:
-        if value is not None and not pattern.match(value):
-            raise _invalid(f"allowed: {allowed}")
-        return value
-
-    return AfterValidator(check)
 
 
 class CiSettings(_Section):
