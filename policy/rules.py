@@ -75,9 +75,9 @@ def _pod_spec(args: ResourceValidationArgs) -> Mapping[str, Any] | None:
     return _get(args.props, *path) if path else None
 
 
-def _containers(pod: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+def _containers(pod: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:
     for key in ("initContainers", "containers"):
-        for container in _plain(pod.get(key)) or []:
+        for container in _plain((pod or {}).get(key)) or []:
             yield _plain(container)
 
 
@@ -175,10 +175,7 @@ def containers_hold_no_literal_tokens(
     args: ResourceValidationArgs, report_violation: ReportViolation
 ) -> None:
     """No container env value, command or argument holds a token or key in clear."""
-    pod = _pod_spec(args)
-    if not pod:
-        return
-    for container in _containers(pod):
+    for container in _containers(_pod_spec(args)):
         places = [
             (f"env {_plain(e).get('name')}", _plain(e).get("value"))
             for e in _plain(container.get("env")) or []
@@ -225,10 +222,7 @@ def no_privileged_containers(
     args: ResourceValidationArgs, report_violation: ReportViolation
 ) -> None:
     """No privileged container, and every container forbids privilege escalation."""
-    pod = _pod_spec(args)
-    if not pod:
-        return
-    for container in _containers(pod):
+    for container in _containers(_pod_spec(args)):
         name = container.get("name")
         security = _plain(container.get("securityContext")) or {}
         if _plain(security.get("privileged")) is True:
