@@ -158,36 +158,40 @@ class RunnerDeployment(pulumi.ComponentResource):
         pod_template = _pod_template(
             args, app_labels, service_account.metadata.name, token.metadata.name
         )
-        deployment_metadata = {
-            "name": name,
-            "namespace": namespace,
-            "labels": app_labels,
-            # The GPU pool may scale up from zero, which takes longer than Pulumi's wait.
-            "annotations": {"pulumi.com/skipAwait": "true"},
-        }
-        selector = {
-            "matchLabels": {
-                "app.kubernetes.io/name": "cml-runner",
-                "app.kubernetes.io/instance": name,
-            }
-        }
         on_demand = args.on_demand
-        if on_demand is None:
+        if on_demand is not None and args.platform != "github":
+            raise ValueError(f"runner {name}: on-demand scaling needs platform github")
+
+        if on_demand is None or on_demand.max_runners == 1:
             workload = k8s.apps.v1.Deployment(
                 name,
-                metadata=deployment_metadata,
+                metadata={
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": app_labels,
+                    # The GPU pool may scale up from zero, longer than Pulumi's wait.
+                    "annotations": {"pulumi.com/skipAwait": "true"},
+                },
                 spec={
-                    "replicas": args.replicas,
+                    # On demand, KEDA owns the count once the Deployment exists; Pulumi must
+                    # not reset it, or an update would stop a runner in the middle of a job.
+                    "replicas": 0 if on_demand else args.replicas,
                     # Never run an extra runner during a rollout: the old pod goes first.
                     "strategy": {"type": "Recreate"},
-                    "selector": selector,
+                    "selector": {
+                        "matchLabels": {
+                            "app.kubernetes.io/name": "cml-runner",
+                            "app.kubernetes.io/instance": name,
+                        }
+                    },
                     "template": pod_template,
                 },
-                opts=child,
+                opts=pulumi.ResourceOptions(
+                    parent=self, ignore_changes=["spec.replicas"] if on_demand else []
+                ),
             )
-        else:
-            if args.platform != "github":
-                raise ValueError(f"runner {name}: on-demand scaling needs platform github")
+
+        if on_demand is not None:
             keda = pulumi.ResourceOptions(parent=self, depends_on=[on_demand.keda])
             authentication = k8s.apiextensions.CustomResource(
                 f"{name}-github",
@@ -209,19 +213,6 @@ class RunnerDeployment(pulumi.ComponentResource):
                 args.repository, args.labels, authentication.metadata["name"]
             )
             if on_demand.max_runners == 1:
-                workload = k8s.apps.v1.Deployment(
-                    name,
-                    metadata=deployment_metadata,
-                    spec={
-                        # KEDA owns the replica count from here on; Pulumi must not reset it,
-                        # or an update would stop a runner in the middle of a job.
-                        "replicas": 0,
-                        "strategy": {"type": "Recreate"},
-                        "selector": selector,
-                        "template": pod_template,
-                    },
-                    opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"]),
-                )
                 k8s.apiextensions.CustomResource(
                     name,
                     api_version=keda_objects.API_VERSION,
