@@ -138,10 +138,19 @@ class RecordingMocks(pulumi.runtime.Mocks):
 class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
     """A mock resource monitor that keeps every registration with its inputs and options."""
 
-    def __init__(self, mocks: RecordingMocks) -> None:
+    def __init__(self, mocks: RecordingMocks, stack: str) -> None:
         super().__init__(mocks)
         self.recording_mocks = mocks
+        self.stack = stack
         self.registered: list[Resource] = []
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        # The SDK's own make_urn reads the stack from a context variable, which pulumi 3.231
+        # (the floor) does not carry into the threads that register resources, giving
+        # "urn:pulumi:stack::project::…"; the policy rules read the stack from the URN.
+        if parent:
+            type_ = parent.split("::")[2].split("$")[-1] + "$" + type_
+        return f"urn:pulumi:{self.stack}::{PROJECT}::{type_}::{name}"
 
     def RegisterResource(self, request):
         response = super().RegisterResource(request)
@@ -203,7 +212,7 @@ def _run_mocked(
     program: Callable[[], Any], config: Mapping[str, Any], secret_keys: Iterable[str], stack: str
 ) -> tuple[RecordingMonitor, BaseException | None]:
     """Run a Pulumi program under recording mocks with the given config."""
-    monitor = RecordingMonitor(RecordingMocks())
+    monitor = RecordingMonitor(RecordingMocks(), stack)
     runtime_settings.reset_options(project=PROJECT, stack=stack, preview=False)
     pulumi.runtime.set_mocks(
         monitor.recording_mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor
