@@ -9,6 +9,7 @@ import pulumi_kubernetes as k8s
 import pytest
 import yaml
 
+from infra.keda import CHART_VERSION
 from infra.runner import OnDemandScaling, RunnerDeployment, RunnerDeploymentArgs
 from tests.harness import (
     REPO,
@@ -20,7 +21,7 @@ from tests.harness import (
     run_rejected_program,
 )
 
-KEDA_SCHEMAS = REPO.parent / "shared" / "schemas" / "keda-2.20.2"
+KEDA_SCHEMAS = REPO / "tests" / "schemas" / f"keda-{CHART_VERSION}"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
@@ -226,8 +227,6 @@ def strict(schema: dict) -> dict:
 
 
 def crd_validator(kind: str) -> jsonschema.Draft7Validator:
-    if not KEDA_SCHEMAS.is_dir():
-        pytest.skip(f"KEDA CRD schemas not found at {KEDA_SCHEMAS}")
     for path in KEDA_SCHEMAS.glob("*.yaml"):
         crd = yaml.safe_load(path.read_text())
         if crd["spec"]["names"]["kind"] == kind:
