@@ -1,8 +1,9 @@
-"""gpu-runners: settings -> CI access -> GKE cluster -> runner identity -> runners -> outputs."""
+"""gpu-runners: settings -> APIs -> CI access -> GKE cluster -> runner identity -> runners."""
 
 import pulumi
 
 from infra import settings as stack_settings
+from infra.apis import CI_APIS, STACK_APIS, ProjectApis
 from infra.ci import CiDeployer, CiDeployerArgs
 from infra.cluster import GpuCluster, GpuClusterArgs
 from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
@@ -16,6 +17,10 @@ from infra.runner import (
 
 settings = stack_settings.load()
 
+apis = ProjectApis("apis", settings.project, STACK_APIS | (CI_APIS if settings.ci.enabled else {}))
+# Every Google Cloud resource waits for the APIs it is created through.
+after_apis = pulumi.ResourceOptions(depends_on=[apis])
+
 deployer = (
     CiDeployer(
         "ci",
@@ -26,10 +31,12 @@ deployer = (
             gitlab_project=settings.ci.gitlab_project,
             gitlab_url=settings.ci.gitlab_url,
         ),
+        opts=after_apis,
     )
     if settings.ci.enabled
     else None
 )
+ci_members = [deployer.member] if deployer else []
 
 cluster = GpuCluster(
     "gke",
@@ -38,8 +45,9 @@ cluster = GpuCluster(
         cluster=settings.cluster,
         system_pool=settings.system_pool,
         gpu_pool=settings.gpu_pool,
-        node_account_users=[deployer.member] if deployer else [],
+        node_account_users=ci_members,
     ),
+    opts=after_apis,
 )
 
 # Each runner's namespace and Kubernetes service account are named after the runner.
@@ -47,6 +55,7 @@ identity = RunnerIdentity(
     "runner-identity",
     RunnerIdentityArgs(
         project=settings.project,
+        workload_pool=cluster.workload_pool,
         account_base=settings.cluster.name,
         bucket_location=settings.cluster.region,
         existing_bucket=settings.dvc_remote.bucket,
@@ -54,7 +63,9 @@ identity = RunnerIdentity(
         kubernetes_service_accounts=[
             KubernetesServiceAccount(namespace=r.name, name=r.name) for r in settings.runners
         ],
+        account_admins=ci_members,
     ),
+    opts=after_apis,
 )
 
 # KEDA, once, on the system pool, when a runner starts on demand.

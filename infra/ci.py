@@ -8,21 +8,35 @@ import pulumi_gcp as gcp
 
 from infra.cluster import NODE_ROLES
 from infra.iam import grant_project_roles, service_account_id
+from infra.options import child_options
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 
-# Project roles the deployer needs for `pulumi up`, `preview` and `destroy` (see README).
+# Project roles the deployer needs for `pulumi up`, `preview` and `destroy` (see README). No
+# project-wide service account role: Service Account Admin on the project could set the IAM
+# policy of every account in it (and so let CI act as any of them), and IAM Conditions cannot
+# narrow it, because IAM resources carry no resource attributes ("Resource attributes for IAM
+# Conditions" lists no iam.googleapis.com types). The deployer gets rights on the stack's own
+# accounts instead, on each account (see GpuCluster and RunnerIdentity).
 DEPLOYER_ROLES: tuple[str, ...] = (
     # The cluster, its node pools, and the Kubernetes objects in it (namespaces, Secrets,
     # Deployments, and the CRDs and RBAC of add-ons such as KEDA).
     "roles/container.admin",
-    # The node and runner service accounts, and the Workload Identity bindings on them.
-    "roles/iam.serviceAccountAdmin",
     # The DVC bucket and its IAM, and the Pulumi state bucket.
     "roles/storage.admin",
     # Read this pool and its providers; changing them is a laptop (owner) operation.
     "roles/iam.workloadIdentityPoolViewer",
+    # See that the APIs are on (enabling one is a laptop operation). The provider creates an
+    # already enabled API without enabling it (resource_google_project_service.go, Create).
+    "roles/serviceusage.serviceUsageViewer",
 )
+
+# Project roles the person running the first `pulumi up` needs for this component.
+DEPLOY_ROLES: dict[str, str] = {
+    "roles/iam.workloadIdentityPoolAdmin": "the pool and providers CI signs in through",
+    "roles/iam.serviceAccountAdmin": "the deployer account, and who may act as it",
+    "roles/resourcemanager.projectIamAdmin": "grant the deployer its project roles",
+}
 # The deployer may grant project roles, but only the node roles: it cannot raise its own.
 GRANTABLE_ROLES_CONDITION = (
     "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', [])"
@@ -60,7 +74,7 @@ class CiDeployer(pulumi.ComponentResource):
         self, name: str, args: CiDeployerArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("gpu-runners:index:CiDeployer", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self, protect=True)
+        child = child_options(self, opts, protect=True)
 
         deployer = gcp.serviceaccount.Account(
             name,

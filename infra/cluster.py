@@ -9,6 +9,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from infra.iam import grant_project_roles, service_account_id
+from infra.options import child_options
 from infra.settings import ClusterSettings, GpuPoolSettings, SystemPoolSettings
 
 # What a node needs and nothing more: write logs and metrics, read its own metadata for
@@ -21,6 +22,23 @@ NODE_ROLES: tuple[str, ...] = (
     "roles/artifactregistry.reader",
 )
 
+# Project roles the person running the first `pulumi up` needs for this component.
+DEPLOY_ROLES: dict[str, str] = {
+    "roles/container.admin": "the cluster, its node pools, and every Kubernetes object in it "
+    "(namespaces, Secrets, workloads, and the CRDs and RBAC of the charts it installs)",
+    "roles/iam.serviceAccountAdmin": "the node account, and who may use it",
+    "roles/iam.serviceAccountUser": "create the cluster and pools running as the node "
+    "account, which the same run creates (so it is granted on the project)",
+    "roles/resourcemanager.projectIamAdmin": "grant the node account its project roles",
+}
+
+# GKE taints a GPU pool itself only when the cluster already has a non-GPU pool when the GPU
+# pool is created (GKE docs, "Run GPUs in Standard node pools", quoted in
+# terraform-google-kubernetes-engine#703); here both pools are created together, so GKE might
+# not. Declaring the taint makes it hold either way, as Google's Cluster Toolkit does
+# (cluster-toolkit#1285). Since terraform-provider-google 5.0 (magic-modules#9011, the fix for
+# the duplicate-taint reports of #7928) a pool manages only the taint keys it declares, and
+# pulumi-gcp 10 builds on it, so a taint GKE adds shows in effectiveTaints, not as a diff.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _AUTH_PLUGIN_HINT = (
@@ -74,7 +92,10 @@ class GpuClusterArgs:
     system_pool: SystemPoolSettings
     gpu_pool: GpuPoolSettings
     node_account_users: Sequence[pulumi.Input[str]] = ()
-    """Members (e.g. a CI deployer) that may create node pools running as the node account."""
+    """Members (the CI deployer) that may create node pools running as the node account.
+
+    These grants are protected: a `pulumi destroy --exclude-protected` keeps them and the
+    node account, which such a member could not create again."""
 
 
 class GpuCluster(pulumi.ComponentResource):
@@ -85,13 +106,15 @@ class GpuCluster(pulumi.ComponentResource):
     location: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     node_service_account: pulumi.Output[str]
+    workload_pool: pulumi.Output[str]
+    """The cluster's Workload Identity pool, `<project>.svc.id.goog`, once the cluster exists."""
     provider: k8s.Provider
 
     def __init__(
         self, name: str, args: GpuClusterArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("gpu-runners:index:GpuCluster", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         settings = args.cluster
 
         node_sa = gcp.serviceaccount.Account(
@@ -110,7 +133,7 @@ class GpuCluster(pulumi.ComponentResource):
                 service_account_id=node_sa.name,
                 role="roles/iam.serviceAccountUser",
                 member=member,
-                opts=child,
+                opts=child_options(self, opts, protect=True),
             )
             for index, member in enumerate(args.node_account_users)
         ]
@@ -129,13 +152,21 @@ class GpuCluster(pulumi.ComponentResource):
             workload_identity_config={"workload_pool": f"{args.project}.svc.id.goog"},
             enable_shielded_nodes=True,
             deletion_protection=settings.deletion_protection,
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                ignore_changes=["nodeConfig", "initialNodeCount"],
-                depends_on=node_account_grants,
+            opts=pulumi.ResourceOptions.merge(
+                child,
+                pulumi.ResourceOptions(
+                    ignore_changes=["nodeConfig", "initialNodeCount"],
+                    depends_on=node_account_grants,
+                ),
             ),
         )
 
+        pool_options = pulumi.ResourceOptions.merge(
+            child,
+            pulumi.ResourceOptions(
+                ignore_changes=["initialNodeCount"], depends_on=node_account_grants
+            ),
+        )
         system = args.system_pool
         system_pool = gcp.container.NodePool(
             f"{name}-system",
@@ -154,9 +185,7 @@ class GpuCluster(pulumi.ComponentResource):
             node_config=_node_config(
                 node_sa.email, system.machine_type, system.disk_size_gb, system.node_labels
             ),
-            opts=pulumi.ResourceOptions(
-                parent=self, ignore_changes=["initialNodeCount"], depends_on=node_account_grants
-            ),
+            opts=pool_options,
         )
 
         gpu = args.gpu_pool
@@ -189,12 +218,9 @@ class GpuCluster(pulumi.ComponentResource):
                         },
                     }
                 ],
-                # GKE adds this taint to every GPU node itself; declaring it avoids a diff.
                 "taints": [GPU_TAINT],
             },
-            opts=pulumi.ResourceOptions(
-                parent=self, ignore_changes=["initialNodeCount"], depends_on=node_account_grants
-            ),
+            opts=pool_options,
         )
 
         context = f"gke_{args.project}_{settings.location}_{settings.name}"
@@ -202,6 +228,9 @@ class GpuCluster(pulumi.ComponentResource):
         self.endpoint = cluster.endpoint
         self.location = cluster.location
         self.node_service_account = node_sa.email
+        self.workload_pool = cluster.workload_identity_config.apply(
+            lambda config: config.workload_pool
+        )
         self.kubeconfig = pulumi.Output.secret(
             pulumi.Output.all(cluster.endpoint, cluster.master_auth.cluster_ca_certificate).apply(
                 lambda parts: kubeconfig_yaml(context, parts[0], parts[1])
@@ -238,6 +267,9 @@ def _node_config(
         "metadata": {"disable-legacy-endpoints": "true"},
         "workload_metadata_config": {"mode": "GKE_METADATA"},
         "gcfs_config": {"enabled": True},
+        # Secure boot holds with GKE-installed GPU drivers on COS: the COS GPU installer loads
+        # drivers signed by Google and refuses unsigned ones unless told to
+        # (cos-gpu-installer, install.go, -allow-unsigned-driver).
         "shielded_instance_config": {
             "enable_secure_boot": True,
             "enable_integrity_monitoring": True,

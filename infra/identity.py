@@ -7,9 +7,19 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.iam import service_account_id
+from infra.options import child_options
 
-# Read, write and delete objects (what `dvc pull` and `dvc push` do); no bucket admin, no IAM.
+# Read, write, list and delete objects: what `dvc pull`, `dvc push` and `dvc status -c` do. It
+# has no storage.buckets.get, and DVC needs none: dvc-objects' ObjectFileSystem skips
+# makedirs on buckets, DVC reads under <bucket>/files/md5, and gcsfs falls back to listing
+# objects when GET on the bucket is refused (gcsfs core.py `_info`, fsspec/gcsfs#464).
 BUCKET_ROLE = "roles/storage.objectUser"
+
+# Project roles the person running the first `pulumi up` needs for this component.
+DEPLOY_ROLES: dict[str, str] = {
+    "roles/iam.serviceAccountAdmin": "the runner account and its Workload Identity bindings",
+    "roles/storage.admin": "the DVC bucket and who may use it",
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,9 @@ class RunnerIdentityArgs:
     """Who the runners are on Google Cloud and which bucket they may use."""
 
     project: str
+    workload_pool: pulumi.Input[str]
+    """The cluster's Workload Identity pool; take it from the cluster, so that the bindings
+    wait for it (GKE creates the pool with the first cluster that enables Workload Identity)."""
     account_base: str
     """Start of the Google service account ID, e.g. the cluster name."""
     bucket_location: str
@@ -35,6 +48,10 @@ class RunnerIdentityArgs:
     """Let `pulumi destroy` delete a created bucket together with the data in it."""
     kubernetes_service_accounts: Sequence[KubernetesServiceAccount]
     """Runner service accounts that may act as the Google service account."""
+    account_admins: Sequence[pulumi.Input[str]] = ()
+    """Members (the CI deployer) that may manage the account's bindings as runners come and
+    go. Protected, like the CI access: a `destroy --exclude-protected` keeps them and the
+    account, which such a member could not create again."""
 
 
 class RunnerIdentity(pulumi.ComponentResource):
@@ -47,7 +64,7 @@ class RunnerIdentity(pulumi.ComponentResource):
         self, name: str, args: RunnerIdentityArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("gpu-runners:index:RunnerIdentity", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
 
         account = gcp.serviceaccount.Account(
             name,
@@ -78,12 +95,25 @@ class RunnerIdentity(pulumi.ComponentResource):
             opts=child,
         )
 
+        for index, member in enumerate(args.account_admins):
+            gcp.serviceaccount.IAMMember(
+                f"{name}-admin-{index}",
+                service_account_id=account.name,
+                role="roles/iam.serviceAccountAdmin",
+                member=member,
+                opts=child_options(self, opts, protect=True),
+            )
+
+        # The member names the cluster's pool, which exists only once the cluster does
+        # ("Identity Pool does not exist", terraform-google-kubernetes-engine#916).
         for ksa in args.kubernetes_service_accounts:
             gcp.serviceaccount.IAMMember(
                 f"{name}-wi-{ksa.namespace}-{ksa.name}",
                 service_account_id=account.name,
                 role="roles/iam.workloadIdentityUser",
-                member=f"serviceAccount:{args.project}.svc.id.goog[{ksa.namespace}/{ksa.name}]",
+                member=pulumi.Output.concat(
+                    "serviceAccount:", args.workload_pool, f"[{ksa.namespace}/{ksa.name}]"
+                ),
                 opts=child,
             )
 

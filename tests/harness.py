@@ -54,6 +54,20 @@ class Program:
     def of_type(self, type_: str) -> list[Resource]:
         return [r for r in self.resources if r.type == type_]
 
+    def waits_for(self, resource: Resource, target: Resource) -> bool:
+        """Whether the engine creates `target` before `resource` (dependsOn, transitively)."""
+        by_urn = {r.urn: r for r in self.resources}
+        seen: set[str] = set()
+        pending = list(resource.depends_on)
+        while pending:
+            urn = pending.pop()
+            if urn == target.urn:
+                return True
+            if urn not in seen and urn in by_urn:
+                seen.add(urn)
+                pending.extend(by_urn[urn].depends_on)
+        return False
+
     def one(self, type_: str, name: str | None = None) -> Resource:
         """The single resource of a type (and name, when given); fails loudly otherwise."""
         found = [r for r in self.of_type(type_) if name is None or r.name == name]

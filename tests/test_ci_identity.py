@@ -5,6 +5,7 @@ import pytest
 
 from infra.cluster import NODE_ROLES
 from tests.harness import TEST_PROJECT_ID, TEST_PROJECT_NUMBER, run_program, run_rejected_program
+from tests.stacks import WITH_CI
 
 CI = "gpu-runners:ci"
 POOL = "gcp:iam/workloadIdentityPool:WorkloadIdentityPool"
@@ -17,14 +18,7 @@ POOL_NAME = f"projects/{TEST_PROJECT_NUMBER}/locations/global/workloadIdentityPo
 
 @pytest.fixture(scope="module")
 def both():
-    return run_program(
-        {
-            CI: {
-                "githubRepository": "ml-team/gpu-runners",
-                "gitlabProject": "ml-team/infra/gpu-runners",
-            }
-        }
-    )
+    return run_program(WITH_CI)
 
 
 def deployer_grants(program) -> dict[str, dict]:
@@ -75,12 +69,29 @@ def test_deployer_roles_are_the_documented_ones_and_never_primitive(both):
     grants = deployer_grants(both)
     assert set(grants) == {
         "roles/container.admin",
-        "roles/iam.serviceAccountAdmin",
         "roles/storage.admin",
         "roles/iam.workloadIdentityPoolViewer",
+        "roles/serviceusage.serviceUsageViewer",
         "roles/resourcemanager.projectIamAdmin",
     }
     assert not {"roles/owner", "roles/editor"} & set(grants)
+
+
+def test_deployer_holds_no_project_wide_service_account_role(both):
+    # Service Account Admin (or User, or Token Creator) on the project would let CI act as,
+    # or grant itself, any account in the project.
+    grants = deployer_grants(both)
+    assert not [role for role in grants if role.startswith("roles/iam.serviceAccount")]
+
+
+def test_deployer_manages_the_runner_account_only_on_that_account(both):
+    (admin,) = [
+        g for g in both.of_type(SA_GRANT) if g.inputs["role"] == "roles/iam.serviceAccountAdmin"
+    ]
+    assert admin.inputs["member"] == f"serviceAccount:{DEPLOYER}"
+    assert admin.inputs["serviceAccountId"].endswith(
+        f"/serviceAccounts/mlops-kubernetes-runner@{TEST_PROJECT_ID}.iam.gserviceaccount.com"
+    )
 
 
 def test_deployer_may_grant_only_the_node_roles(both):
@@ -109,8 +120,15 @@ def test_ci_access_is_protected_so_a_ci_destroy_keeps_it(both):
     parts = [r for r in both.resources if r.parent == component.urn]
     assert len(parts) >= 8
     assert all(part.protect for part in parts)
-    cluster_parts = [r for r in both.resources if r.name.startswith("gke")]
-    assert not any(part.protect for part in cluster_parts)
+    # The deployer's rights on the node and runner accounts are CI access too: protected, they
+    # keep those accounts through a CI destroy, since CI could not create them again.
+    deployer_rights = [
+        r for r in both.of_type(SA_GRANT) if r.inputs["member"] == f"serviceAccount:{DEPLOYER}"
+    ]
+    assert {r.name for r in deployer_rights} == {"gke-nodes-user-0", "runner-identity-admin-0"}
+    assert all(r.protect for r in deployer_rights)
+    protected = {r.name for r in both.resources if r.protect}
+    assert protected == {r.name for r in [*parts, *deployer_rights]}
 
 
 def test_a_github_url_instead_of_owner_and_repo_is_rejected():

@@ -1,6 +1,11 @@
 """RunnerIdentity: runner pods reach the DVC bucket as a Google account, with no key."""
 
-from tests.harness import TEST_PROJECT_ID, run_program
+import json
+
+import pytest
+
+from tests.harness import TEST_PROJECT_ID, reveal, run_program
+from tests.stacks import SHAPES
 
 ACCOUNT = "gcp:serviceaccount/account:Account"
 BUCKET = "gcp:storage/bucket:Bucket"
@@ -65,3 +70,21 @@ def test_an_existing_bucket_is_used_and_not_created():
 def test_no_service_account_key_is_created():
     program = run_program()
     assert program.of_type("gcp:serviceaccount/key:Key") == []
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_workload_identity_member_waits_for_the_cluster(shape):
+    # GKE creates the project's workload pool with the cluster; a grant naming it before then
+    # fails with "Identity Pool does not exist".
+    program = run_program(SHAPES[shape])
+    cluster = program.one("gcp:container/cluster:Cluster")
+    naming_the_pool = [
+        r
+        for r in program.resources
+        if ".svc.id.goog" in json.dumps(reveal(r.inputs))
+        and r.type.startswith("gcp:")
+        and r is not cluster
+    ]
+    assert naming_the_pool
+    late = [r.name for r in naming_the_pool if not program.waits_for(r, cluster)]
+    assert late == []

@@ -4,7 +4,7 @@ import kubernetes_validate
 import pytest
 
 from tests.harness import reveal, run_program
-from tests.test_runner import TWO_RUNNERS
+from tests.stacks import TWO_RUNNERS
 
 # The minor versions GKE's release channels offer as of 2026-11 (the cluster follows its
 # channel, so it may run any of them).

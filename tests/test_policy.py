@@ -14,8 +14,8 @@ from pulumi_policy.deserialize import deserialize_properties
 
 from policy.rules import POLICIES
 from tests.harness import REPO, Resource, fake_token, run_program
+from tests.stacks import TWO_RUNNERS
 from tests.test_ci_identity import CI
-from tests.test_runner import TWO_RUNNERS
 
 BY_NAME = {policy.name: policy for policy in POLICIES}
 

@@ -1,18 +1,49 @@
-"""The README is the user's manual: its config table and test command match the code."""
+"""The README is the user's manual: its tables, commands and examples match the code."""
 
 import json
 import re
 
+import pulumi
+from markdown_it import MarkdownIt
+from pulumi_policy import EnforcementLevel
 from pydantic.fields import FieldInfo
 
+from infra import apis, ci, cluster, identity
 from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from policy.rules import POLICIES
-from tests.harness import REPO
+from tests.harness import REPO, run_components
+from tests.test_policy import violations
 
 README = (REPO / "README.md").read_text()
-ROW = re.compile(r"^\| `(\w+(?:\[\])?)\.(\w+)` \| (.+?) \| .+ \|$", re.MULTILINE)
 DOCUMENTED_MODELS = {**SECTIONS, f"{RUNNERS_KEY}[]": RunnerSettings}
+
+
+def tables(markdown: str) -> list[list[list[str]]]:
+    """Every table as GitHub renders it: rows of cell texts, the header row first."""
+    found: list[list[list[str]]] = []
+    row: list[str] | None = None
+    for token in MarkdownIt("commonmark").enable("table").parse(markdown):
+        if token.type == "table_open":
+            found.append([])
+        elif token.type == "tr_open":
+            row = []
+        elif token.type == "inline" and row is not None:
+            row.append(token.content)
+        elif token.type == "tr_close":
+            found[-1].append(row)
+            row = None
+    return found
+
+
+def table_with_header(*header: str) -> list[list[str]]:
+    """The rows (without header) of every table whose header starts with these cells."""
+    return [
+        row
+        for table in tables(README)
+        if tuple(table[0][: len(header)]) == header
+        for row in table[1:]
+    ]
 
 
 def _shown(field: FieldInfo) -> str:
@@ -27,8 +58,11 @@ def _shown(field: FieldInfo) -> str:
     return f"`{json.dumps(list(default) if isinstance(default, tuple) else default)}`"
 
 
-def test_config_table_lists_every_key_with_its_default():
-    documented = {(section, key): default for section, key, default in ROW.findall(README)}
+def test_config_tables_list_every_key_with_its_default():
+    documented = {}
+    for key, default, _ in table_with_header("Key", "Default", "Meaning"):
+        section, field = re.fullmatch(r"`(\w+(?:\[\])?)\.(\w+)`", key).groups()
+        documented[(section, field)] = default
     in_code = {
         (section, field.alias): _shown(field)
         for section, model in DOCUMENTED_MODELS.items()
@@ -37,19 +71,62 @@ def test_config_table_lists_every_key_with_its_default():
     assert documented == in_code
 
 
+def test_table_parsing_sees_a_table_broken_by_a_blank_line():
+    broken = "| Key | Default | Meaning |\n|---|---|---|\n| `a.b` | 1 | x |\n\n| `c.d` | 2 | y |\n"
+    assert tables(broken) == [[["Key", "Default", "Meaning"], ["`a.b`", "1", "x"]]]
+
+
 def test_ci_runs_the_readme_test_command():
     command = re.search(r"```sh\n(python3 -m venv .+ -m pytest)\n```", README).group(1)
     assert command in (REPO / ".ci" / "run").read_text()
 
 
-def test_every_deployer_role_is_justified_in_the_readme():
-    section = README[README.index("### What the deployer may do") :]
-    table = section[: section.index("\n\n", section.index("| Role |"))]
-    for role in [*DEPLOYER_ROLES, "roles/resourcemanager.projectIamAdmin"]:
-        assert f"| `{role}`" in table, role
+def test_the_test_command_and_layout_come_before_the_prerequisites():
+    assert README.index("## Layout") < README.index("## Tests") < README.index("## Prerequisites")
+
+
+def test_the_layout_names_every_module():
+    layout = README[README.index("## Layout") : README.index("## Tests")]
+    modules = [p.relative_to(REPO).as_posix() for p in (REPO / "infra").glob("*.py")]
+    missing = [m for m in modules if m != "infra/__init__.py" and m not in layout]
+    assert missing == []
+
+
+def test_prerequisites_list_exactly_the_roles_the_components_need():
+    needed = {role for module in (apis, cluster, identity, ci) for role in module.DEPLOY_ROLES}
+    rows = table_with_header("Role", "What the first `pulumi up` does with it")
+    assert {row[0].strip("`") for row in rows} == needed
+
+
+def test_every_deployer_role_is_listed_and_nothing_more():
+    rows = [row[0] for row in table_with_header("Role", "Why `pulumi up` needs it")]
+    project_roles = {row.split("`")[1] for row in rows if " only" not in row}
+    assert project_roles == {*DEPLOYER_ROLES, "roles/resourcemanager.projectIamAdmin"}
+    assert {row for row in rows if " only" in row} == {
+        "`roles/iam.serviceAccountUser` on the node account only",
+        "`roles/iam.serviceAccountAdmin` on the runner account only",
+    }
 
 
 def test_every_policy_is_listed_with_its_level():
-    for policy in POLICIES:
-        level = policy.enforcement_level.value
-        assert f"| `{policy.name}` | {level} |" in README, policy.name
+    rows = {row[0]: row[1] for row in table_with_header("Rule", "Level")}
+    assert rows == {f"`{p.name}`": p.enforcement_level.value for p in POLICIES}
+
+
+def test_the_own_cluster_example_passes_the_policy_pack():
+    section = README[README.index("## Runners on your own cluster") :]
+    example = re.search(r"```python\n(.+?)```", section, re.DOTALL).group(1)
+
+    def build():
+        pulumi.runtime.set_all_config({"gpu-runners:githubToken": "ghp_" + "x" * 36}, [])
+        exec(example, {})
+
+    program = run_components(build)
+    assert program.of_type("kubernetes:keda.sh/v1alpha1:ScaledJob")
+    mandatory = [p.name for p in POLICIES if p.enforcement_level == EnforcementLevel.MANDATORY]
+    found = {
+        (resource.name, name): violations(resource, name)
+        for resource in program.resources
+        for name in mandatory
+    }
+    assert {key: found[key] for key in found if found[key]} == {}

@@ -16,28 +16,13 @@ from tests.harness import (
     run_components,
     run_program,
 )
+from tests.stacks import ALWAYS, TWO_RUNNERS
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SECRET = "kubernetes:core/v1:Secret"
 NAMESPACE = "kubernetes:core/v1:Namespace"
 SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
 RUNNER_GSA = f"mlops-kubernetes-runner@{TEST_PROJECT_ID}.iam.gserviceaccount.com"
-
-# A GitHub GPU runner and a GitLab CPU runner in one stack.
-TWO_RUNNERS = {
-    "gpu-runners:runners": [
-        {"name": "train-gpu", "platform": "github", "labels": ["cml-runner", "gpu"], "gpus": 1},
-        {
-            "name": "lint-cpu",
-            "platform": "gitlab",
-            "labels": ["cml-cpu"],
-            "gpus": 0,
-            "cpu": "500m",
-            "memory": "1Gi",
-            "replicas": 2,
-        },
-    ]
-}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +38,7 @@ def two():
 @pytest.fixture(scope="module")
 def always():
     """The dev runner kept up all the time (mode always), as the chapter's runner was."""
-    return run_program({"gpu-runners:runners": [{"name": "cml-runner", "mode": "always"}]})
+    return run_program(ALWAYS)
 
 
 def pod_spec(program, name: str) -> dict:

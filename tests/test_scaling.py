@@ -20,6 +20,7 @@ from tests.harness import (
     run_program,
     run_rejected_program,
 )
+from tests.stacks import POOL_OF_THREE
 
 KEDA_SCHEMAS = REPO / "tests" / "schemas" / f"keda-{CHART_VERSION}"
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -49,7 +50,7 @@ def dev():
 
 @pytest.fixture(scope="module")
 def pool_of_three():
-    return run_program({RUNNERS: [{"name": "cml-runner", "maxRunners": 3}]})
+    return run_program(POOL_OF_THREE)
 
 
 def container_args(pod_spec: dict) -> list[str]:

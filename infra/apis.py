@@ -1,0 +1,63 @@
+"""ProjectApis: the Google APIs the stack calls, enabled by the stack and never disabled."""
+
+from collections.abc import Mapping
+
+import pulumi
+import pulumi_gcp as gcp
+
+# The provider reads every enabled service back through Cloud Resource Manager
+# (terraform-provider-google, resource_google_project_service.go, Read: "Verify project for
+# services still exists"), so it is enabled first and the others wait for it.
+RESOURCE_MANAGER_API = "cloudresourcemanager.googleapis.com"
+
+# API -> what in the stack calls it.
+STACK_APIS: dict[str, str] = {
+    RESOURCE_MANAGER_API: "project IAM grants; reading the enabled APIs back",
+    "compute.googleapis.com": "the nodes' VMs, disks and network",
+    "container.googleapis.com": "the GKE cluster and its node pools",
+    "containerfilesystem.googleapis.com": "image streaming on the nodes (GKE image streaming)",
+    "iam.googleapis.com": "the node, runner and deployer service accounts and their IAM",
+    "storage.googleapis.com": "the DVC bucket",
+}
+# Only with CI access: google-github-actions/auth and GitLab's credential configuration
+# exchange the job's OIDC token at sts.googleapis.com, then act as the deployer through
+# iamcredentials.googleapis.com.
+CI_APIS: dict[str, str] = {
+    "iamcredentials.googleapis.com": "CI acts as the deployer account (short-lived tokens)",
+    "sts.googleapis.com": "CI exchanges its OIDC token for a Google token",
+}
+
+# Project roles the person running the first `pulumi up` needs for this component.
+DEPLOY_ROLES: dict[str, str] = {
+    "roles/serviceusage.serviceUsageAdmin": "enable the APIs the stack uses",
+}
+
+
+class ProjectApis(pulumi.ComponentResource):
+    """One `gcp.projects.Service` per API; `pulumi destroy` leaves the APIs on."""
+
+    def __init__(
+        self,
+        name: str,
+        project: str,
+        apis: Mapping[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("gpu-runners:index:ProjectApis", name, None, opts)
+
+        def enable(api: str, after: list[pulumi.Resource]) -> gcp.projects.Service:
+            return gcp.projects.Service(
+                f"{name}-{api.removesuffix('.googleapis.com')}",
+                project=project,
+                service=api,
+                # Other workloads in the project may use the API too; turning it off on
+                # destroy could break them, and costs nothing to leave on.
+                disable_on_destroy=False,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+            )
+
+        resource_manager = enable(RESOURCE_MANAGER_API, [])
+        self.services = [resource_manager] + [
+            enable(api, [resource_manager]) for api in sorted(apis) if api != RESOURCE_MANAGER_API
+        ]
+        self.register_outputs({})

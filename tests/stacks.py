@@ -1,0 +1,36 @@
+"""The stack shapes the tests build, as config overrides of Pulumi.dev.yaml."""
+
+# A GitHub GPU runner and a GitLab CPU runner in one stack.
+TWO_RUNNERS = {
+    "gpu-runners:runners": [
+        {"name": "train-gpu", "platform": "github", "labels": ["cml-runner", "gpu"], "gpus": 1},
+        {
+            "name": "lint-cpu",
+            "platform": "gitlab",
+            "labels": ["cml-cpu"],
+            "gpus": 0,
+            "cpu": "500m",
+            "memory": "1Gi",
+            "replicas": 2,
+        },
+    ]
+}
+# CI access from both forges.
+WITH_CI = {
+    "gpu-runners:ci": {
+        "githubRepository": "ml-team/gpu-runners",
+        "gitlabProject": "ml-team/infra/gpu-runners",
+    }
+}
+# An on-demand runner with up to three runners at once (a ScaledJob).
+POOL_OF_THREE = {"gpu-runners:runners": [{"name": "cml-runner", "maxRunners": 3}]}
+# The dev runner kept up all the time, as the chapter's runner was.
+ALWAYS = {"gpu-runners:runners": [{"name": "cml-runner", "mode": "always"}]}
+
+SHAPES = {
+    "dev": {},
+    "two-runners": TWO_RUNNERS,
+    "with-ci": WITH_CI,
+    "pool-of-three": POOL_OF_THREE,
+    "always": ALWAYS,
+}
