@@ -96,7 +96,7 @@ runners = {
             google_service_account=identity.email,
             on_demand=OnDemandScaling(
                 keda=keda.release,
-                max_runners=runner.max_runners,
+                max_runners=runner.max_runner_count,
                 idle_timeout_seconds=runner.idle_timeout_seconds,
             )
             if keda and runner.scaling_mode == "on-demand"

@@ -4,13 +4,16 @@ Every invalid value is collected and reported in one SettingsError, raised befor
 resource is registered, so a bad config never leaves a half-created stack.
 """
 
-import json
 import re
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pulumi
-from pulumi.runtime.config import is_config_secret
+import yaml
+from pulumi.config import ConfigTypeError
+from pulumi.runtime.config import CONFIG, get_config_env, is_config_secret
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,7 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from infra import gpu, runner
+from infra import gpu, machines, messages, runner
 
 _CLUSTER_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -36,13 +39,16 @@ _DNS_SUBDOMAIN = re.compile(
 )
 
 _RUNNER_NAME = _CLUSTER_NAME
-_GITHUB_REPO = re.compile(
-    r"^https://github\.com/[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+(?<!\.git)$"
-)
+_GITHUB_REPO = re.compile(r"^https://github\.com/[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")
 _GITLAB_REPO = re.compile(
-    r"^https://[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+(?<!\.git)$"
+    r"^https://[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+$"
 )
-_QUANTITY = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+_QUANTITY = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+_QUANTITY_FACTORS = {
+    **{"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12},
+    **{"P": 1e15, "E": 1e18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40},
+    **{"Pi": 2**50, "Ei": 2**60},
+}
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _GITHUB_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")
 _GITLAB_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+$")
@@ -51,6 +57,7 @@ _POOL_ID = re.compile(r"^(?!gcp-)[a-z0-9-]{4,32}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
 GPU_LABEL = "gpu"
+_REGION_CATALOG = Path(__file__).parent / "data" / "regions.yaml"
 
 
 class SettingsError(pulumi.RunError):
@@ -78,9 +85,22 @@ def _matching(pattern: re.Pattern, allowed: str):
     return AfterValidator(check)
 
 
-def _check_location(location: str) -> str:
+@cache
+def _regions() -> dict:
+    return yaml.safe_load(_REGION_CATALOG.read_text())
+
+
+def _check_location(location: str, info: ValidationInfo) -> str:
     if not (_REGION.match(location) or _ZONE.match(location)):
         raise _invalid("allowed: a region (like europe-west6) or a zone (like europe-west6-b)")
+    region = region_of(location)
+    known = _regions()["regions"]
+    if region not in known and region not in info.data.get("regions_outside_catalog", ()):
+        raise _invalid(
+            f"{region!r} is not a Google Cloud region according to the region catalog "
+            f"(infra/data/regions.yaml, {_regions()['as_of']}){messages.closest(region, known)}. "
+            "If the region is newer than the catalog, list it in cluster.regionsOutsideCatalog"
+        )
     return location
 
 
@@ -168,6 +188,7 @@ class ClusterSettings(_Section):
     """The GKE cluster (`cluster`)."""
 
     name: ClusterName = "mlops-kubernetes"
+    regions_outside_catalog: tuple[str, ...] = ()
     location: Location = "europe-west6"
     release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = "REGULAR"
     deletion_protection: bool = True
@@ -177,10 +198,24 @@ class ClusterSettings(_Section):
         return region_of(self.location)
 
 
+def _check_system_machine_type(machine_type: str) -> str:
+    node = machines.machine(machine_type)
+    if node is None:
+        raise _invalid(
+            f"unknown machine type; allowed: a Compute Engine type, like {machines.EXAMPLES}"
+        )
+    if node.accelerator_optimized:
+        raise _invalid(
+            "is a GPU machine type, billed for its GPUs; the system pool takes a general-purpose "
+            "type, like e2-standard-2 (GPUs belong in gpuPool)"
+        )
+    return machine_type
+
+
 class SystemPoolSettings(_Section):
     """The CPU node pool for system pods (`systemPool`), labelled gpu=false."""
 
-    machine_type: str = "e2-standard-2"
+    machine_type: Annotated[str, AfterValidator(_check_system_machine_type)] = "e2-standard-2"
     zones: Zones = ("europe-west6-b",)
     max_nodes: MaxNodes = 2
     min_nodes: MinNodes = 1
@@ -203,6 +238,10 @@ def _check_gpu_machine_type(machine_type: str, info: ValidationInfo) -> str:
     problem = accelerator and gpu.machine_type_problem(accelerator, machine_type)
     if problem:
         raise _invalid(problem)
+    if machines.machine(machine_type) is None:
+        raise _invalid(
+            f"unknown machine type; allowed: a Compute Engine type that carries {accelerator}"
+        )
     return machine_type
 
 
@@ -287,9 +326,28 @@ def _check_runner_name(name: str) -> str:
     return name
 
 
+def _repository_url(url: Any) -> Any:
+    """What a browser's address bar gives works too: a trailing '/' or '.git' is dropped."""
+    if isinstance(url, str):
+        url = url.strip().rstrip("/").removesuffix(".git")
+    return url
+
+
 def _check_repository(url: str, info: ValidationInfo) -> str:
     platform = info.data.get("platform")
+    if platform == "gitlab" and "/-/" in url:
+        page = url[url.index("/-/") :]
+        raise _invalid(
+            f"ends in a page of the project ({page}), not the project; allowed: "
+            f"{url[: url.index('/-/')]}"
+        )
     if platform == "github" and not _GITHUB_REPO.match(url):
+        parts = url.removeprefix("https://github.com/").split("/")
+        if url.startswith("https://github.com/") and len(parts) > 2:
+            raise _invalid(
+                f"ends in a page of the repository (/{'/'.join(parts[2:])}), not the repository; "
+                f"allowed: https://github.com/{parts[0]}/{parts[1]}"
+            )
         raise _invalid("does not fit platform github; allowed: https://github.com/<owner>/<repo>")
     if platform == "gitlab" and (not _GITLAB_REPO.match(url) or _GITHUB_REPO.match(url)):
         raise _invalid(
@@ -304,14 +362,62 @@ def _quantity_text(value: Any) -> Any:
     return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
-def _check_quantity(quantity: str) -> str:
+def _quantity_value(quantity: str) -> float | None:
+    """A Kubernetes quantity as a number (cores, bytes), or None when it is not one."""
     match = _QUANTITY.match(quantity)
-    if not match or float(match.group(1)) <= 0:
+    if not match:
+        return None
+    number, suffix = match.group(1), match.group(2) or ""
+    factor = _QUANTITY_FACTORS.get(suffix) or 10 ** int(suffix[1:])
+    return float(number) * factor
+
+
+def _check_quantity(quantity: str) -> str:
+    value = _quantity_value(quantity)
+    if value is None or value <= 0:
         raise _invalid(
             "not a Kubernetes quantity; allowed: a positive number with an optional suffix "
             "(m, k, M, G, Ki, Mi, Gi…), e.g. 500m, 2, 2000Mi, 8Gi"
         )
     return quantity
+
+
+def _runner_pool(info: ValidationInfo) -> str:
+    """The pool a runner's pods land on: gpuPool, or systemPool."""
+    selector = info.data.get("node_selector") or {}
+    gpus = info.data.get("gpus")
+    return "gpuPool" if gpus or selector.get(GPU_LABEL) == "true" else "systemPool"
+
+
+def _check_fits_cpu(cpu: str, info: ValidationInfo) -> str:
+    pool = _runner_pool(info)
+    node = (info.context or {}).get("machines", {}).get(pool)
+    if node is not None and _quantity_value(cpu) > machines.allocatable_cpu(node):
+        raise _invalid(
+            f"more than one {pool} node leaves to pods ({machines.allocatable_cpu(node):.2f} of "
+            f"its {node.vcpus} vCPUs, after GKE's reservation); the pod would never schedule. "
+            f"Allowed: at most {int(machines.allocatable_cpu(node) * 1000)}m, or a larger "
+            f"{pool}.machineType"
+        )
+    return cpu
+
+
+def _check_fits_memory(memory: str, info: ValidationInfo) -> str:
+    if _QUANTITY.match(memory).group(2) is None:
+        raise _invalid(
+            f"has no unit, so it means {memory} bytes; allowed: a size with a unit, e.g. "
+            f"{memory}Mi or 8Gi"
+        )
+    pool = _runner_pool(info)
+    node = (info.context or {}).get("machines", {}).get(pool)
+    if node is not None and _quantity_value(memory) > machines.allocatable_memory(node):
+        left = int(machines.allocatable_memory(node) / machines.MIB)
+        raise _invalid(
+            f"more than one {pool} node leaves to pods ({left}Mi of its {node.memory_gib:g} GiB, "
+            f"after GKE's reservation); the pod would never schedule. Allowed: at most {left}Mi, "
+            f"or a larger {pool}.machineType"
+        )
+    return memory
 
 
 def _check_runner_gpus(gpus: int, info: ValidationInfo) -> int:
@@ -333,6 +439,11 @@ def _check_node_selector(
         problem = _label_problem(key, value)
         if problem:
             raise _invalid(problem)
+    if selector.get(GPU_LABEL, "true") not in ("true", "false"):
+        raise _invalid(
+            f"{GPU_LABEL}: {selector[GPU_LABEL]!r} matches no node: the pools are labelled "
+            f'{GPU_LABEL}: "true" (gpuPool) and {GPU_LABEL}: "false" (systemPool)'
+        )
     gpus = info.data.get("gpus")
     if gpus and selector.get(GPU_LABEL) == "false":
         raise _invalid(f"selects gpu=false nodes, which have no GPU, but gpus is {gpus}")
@@ -355,14 +466,35 @@ def _check_mode(mode: str | None, info: ValidationInfo) -> str | None:
     return mode
 
 
+def _mode(info: ValidationInfo) -> str:
+    return info.data.get("mode") or _default_mode(info.data.get("platform"), info.data.get("gpus"))
+
+
 def _check_replicas(replicas: int | None, info: ValidationInfo) -> int | None:
-    mode = info.data.get("mode") or _default_mode(info.data.get("platform"), info.data.get("gpus"))
-    if replicas is not None and mode == "on-demand":
+    if replicas is not None and _mode(info) == "on-demand":
         raise _invalid(
             "replicas applies to mode always; an on-demand runner scales from 0 to maxRunners. "
             "Remove replicas, or set mode: always"
         )
     return replicas
+
+
+def _check_max_runners(max_runners: int | None, info: ValidationInfo) -> int | None:
+    if max_runners is not None and _mode(info) == "always":
+        raise _invalid(
+            "maxRunners applies to mode on-demand; an always runner keeps `replicas` runners. "
+            "Remove maxRunners, or set mode: on-demand"
+        )
+    return max_runners
+
+
+def _check_image_tag(tag: str) -> str:
+    if tag.endswith("-gpu"):
+        raise _invalid(
+            f"GPU runners get the -gpu variant by themselves; allowed: the tag without it "
+            f"({tag.removesuffix('-gpu')})"
+        )
+    return tag
 
 
 Quantity = Annotated[str, BeforeValidator(_quantity_text), AfterValidator(_check_quantity)]
@@ -381,18 +513,22 @@ class RunnerSettings(_Section):
 
     name: Annotated[str, AfterValidator(_check_runner_name)]
     platform: Literal["github", "gitlab"] = "github"
-    repository: Annotated[str, AfterValidator(_check_repository)]
+    repository: Annotated[str, BeforeValidator(_repository_url), AfterValidator(_check_repository)]
     labels: Annotated[tuple[RunnerLabel, ...], Field(min_length=1)] = runner.DEFAULT_LABELS
-    cpu: Quantity = runner.DEFAULT_CPU
-    memory: Quantity = runner.DEFAULT_MEMORY
     gpus: Annotated[int, Field(ge=0), AfterValidator(_check_runner_gpus)] = 1
     node_selector: Annotated[dict[str, str] | None, AfterValidator(_check_node_selector)] = None
+    cpu: Annotated[Quantity, AfterValidator(_check_fits_cpu)] = runner.DEFAULT_CPU
+    memory: Annotated[Quantity, AfterValidator(_check_fits_memory)] = runner.DEFAULT_MEMORY
     image_tag: Annotated[
-        str, _matching(_IMAGE_TAG, f"a tag of {runner.CML_IMAGE}, e.g. 0-dvc3-base1")
+        str,
+        _matching(_IMAGE_TAG, f"a tag of {runner.CML_IMAGE}, e.g. 0-dvc3-base1"),
+        AfterValidator(_check_image_tag),
     ] = runner.DEFAULT_IMAGE_TAG
     mode: Annotated[Literal["always", "on-demand"] | None, AfterValidator(_check_mode)] = None
     replicas: Annotated[int | None, Field(ge=0), AfterValidator(_check_replicas)] = None
-    max_runners: Annotated[int, Field(ge=1, le=20)] = 1
+    max_runners: Annotated[int | None, Field(ge=1, le=20), AfterValidator(_check_max_runners)] = (
+        None
+    )
     idle_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 300
 
     @property
@@ -404,6 +540,11 @@ class RunnerSettings(_Section):
     def replica_count(self) -> int:
         """Runner pods of an `always` runner."""
         return 1 if self.replicas is None else self.replicas
+
+    @property
+    def max_runner_count(self) -> int:
+        """Most runners at once of an on-demand runner."""
+        return 1 if self.max_runners is None else self.max_runners
 
 
 class CiSettings(_Section):
@@ -456,33 +597,41 @@ TOKENS_KEY = "runnerTokens"
 _RUNNERS = TypeAdapter(Annotated[list[RunnerSettings], Field(min_length=1)])
 
 
-def _show(value: Any) -> str:
-    if value is None:
-        return "(not set)"
-    return json.dumps(value) if isinstance(value, dict) else repr(value)
+_KNOWN_KEYS = (*SECTIONS, RUNNERS_KEY, TOKENS_KEY)
+_EXAMPLES = {
+    "repository": "https://github.com/<owner>/<repo>",
+    "name": "cml-runner",
+}
 
 
-def _describe(namespace: str, key: str, model: type[_Section], error: dict) -> str:
-    """One line naming the config key, the value given and what is allowed."""
+def _path(namespace: str, key: str, model: type[_Section], loc: tuple) -> tuple[str, str]:
+    """The config path of an error, with and without the namespace: runners[0].memory."""
     fields = model.model_fields
-    path = f"{namespace}:{key}"
-    for part in error["loc"]:
+    path = key
+    for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
             # A default that fails validation is reported under its Python name.
             path += "." + (fields[part].alias if part in fields else part)
-    reason = error["msg"]
-    if error["type"] == "extra_forbidden":
-        reason = f"unknown key; allowed keys: {', '.join(f.alias for f in fields.values())}"
-    return f"{path} = {_show(error['input'])}: {reason}"
+    return f"{namespace}:{path}", path
 
 
-def _read_section(config: pulumi.Config, key: str) -> Any:
+def _describe(namespace: str, key: str, model: type[_Section], error: dict) -> str:
+    """One line naming the config key, the value given and what is allowed."""
+    full, path = _path(namespace, key, model, error["loc"])
+    if error["type"] == "missing":
+        example = _EXAMPLES.get(str(error["loc"][-1]), "<value>")
+        return f"{full} is not set; run `pulumi config set --path '{path}' {example}`"
+    known = [f.alias for f in model.model_fields.values()]
+    return f"{full} = {messages.show(error['input'])}: {messages.reason(error, known)}"
+
+
+def _read(config: pulumi.Config, key: str) -> Any:
     """A config value as an object, or as the plain text it is when not JSON."""
     try:
         return config.get_object(key)
-    except json.JSONDecodeError:
+    except ConfigTypeError:
         return config.get(key)
 
 
@@ -505,14 +654,47 @@ def _parse(
         return model.validate_python(raw, context=context)
     except ValidationError as error:
         item = RunnerSettings if key == RUNNERS_KEY else SECTIONS[key]
-        problems += [_describe(namespace, key, item, e) for e in error.errors()]
+        problems += [
+            _describe(namespace, key, item, e)
+            for e in messages.innermost(error.errors(include_url=False))
+        ]
         return None
 
 
-def _runner_problems(namespace: str, runners: list[RunnerSettings], tokens: Any) -> list[str]:
+def _unknown_key_problems(namespace: str, keys: list[str]) -> list[str]:
+    """Every key in the project's namespace must be one the program reads."""
+    problems = []
+    for full in keys:
+        key = full.removeprefix(f"{namespace}:")
+        if key in _KNOWN_KEYS:
+            continue
+        head = re.split(r"[.\[]", key, maxsplit=1)[0]
+        if head in _KNOWN_KEYS:
+            problems.append(
+                f"{full}: a key with a path in its name, as `pulumi config set` without --path "
+                f"writes it, so it is ignored; run `pulumi config rm '{key}'` and "
+                f"`pulumi config set --path '{key}' <value>`"
+            )
+        else:
+            problems.append(
+                f"{full}: unknown key{messages.closest(key, _KNOWN_KEYS)}; allowed keys: "
+                f"{', '.join(_KNOWN_KEYS)}"
+            )
+    return problems
+
+
+def _runner_names(raw_runners: Any) -> list[str]:
+    """The runner names the config gives, valid or not, so tokens are checked in any case."""
+    if not isinstance(raw_runners, list):
+        return []
+    return [
+        r["name"] for r in raw_runners if isinstance(r, dict) and isinstance(r.get("name"), str)
+    ]
+
+
+def _runner_problems(namespace: str, names: list[str], tokens: Any) -> list[str]:
     """Names must be unique and each runner needs a token, set as a secret. Never shows a token."""
     problems = []
-    names = [r.name for r in runners]
     for index, name in enumerate(names):
         if name in names[:index]:
             problems.append(
@@ -520,10 +702,17 @@ def _runner_problems(namespace: str, runners: list[RunnerSettings], tokens: Any)
                 "each runner needs its own"
             )
     tokens_key = f"{namespace}:{TOKENS_KEY}"
+    set_one = f"`pulumi config set --secret --path '{TOKENS_KEY}.<runner>' <token>`"
     if tokens and not is_config_secret(tokens_key):
         problems.append(
             f"{tokens_key} is stored in plain text in the stack file; remove it and set each "
-            f"token with `pulumi config set --secret --path '{TOKENS_KEY}.<runner>' <token>`"
+            f"token with {set_one}"
+        )
+    if tokens is not None and not isinstance(tokens, dict):
+        problems.append(
+            f"{tokens_key} = {messages.SECRET_SHOWN_AS}: one value, but it holds one token per "
+            f"runner name (was --path left out?); run `pulumi config rm {TOKENS_KEY}`, then "
+            f"{set_one}"
         )
     if not isinstance(tokens, dict):
         tokens = {}
@@ -539,31 +728,63 @@ def _runner_problems(namespace: str, runners: list[RunnerSettings], tokens: Any)
     return problems
 
 
+def _misplaced_token_problems(namespace: str, values: dict[str, Any]) -> list[str]:
+    """A token anywhere but in runnerTokens would end up in clear in a Kubernetes object."""
+    return [
+        f"{path} holds what looks like a GitHub or GitLab token ({text}); a token belongs only "
+        f"in {TOKENS_KEY}: `pulumi config set --secret --path '{TOKENS_KEY}.<runner>' <token>`"
+        for key, value in values.items()
+        if key != f"{namespace}:{TOKENS_KEY}"
+        for path, text in messages.strings_in(value, key)
+        if messages.TOKEN_LIKE.search(text)
+    ]
+
+
+def _config_keys() -> list[str]:
+    """Every config key the stack has, from the engine's config."""
+    return sorted({*CONFIG.get(), *get_config_env()})
+
+
 def load() -> StackSettings:
-    """Read and validate the stack's config, or raise one SettingsError listing every problem."""
+    """Read and validate the stack's config, or raise one SettingsError listing every problem.
+
+    No message shows a value read from a secret config key, nor anything that looks like a
+    GitHub or GitLab token, wherever it was put.
+    """
     config = pulumi.Config()
     namespace = config.name
     project = pulumi.Config("gcp").get("project")
+    keys = [k for k in _config_keys() if k.startswith(f"{namespace}:")]
     problems = [p for p in [_project_problem(project)] if p]
-    context: dict[str, Any] = {}
+    problems += _unknown_key_problems(namespace, keys)
+    values = {k: _read(config, k.removeprefix(f"{namespace}:")) for k in keys}
+    secrets = [
+        text for k in keys if is_config_secret(k) for _, text in messages.strings_in(values[k], k)
+    ]
+    problems += _misplaced_token_problems(namespace, values)
+    context: dict[str, Any] = {"machines": {}}
     parsed: dict[str, Any] = {}
     for key, model in SECTIONS.items():
-        raw = _read_section(config, key) or {}
-        parsed[key] = _parse(TypeAdapter(model), namespace, key, raw, context, problems)
+        raw = _read(config, key)
+        parsed[key] = _parse(TypeAdapter(model), namespace, key, raw or {}, context, problems)
         if key == "cluster" and parsed[key]:
             context["region"] = parsed[key].region
         if key == "gpuPool" and parsed[key]:
             context["gpus_per_node"] = parsed[key].gpus_per_node
-    raw_runners = _read_section(config, RUNNERS_KEY) or []
+        if key in ("systemPool", "gpuPool") and parsed[key]:
+            context["machines"][key] = machines.machine(parsed[key].machine_type)
+    raw_runners = _read(config, RUNNERS_KEY) or []
     runners = _parse(_RUNNERS, namespace, RUNNERS_KEY, raw_runners, context, problems)
-    tokens = _read_section(config, TOKENS_KEY)
-    if runners:
-        problems += _runner_problems(namespace, runners, tokens)
+    tokens = _read(config, TOKENS_KEY)
+    problems += _runner_problems(namespace, _runner_names(raw_runners), tokens)
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
         raise SettingsError(
-            f"Invalid stack configuration ({stack_file}); nothing was created.\n"
-            + "\n".join(f"  - {problem}" for problem in problems)
+            messages.mask(
+                f"Invalid stack configuration ({stack_file}); nothing was created.\n"
+                + "\n".join(f"  - {problem}" for problem in problems),
+                secrets,
+            )
         )
     return StackSettings(
         project=project,

@@ -196,8 +196,15 @@ def _with_quickstart_values(config: dict[str, Any]) -> dict[str, Any]:
     runners = config.get(RUNNERS, [])
     for runner in runners:
         platform = runner.get("platform", "github")
-        runner.setdefault("repository", TEST_REPOSITORIES.get(platform, "https://example.org/x/y"))
-    config.setdefault(TOKENS, {r["name"]: fake_token(r["name"]) for r in runners})
+        default = TEST_REPOSITORIES.get(platform) if isinstance(platform, str) else None
+        runner.setdefault("repository", default or "https://example.org/x/y")
+        # A field a test sets to None is left out, as a user who never set it would.
+        for key in [k for k, v in runner.items() if v is None]:
+            del runner[key]
+    config.setdefault(
+        TOKENS,
+        {r["name"]: fake_token(r["name"]) for r in runners if isinstance(r.get("name"), str)},
+    )
     return config
 
 

@@ -169,12 +169,11 @@ def test_the_gpu_pool_can_return_to_zero_nodes(dev):
             {"name": "cml-runner", "replicas": 2},
         ),
         (
-            "gpu-runners:runners[0].maxRunners = 0: Input should be greater than or equal to 1",
+            "gpu-runners:runners[0].maxRunners = 0: allowed: 1 or more",
             {"name": "cml-runner", "maxRunners": 0},
         ),
         (
-            "gpu-runners:runners[0].idleTimeoutSeconds = 10: Input should be greater than or "
-            "equal to 60",
+            "gpu-runners:runners[0].idleTimeoutSeconds = 10: allowed: 60 or more",
             {"name": "cml-runner", "idleTimeoutSeconds": 10},
         ),
     ],

@@ -66,18 +66,18 @@ BAD_INPUTS = {
     ),
     "a zone without the accelerator": (
         {GPU_POOL: {"zones": ["europe-west6-a"]}},
-        "gpu-runners:gpuPool.zones = ['europe-west6-a']",
+        'gpu-runners:gpuPool.zones = ["europe-west6-a"]',
         "does not offer nvidia-l4 according to the zone catalog",
     ),
     "a zone outside the cluster's region": (
         {GPU_POOL: {"zones": ["us-central1-a"]}},
-        "gpu-runners:gpuPool.zones = ['us-central1-a']",
+        'gpu-runners:gpuPool.zones = ["us-central1-a"]',
         "'us-central1-a' is not in the cluster's region europe-west6",
     ),
     "minNodes below 0": (
         {GPU_POOL: {"minNodes": -1}},
         "gpu-runners:gpuPool.minNodes = -1",
-        "greater than or equal to 0",
+        "allowed: 0 or more",
     ),
     "minNodes above maxNodes": (
         {GPU_POOL: {"minNodes": 3, "maxNodes": 2}},
@@ -117,12 +117,12 @@ BAD_INPUTS = {
     "a misspelt key": (
         {GPU_POOL: {"minNode": 1}},
         "gpu-runners:gpuPool.minNode = 1",
-        "unknown key; allowed keys: acceleratorType, machineType",
+        "unknown key (did you mean minNodes?); allowed keys: acceleratorType, machineType",
     ),
     "an unknown driver version": (
         {GPU_POOL: {"driverVersion": "R535"}},
         "gpu-runners:gpuPool.driverVersion = 'R535'",
-        "Input should be 'DEFAULT' or 'LATEST'",
+        "allowed: 'DEFAULT' or 'LATEST'",
     ),
     "a GitLab URL for a GitHub runner": (
         runner(platform="github", repository="https://gitlab.com/ml-team/churn-model"),
@@ -142,7 +142,7 @@ BAD_INPUTS = {
     "empty labels": (
         runner(labels=[]),
         "gpu-runners:runners[0].labels = []",
-        "at least 1 item",
+        "should list at least 1 entry",
     ),
     "a label with a comma": (
         runner(labels=["cml,gpu"]),
@@ -162,7 +162,7 @@ BAD_INPUTS = {
     "replicas below 0": (
         runner(replicas=-1),
         "gpu-runners:runners[0].replicas = -1",
-        "greater than or equal to 0",
+        "allowed: 0 or more",
     ),
     "more GPUs than a node carries": (
         runner(gpus=2),
@@ -187,12 +187,12 @@ BAD_INPUTS = {
     "an unknown platform": (
         runner(platform="bitbucket"),
         "gpu-runners:runners[0].platform = 'bitbucket'",
-        "Input should be 'github' or 'gitlab'",
+        "allowed: 'github' or 'gitlab'",
     ),
     "no runners": (
         {RUNNERS: []},
         "gpu-runners:runners = []",
-        "at least 1 item",
+        "should list at least 1 entry",
     ),
     "duplicate runner names": (
         {RUNNERS: [{"name": "cml-runner"}, {"name": "cml-runner", "gpus": 0}]},

@@ -1,0 +1,277 @@
+"""The mistakes users make: each is refused before anything is created, in one line naming the
+key, and no message ever shows a secret or anything that looks like a token."""
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from infra.messages import TOKEN_LIKE
+from infra.settings import SECTIONS, RunnerSettings, SettingsError
+from tests.harness import RUNNERS, TOKENS, fake_token, run_program, run_rejected_program
+
+GPU_POOL = "gpu-runners:gpuPool"
+SYSTEM_POOL = "gpu-runners:systemPool"
+CLUSTER = "gpu-runners:cluster"
+TOKEN = fake_token("cml-runner")
+
+
+def runner(**fields) -> dict:
+    return {RUNNERS: [{"name": "cml-runner", **fields}]}
+
+
+def rejected(config=None, secrets=None, without=()) -> str:
+    error, registered = run_rejected_program(config, secrets, without=without)
+    assert isinstance(error, SettingsError)
+    assert registered == []
+    return str(error)
+
+
+def problems(message: str) -> list[str]:
+    return [line for line in message.splitlines() if line.startswith("  - ")]
+
+
+# No secret is ever printed.
+
+
+def test_tokens_set_without_path_are_refused_without_showing_the_token():
+    message = rejected(secrets={TOKENS: TOKEN})
+    assert "gpu-runners:runnerTokens = [secret]: one value" in message
+    assert "was --path left out?" in message
+    assert TOKEN not in message and "ConfigTypeError" not in message
+
+
+@pytest.mark.parametrize("as_secret", [False, True], ids=["plain", "secret"])
+def test_a_token_under_an_unknown_key_is_masked(as_secret):
+    # A token the stack does not hold elsewhere: masked because it looks like one.
+    stray = fake_token("pasted-into-the-wrong-key")
+    value = runner(token=stray)
+    message = rejected(secrets=value) if as_secret else rejected(value)
+    assert "gpu-runners:runners[0].token" in message
+    assert "unknown key" in message
+    assert "a token belongs only in runnerTokens" in message
+    assert stray not in message
+    assert "[secret]" in message
+
+
+def test_a_value_set_as_a_secret_is_never_shown():
+    message = rejected(secrets={GPU_POOL: {"zones": ["europe-west6-a"]}})
+    assert "gpu-runners:gpuPool.zones = [secret]" in message.replace('["[secret]"]', "[secret]")
+    assert "europe-west6-a" not in message
+
+
+# No key is silently ignored.
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [("gpupool", "gpuPool"), ("runner", "runners"), ("Cluster", "cluster")],
+)
+def test_a_misspelt_top_level_key_is_refused_with_the_closest_key(key, suggestion):
+    message = rejected({f"gpu-runners:{key}": {"maxNodes": 2}})
+    assert f"gpu-runners:{key}: unknown key (did you mean {suggestion}?)" in message
+
+
+def test_a_flat_key_from_a_forgotten_path_is_refused_with_the_commands_that_fix_it():
+    message = rejected({"gpu-runners:gpuPool.maxNodes": "2"})
+    assert "gpu-runners:gpuPool.maxNodes: a key with a path in its name" in message
+    assert "`pulumi config rm 'gpuPool.maxNodes'`" in message
+    assert "`pulumi config set --path 'gpuPool.maxNodes' <value>`" in message
+
+
+# Nothing that cannot work is accepted.
+
+CANNOT_WORK = {
+    "a gpu selector that matches no pool": (
+        runner(nodeSelector={"gpu": "yes"}),
+        "gpu-runners:runners[0].nodeSelector",
+        "gpu: 'yes' matches no node",
+    ),
+    "a GitLab URL of a page in the project": (
+        runner(platform="gitlab", gpus=0, repository="https://gitlab.com/ml/churn/-/tree/main"),
+        "gpu-runners:runners[0].repository",
+        "ends in a page of the project (/-/tree/main), not the project; allowed: "
+        "https://gitlab.com/ml/churn",
+    ),
+    "a GitHub URL of a page in the repository": (
+        runner(repository="https://github.com/ml/churn/tree/main"),
+        "gpu-runners:runners[0].repository",
+        "(/tree/main), not the repository; allowed: https://github.com/ml/churn",
+    ),
+    "a GPU machine for the system pool": (
+        {SYSTEM_POOL: {"machineType": "g2-standard-4"}},
+        "gpu-runners:systemPool.machineType = 'g2-standard-4'",
+        "is a GPU machine type",
+    ),
+    "a machine type that does not exist": (
+        {SYSTEM_POOL: {"machineType": "e2-standard"}},
+        "gpu-runners:systemPool.machineType = 'e2-standard'",
+        "unknown machine type",
+    ),
+    "a GPU machine size that does not exist": (
+        {
+            CLUSTER: {"location": "us-central1"},
+            SYSTEM_POOL: {"zones": ["us-central1-a"]},
+            GPU_POOL: {
+                "acceleratorType": "nvidia-tesla-t4",
+                "machineType": "n1-standard-3",
+                "zones": ["us-central1-a"],
+            },
+        },
+        "gpu-runners:gpuPool.machineType = 'n1-standard-3'",
+        "unknown machine type",
+    ),
+    "more CPU than a GPU node leaves to pods": (
+        runner(cpu=8),
+        "gpu-runners:runners[0].cpu = 8",
+        "more than one gpuPool node leaves to pods (3.92 of its 4 vCPUs",
+    ),
+    "more memory than a GPU node leaves to pods": (
+        runner(memory="32Gi"),
+        "gpu-runners:runners[0].memory = '32Gi'",
+        "Allowed: at most 13621Mi, or a larger gpuPool.machineType",
+    ),
+    "more memory than a system node leaves to pods": (
+        runner(gpus=0, memory="7Gi"),
+        "gpu-runners:runners[0].memory = '7Gi'",
+        "more than one systemPool node leaves to pods",
+    ),
+    "memory without a unit": (
+        runner(memory=2048),
+        "gpu-runners:runners[0].memory = 2048",
+        "has no unit, so it means 2048 bytes; allowed: a size with a unit, e.g. 2048Mi",
+    ),
+    "an absurd CPU": (
+        runner(cpu=1000),
+        "gpu-runners:runners[0].cpu = 1000",
+        "the pod would never schedule",
+    ),
+    "maxRunners on an always runner": (
+        runner(mode="always", maxRunners=3),
+        "gpu-runners:runners[0].maxRunners = 3",
+        "maxRunners applies to mode on-demand",
+    ),
+    "an image tag that already ends in -gpu": (
+        runner(imageTag="0-dvc3-base1-gpu"),
+        "gpu-runners:runners[0].imageTag = '0-dvc3-base1-gpu'",
+        "allowed: the tag without it (0-dvc3-base1)",
+    ),
+    "a region name that only fits the pattern": (
+        {CLUSTER: {"location": "eu-west1"}},
+        "gpu-runners:cluster.location = 'eu-west1'",
+        "'eu-west1' is not a Google Cloud region according to the region catalog",
+    ),
+}
+
+
+@pytest.mark.parametrize(("config", "key", "allowed"), CANNOT_WORK.values(), ids=list(CANNOT_WORK))
+def test_what_cannot_work_is_refused(config, key, allowed):
+    message = rejected(config)
+    assert key in message
+    assert allowed in message
+
+
+def test_a_region_newer_than_the_catalog_can_be_vouched_for():
+    message = rejected(
+        {
+            CLUSTER: {"location": "europe-west99", "regionsOutsideCatalog": ["europe-west99"]},
+            SYSTEM_POOL: {"zones": ["europe-west99-a"]},
+        }
+    )
+    assert "gpu-runners:cluster.location" not in message
+    assert "gpuPool.zones" in message  # the GPU zone is still in europe-west6
+
+
+def test_a_runner_that_fits_its_node_is_accepted():
+    program = run_program(runner(cpu="3500m", memory="12Gi"))
+    assert program.of_type("kubernetes:apps/v1:Deployment")
+
+
+# Every problem in one pass.
+
+
+def test_a_fresh_clone_hears_of_project_repository_and_token_at_once():
+    message = rejected(runner(repository=None), without=["gcp:project", TOKENS])
+    assert "gcp:project is not set" in message
+    assert (
+        "gpu-runners:runners[0].repository is not set; run `pulumi config set --path "
+        "'runners[0].repository' https://github.com/<owner>/<repo>`"
+    ) in message
+    assert "gpu-runners:runnerTokens.cml-runner is not set" in message
+
+
+# Messages in the user's words.
+
+
+def test_a_single_value_where_a_list_belongs_says_list():
+    message = rejected({GPU_POOL: {"zones": "europe-west6-b"}})
+    assert "gpu-runners:gpuPool.zones = 'europe-west6-b': should be a list" in message
+    assert "tuple" not in message
+
+
+def test_a_bad_label_is_one_line():
+    message = rejected(runner(labels=["bad label"]))
+    assert len(problems(message)) == 1
+    assert "runners[0].labels[0] = 'bad label'" in message
+
+
+def test_an_unquoted_boolean_gets_a_hint_to_quote_it():
+    message = rejected(runner(nodeSelector={"gpu": True}))
+    assert "gpu-runners:runners[0].nodeSelector.gpu = true: should be text" in message
+    assert 'quote it ("true")' in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://github.com/ml-team/churn-model.git", "https://github.com/ml-team/churn-model/"],
+)
+def test_a_url_with_git_or_a_trailing_slash_is_normalised(url):
+    program = run_program(runner(repository=url))
+    args = program.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    assert "--repo=https://github.com/ml-team/churn-model" in args
+
+
+# Generated bad input: whatever a user types into any key.
+
+FIELDS = [
+    (f"gpu-runners:{key}", field.alias)
+    for key, model in SECTIONS.items()
+    for field in model.model_fields.values()
+] + [(RUNNERS, field.alias) for field in RunnerSettings.model_fields.values()]
+TOKENS_LIKE = st.from_regex(r"(ghp_|github_pat_|glpat-|glrt-)[A-Za-z0-9]{20,40}", fullmatch=True)
+BAD_VALUES = st.one_of(
+    TOKENS_LIKE,
+    st.builds(lambda t: {"nested": t}, TOKENS_LIKE),
+    st.builds(lambda t, n: [t, n], TOKENS_LIKE, st.integers()),
+    st.builds(lambda k, n: {k: {"deeper": n}}, st.text(min_size=1, max_size=8), st.integers()),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(FIELDS), BAD_VALUES, st.booleans())
+def test_generated_bad_values_are_refused_without_showing_a_secret(field, value, as_secret):
+    key, name = field
+    config = (
+        {key: [{"name": "cml-runner", name: value}]} if key == RUNNERS else {key: {name: value}}
+    )
+    message = rejected(secrets=config) if as_secret else rejected(config)
+    lines = problems(message)
+    assert lines
+    assert all(re.match(r"  - (gpu-runners|gcp):", line) for line in lines), message
+    assert not re.search(TOKEN_LIKE.pattern + r"[A-Za-z0-9]", message.replace("…", " "))
+    for text in _strings(value):
+        if as_secret or TOKEN_LIKE.search(text):
+            assert text not in message
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value] if len(value) >= 4 else []
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
