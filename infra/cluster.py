@@ -8,7 +8,7 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import yaml
 
-from infra.iam import grant_project_roles, service_account_id
+from infra.iam import grant_ci_account_role, grant_project_roles, service_account_id
 from infra.options import child_options
 from infra.settings import ClusterSettings, GpuPoolSettings, SystemPoolSettings
 
@@ -127,16 +127,13 @@ class GpuCluster(pulumi.ComponentResource):
         grant_project_roles(f"{name}-nodes", args.project, NODE_ROLES, node_sa.member, child)
 
         # Creating a node pool that runs as the node account needs actAs on that account only.
-        node_account_grants = [
-            gcp.serviceaccount.IAMMember(
-                f"{name}-nodes-user-{index}",
-                service_account_id=node_sa.name,
-                role="roles/iam.serviceAccountUser",
-                member=member,
-                opts=child_options(self, opts, protect=True),
-            )
-            for index, member in enumerate(args.node_account_users)
-        ]
+        node_account_grants = grant_ci_account_role(
+            f"{name}-nodes-user",
+            node_sa,
+            "roles/iam.serviceAccountUser",
+            args.node_account_users,
+            child,
+        )
 
         cluster = gcp.container.Cluster(
             name,

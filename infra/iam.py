@@ -1,6 +1,6 @@
 """Small IAM building blocks the components share: service account IDs and project grants."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pulumi
 import pulumi_gcp as gcp
@@ -29,4 +29,25 @@ def grant_project_roles(
             opts=opts,
         )
         for role in roles
+    ]
+
+
+def grant_ci_account_role(
+    name: str,
+    account: gcp.serviceaccount.Account,
+    role: str,
+    members: Sequence[pulumi.Input[str]],
+    opts: pulumi.ResourceOptions,
+) -> list[gcp.serviceaccount.IAMMember]:
+    """Give CI members a role on one of the stack's accounts, protected: a
+    `destroy --exclude-protected` keeps the grant and the account, which CI could not create."""
+    return [
+        gcp.serviceaccount.IAMMember(
+            f"{name}-{index}",
+            service_account_id=account.name,
+            role=role,
+            member=member,
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=True)),
+        )
+        for index, member in enumerate(members)
     ]

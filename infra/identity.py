@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.iam import service_account_id
+from infra.iam import grant_ci_account_role, service_account_id
 from infra.options import child_options
 
 # Read, write, list and delete objects: what `dvc pull`, `dvc push` and `dvc status -c` do. It
@@ -95,14 +95,9 @@ class RunnerIdentity(pulumi.ComponentResource):
             opts=child,
         )
 
-        for index, member in enumerate(args.account_admins):
-            gcp.serviceaccount.IAMMember(
-                f"{name}-admin-{index}",
-                service_account_id=account.name,
-                role="roles/iam.serviceAccountAdmin",
-                member=member,
-                opts=child_options(self, opts, protect=True),
-            )
+        grant_ci_account_role(
+            f"{name}-admin", account, "roles/iam.serviceAccountAdmin", args.account_admins, child
+        )
 
         # The member names the cluster's pool, which exists only once the cluster does
         # ("Identity Pool does not exist", terraform-google-kubernetes-engine#916).
