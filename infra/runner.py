@@ -17,6 +17,8 @@ DEFAULT_MEMORY = "2000Mi"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 TOKEN_KEY = "token"
+# Names CML keeps out of the environment of the runner it starts, and so of every CI job.
+SENSITIVE_ENV = "_CML_RUNNER_SENSITIVE_ENV"
 # The runner unregisters itself from GitHub or GitLab when it gets SIGTERM; give it time to.
 TERMINATION_GRACE_SECONDS = 120
 # What a runner and ordinary training jobs need as root: apt and dpkg (ownership, modes,
@@ -285,16 +287,7 @@ def _pod_template(
                 "image": runner_image(args.image_tag, args.gpus),
                 "command": ["cml"],
                 "args": _runner_args(args),
-                "env": [
-                    {
-                        "name": "POD_NAME",
-                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
-                    },
-                    {
-                        "name": "REPO_TOKEN",
-                        "valueFrom": {"secretKeyRef": {"name": token_secret, "key": TOKEN_KEY}},
-                    },
-                ],
+                "env": _runner_env(token_secret),
                 "resources": {"requests": resources, "limits": resources},
                 "securityContext": {
                     "privileged": False,
@@ -314,6 +307,24 @@ def _pod_template(
         },
         "spec": spec,
     }
+
+
+def _runner_env(token_secret: pulumi.Input[str]) -> list[dict]:
+    """The runner's environment, with every variable fed from a Secret kept from CI jobs.
+
+    CML starts the GitHub or GitLab runner, and so every job step, with a copy of its own
+    environment less the colon-separated names in _CML_RUNNER_SENSITIVE_ENV (iterative/cml,
+    src/cml.js, startRunner; cml#721).
+    """
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {
+            "name": "REPO_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": token_secret, "key": TOKEN_KEY}},
+        },
+    ]
+    secret = [e["name"] for e in env if "secretKeyRef" in e.get("valueFrom", {})]
+    return [*env, {"name": SENSITIVE_ENV, "value": ":".join(secret)}]
 
 
 def _runner_args(args: RunnerDeploymentArgs) -> list[str]:

@@ -75,7 +75,7 @@ def test_runner_takes_one_job_registers_under_its_pod_name_and_never_idles_out(a
         "--idle-timeout=never",
         "--name=$(POD_NAME)",
     ]
-    env = {e["name"]: e["valueFrom"] for e in runner["env"]}
+    env = {e["name"]: e.get("valueFrom") for e in runner["env"]}
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
@@ -231,3 +231,15 @@ def test_component_alone_on_a_plain_provider_in_an_existing_namespace():
         if resource.type.startswith("kubernetes:"):
             assert resource.parent == component.urn
             assert resource.provider.startswith(provider.urn)
+
+
+@pytest.mark.parametrize("stack", ["dev", "two", "always"])
+def test_every_secret_variable_is_kept_out_of_the_jobs_environment(stack, request):
+    program = request.getfixturevalue(stack)
+    for deployment in program.of_type(DEPLOYMENT):
+        (runner,) = deployment.inputs["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in runner["env"]}
+        from_secrets = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
+        assert "REPO_TOKEN" in from_secrets
+        kept_out = env["_CML_RUNNER_SENSITIVE_ENV"]["value"].split(":")
+        assert set(kept_out) >= from_secrets, deployment.name
