@@ -382,16 +382,16 @@ def _check_quantity(quantity: str) -> str:
     return quantity
 
 
-def _runner_pool(info: ValidationInfo) -> str:
-    """The pool a runner's pods land on: gpuPool, or systemPool."""
+def _runner_node(info: ValidationInfo) -> tuple[str, machines.Machine | None]:
+    """The pool a runner's pods land on (gpuPool or systemPool), and its machine if known."""
     selector = info.data.get("node_selector") or {}
     gpus = info.data.get("gpus")
-    return "gpuPool" if gpus or selector.get(GPU_LABEL) == "true" else "systemPool"
+    pool = "gpuPool" if gpus or selector.get(GPU_LABEL) == "true" else "systemPool"
+    return pool, (info.context or {}).get("machines", {}).get(pool)
 
 
 def _check_fits_cpu(cpu: str, info: ValidationInfo) -> str:
-    pool = _runner_pool(info)
-    node = (info.context or {}).get("machines", {}).get(pool)
+    pool, node = _runner_node(info)
     if node is not None and _quantity_value(cpu) > machines.allocatable_cpu(node):
         raise _invalid(
             f"more than one {pool} node leaves to pods ({machines.allocatable_cpu(node):.2f} of "
@@ -408,8 +408,7 @@ def _check_fits_memory(memory: str, info: ValidationInfo) -> str:
             f"has no unit, so it means {memory} bytes; allowed: a size with a unit, e.g. "
             f"{memory}Mi or 8Gi"
         )
-    pool = _runner_pool(info)
-    node = (info.context or {}).get("machines", {}).get(pool)
+    pool, node = _runner_node(info)
     if node is not None and _quantity_value(memory) > machines.allocatable_memory(node):
         left = int(machines.allocatable_memory(node) / machines.MIB)
         raise _invalid(
@@ -758,6 +757,7 @@ def load() -> StackSettings:
     problems = [p for p in [_project_problem(project)] if p]
     problems += _unknown_key_problems(namespace, keys)
     values = {k: _read(config, k.removeprefix(f"{namespace}:")) for k in keys}
+    given = {k.removeprefix(f"{namespace}:"): value for k, value in values.items()}
     secrets = [
         text for k in keys if is_config_secret(k) for _, text in messages.strings_in(values[k], k)
     ]
@@ -765,17 +765,17 @@ def load() -> StackSettings:
     context: dict[str, Any] = {"machines": {}}
     parsed: dict[str, Any] = {}
     for key, model in SECTIONS.items():
-        raw = _read(config, key)
-        parsed[key] = _parse(TypeAdapter(model), namespace, key, raw or {}, context, problems)
+        raw = given.get(key) or {}
+        parsed[key] = _parse(TypeAdapter(model), namespace, key, raw, context, problems)
         if key == "cluster" and parsed[key]:
             context["region"] = parsed[key].region
         if key == "gpuPool" and parsed[key]:
             context["gpus_per_node"] = parsed[key].gpus_per_node
         if key in ("systemPool", "gpuPool") and parsed[key]:
             context["machines"][key] = machines.machine(parsed[key].machine_type)
-    raw_runners = _read(config, RUNNERS_KEY) or []
+    raw_runners = given.get(RUNNERS_KEY) or []
     runners = _parse(_RUNNERS, namespace, RUNNERS_KEY, raw_runners, context, problems)
-    tokens = _read(config, TOKENS_KEY)
+    tokens = given.get(TOKENS_KEY)
     problems += _runner_problems(namespace, _runner_names(raw_runners), tokens)
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
