@@ -6,14 +6,9 @@ from infra import settings as stack_settings
 from infra.apis import CI_APIS, STACK_APIS, ProjectApis
 from infra.ci import CiDeployer, CiDeployerArgs
 from infra.cluster import GpuCluster, GpuClusterArgs
+from infra.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling, default_node_selector
 from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
 from infra.keda import Keda
-from infra.runner import (
-    OnDemandScaling,
-    RunnerDeployment,
-    RunnerDeploymentArgs,
-    default_node_selector,
-)
 
 settings = stack_settings.load()
 
@@ -68,41 +63,34 @@ identity = RunnerIdentity(
     opts=after_apis,
 )
 
-# KEDA, once, on the system pool, when a runner starts on demand.
-keda = (
-    Keda(
-        "keda",
-        node_selector=default_node_selector(gpus=0),
-        opts=pulumi.ResourceOptions(providers=[cluster.provider]),
-    )
-    if any(r.scaling_mode == "on-demand" for r in settings.runners)
-    else None
+# KEDA, once, on the system pool: it starts every runner's pods.
+keda = Keda(
+    "keda",
+    node_selector=default_node_selector(gpus=0),
+    opts=pulumi.ResourceOptions(providers=[cluster.provider]),
 )
 
 runners = {
-    runner.name: RunnerDeployment(
+    runner.name: CmlRunner(
         runner.name,
-        RunnerDeploymentArgs(
+        CmlRunnerArgs(
             platform=runner.platform,
             repository=runner.repository,
             token=settings.runner_tokens[runner.name],
             labels=runner.labels,
             replicas=runner.replica_count,
+            idle_timeout_seconds=runner.idle_timeout,
             cpu=runner.cpu,
             memory=runner.memory,
             gpus=runner.gpus,
             node_selector=runner.node_selector,
             image_tag=runner.image_tag,
             google_service_account=identity.email,
-            on_demand=OnDemandScaling(
-                keda=keda.release,
-                max_runners=runner.max_runner_count,
-                idle_timeout_seconds=runner.idle_timeout_seconds,
-            )
-            if keda and runner.scaling_mode == "on-demand"
+            on_demand=OnDemandScaling(max_runners=runner.max_runner_count)
+            if runner.scaling_mode == "on-demand"
             else None,
         ),
-        opts=pulumi.ResourceOptions(providers=[cluster.provider]),
+        opts=pulumi.ResourceOptions(providers=[cluster.provider], depends_on=[keda.release]),
     )
     for runner in settings.runners
 }

@@ -1,4 +1,4 @@
-"""KEDA: the install that scales runners from zero, and the trigger that says when to."""
+"""KEDA: the install that starts runner Jobs, and the triggers that say how many."""
 
 from collections.abc import Mapping, Sequence
 
@@ -13,6 +13,9 @@ API_VERSION = "keda.sh/v1alpha1"
 # How often KEDA asks GitHub for queued and running jobs (GitHub's API allows 5000 calls an
 # hour per token; two calls a runner every 30 s stays far below).
 POLLING_SECONDS = 30
+# Stops a ScaledJob from starting Jobs; Jobs already running go on (KEDA 2.20,
+# controllers/keda/scaledjob_controller.go, checkIfPaused).
+PAUSED = "autoscaling.keda.sh/paused"
 
 
 class Keda(pulumi.ComponentResource):
@@ -60,4 +63,16 @@ def github_runner_trigger(
             "targetWorkflowQueueLength": "1",
         },
         "authenticationRef": {"name": authentication},
+    }
+
+
+def own_pods_trigger(pod_selector: str) -> dict:
+    """KEDA's kubernetes-workload trigger: the number of live pods matching the selector.
+
+    For a ScaledJob whose minReplicaCount equals its maxReplicaCount, which needs a trigger
+    but never scales by one. It reads only the cluster: no token, no call to the forge.
+    """
+    return {
+        "type": "kubernetes-workload",
+        "metadata": {"podSelector": pod_selector, "value": "1"},
     }

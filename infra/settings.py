@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from infra import gpu, machines, messages, runner
+from infra import cml_runner, gpu, machines, messages
 
 _CLUSTER_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -513,22 +513,22 @@ class RunnerSettings(_Section):
     name: Annotated[str, AfterValidator(_check_runner_name)]
     platform: Literal["github", "gitlab"] = "github"
     repository: Annotated[str, BeforeValidator(_repository_url), AfterValidator(_check_repository)]
-    labels: Annotated[tuple[RunnerLabel, ...], Field(min_length=1)] = runner.DEFAULT_LABELS
+    labels: Annotated[tuple[RunnerLabel, ...], Field(min_length=1)] = cml_runner.DEFAULT_LABELS
     gpus: Annotated[int, Field(ge=0), AfterValidator(_check_runner_gpus)] = 1
     node_selector: Annotated[dict[str, str] | None, AfterValidator(_check_node_selector)] = None
-    cpu: Annotated[Quantity, AfterValidator(_check_fits_cpu)] = runner.DEFAULT_CPU
-    memory: Annotated[Quantity, AfterValidator(_check_fits_memory)] = runner.DEFAULT_MEMORY
+    cpu: Annotated[Quantity, AfterValidator(_check_fits_cpu)] = cml_runner.DEFAULT_CPU
+    memory: Annotated[Quantity, AfterValidator(_check_fits_memory)] = cml_runner.DEFAULT_MEMORY
     image_tag: Annotated[
         str,
-        _matching(_IMAGE_TAG, f"a tag of {runner.CML_IMAGE}, e.g. 0-dvc3-base1"),
+        _matching(_IMAGE_TAG, f"a tag of {cml_runner.CML_IMAGE}, e.g. 0-dvc3-base1"),
         AfterValidator(_check_image_tag),
-    ] = runner.DEFAULT_IMAGE_TAG
+    ] = cml_runner.DEFAULT_IMAGE_TAG
     mode: Annotated[Literal["always", "on-demand"] | None, AfterValidator(_check_mode)] = None
     replicas: Annotated[int | None, Field(ge=0), AfterValidator(_check_replicas)] = None
     max_runners: Annotated[int | None, Field(ge=1, le=20), AfterValidator(_check_max_runners)] = (
         None
     )
-    idle_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 300
+    idle_timeout_seconds: Annotated[int | None, Field(ge=60, le=86400)] = None
 
     @property
     def scaling_mode(self) -> str:
@@ -544,6 +544,13 @@ class RunnerSettings(_Section):
     def max_runner_count(self) -> int:
         """Most runners at once of an on-demand runner."""
         return 1 if self.max_runners is None else self.max_runners
+
+    @property
+    def idle_timeout(self) -> int:
+        """Seconds a runner waits for a job; unset: 300 on demand, 3600 for an always runner."""
+        if self.idle_timeout_seconds is not None:
+            return self.idle_timeout_seconds
+        return 300 if self.scaling_mode == "on-demand" else 3600
 
 
 class CiSettings(_Section):

@@ -41,6 +41,8 @@ class Resource:
     provider: str
     ignore_changes: tuple[str, ...]
     protect: bool
+    alias_types: tuple[str, ...] = ()
+    """Earlier type tokens this resource answers to (aliases by type)."""
 
 
 @dataclass
@@ -180,6 +182,7 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
                     provider=request.provider,
                     ignore_changes=tuple(request.ignoreChanges),
                     protect=request.protect,
+                    alias_types=tuple(a.spec.type for a in request.aliases if a.spec.type),
                 )
             )
         return response

@@ -1,10 +1,11 @@
-"""Every Kubernetes object the stack registers is valid for the Kubernetes versions GKE runs."""
+"""Every Kubernetes object the stack registers, and every Job KEDA makes from its ScaledJobs,
+is valid for the Kubernetes versions GKE runs."""
 
 import kubernetes_validate
 import pytest
 
 from tests.harness import reveal, run_program
-from tests.stacks import TWO_RUNNERS
+from tests.stacks import ALWAYS, TWO_RUNNERS
 
 # The minor versions GKE's release channels offer as of 2026-11 (the cluster follows its
 # channel, so it may run any of them).
@@ -13,23 +14,43 @@ GKE_MINORS = ("1.33", "1.34", "1.35")
 
 # Kinds that upstream Kubernetes defines; KEDA's are checked against its CRDs elsewhere.
 UPSTREAM_GROUPS = ("kubernetes:core/", "kubernetes:apps/", "kubernetes:batch/")
+SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
 
 
 def kubernetes_objects(program) -> list[dict]:
     return [reveal(r.inputs) for r in program.resources if r.type.startswith(UPSTREAM_GROUPS)]
 
 
-@pytest.mark.parametrize("config", [{}, TWO_RUNNERS], ids=["dev", "github-gpu+gitlab-cpu"])
+def jobs_keda_would_create(program) -> list[dict]:
+    """A ScaledJob's jobTargetRef is the spec of each Job KEDA creates from it."""
+    return [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "generateName": f"{r.name}-",
+                "namespace": reveal(r.inputs["metadata"])["namespace"],
+            },
+            "spec": reveal(r.inputs["spec"]["jobTargetRef"]),
+        }
+        for r in program.of_type(SCALED_JOB)
+    ]
+
+
+@pytest.mark.parametrize(
+    "config", [{}, TWO_RUNNERS, ALWAYS], ids=["dev", "github-gpu+gitlab-cpu", "always"]
+)
 @pytest.mark.parametrize("minor", GKE_MINORS)
 def test_every_kubernetes_object_passes_strict_schema_validation(config, minor):
-    objects = kubernetes_objects(run_program(config))
-    assert {o["kind"] for o in objects} == {"Namespace", "ServiceAccount", "Secret", "Deployment"}
+    program = run_program(config)
+    objects = kubernetes_objects(program) + jobs_keda_would_create(program)
+    assert {o["kind"] for o in objects} == {"Namespace", "ServiceAccount", "Secret", "Job"}
     for manifest in objects:
         kubernetes_validate.validate(manifest, f"{minor}.0", strict=True)
 
 
 def test_strict_validation_catches_a_misspelt_field():
-    deployment = next(o for o in kubernetes_objects(run_program()) if o["kind"] == "Deployment")
-    deployment["spec"]["template"]["spec"]["nodeSelecter"] = {"gpu": "true"}
+    (job, *_) = jobs_keda_would_create(run_program())
+    job["spec"]["template"]["spec"]["nodeSelecter"] = {"gpu": "true"}
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, f"{GKE_MINORS[0]}.0", strict=True)
+        kubernetes_validate.validate(job, f"{GKE_MINORS[0]}.0", strict=True)

@@ -1,6 +1,7 @@
 """The policy pack: clean on what the program registers, and every rule catches its mistake."""
 
 import copy
+import dataclasses
 
 import pytest
 import yaml
@@ -14,8 +15,7 @@ from pulumi_policy.deserialize import deserialize_properties
 
 from policy.rules import POLICIES
 from tests.harness import REPO, Resource, fake_token, run_program
-from tests.stacks import TWO_RUNNERS
-from tests.test_ci_identity import CI
+from tests.stacks import SHAPES
 
 BY_NAME = {policy.name: policy for policy in POLICIES}
 
@@ -83,19 +83,10 @@ def test_the_pack_has_the_mandatory_and_advisory_rules():
     assert all(p.description for p in POLICIES)
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        {},
-        TWO_RUNNERS,
-        {CI: {"githubRepository": "ml-team/gpu-runners", "gitlabProject": "a/b"}},
-        {"gpu-runners:runners": [{"name": "cml-runner", "maxRunners": 3}]},
-    ],
-    ids=["dev", "two-runners", "with-ci", "scaled-job"],
-)
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("policy_name", list(BY_NAME))
-def test_every_rule_passes_on_what_the_program_registers(config, policy_name):
-    program = run_program(config)
+def test_every_rule_passes_on_what_the_program_registers(shape, policy_name):
+    program = run_program(SHAPES[shape])
     for resource in program.resources:
         assert violations(resource, policy_name) == [], resource.name
 
@@ -105,11 +96,11 @@ def gpu_pool(dev, change) -> Resource:
 
 
 def runner(dev, change) -> Resource:
-    return crafted(dev, "kubernetes:apps/v1:Deployment", "cml-runner", change)
+    return crafted(dev, "kubernetes:keda.sh/v1alpha1:ScaledJob", "cml-runner", change)
 
 
 def pod(inputs: dict) -> dict:
-    return inputs["spec"]["template"]["spec"]
+    return inputs["spec"]["jobTargetRef"]["template"]["spec"]
 
 
 def first_container(inputs: dict) -> dict:
@@ -145,7 +136,7 @@ def test_a_gpu_deployment_that_does_not_target_gpu_nodes_is_refused(dev):
 
     found = violations(runner(dev, untarget), "gpu-workloads-select-and-tolerate-gpu-nodes")
     assert len(found) == 2
-    assert found[0].startswith("Deployment 'cml-runner' requests nvidia.com/gpu")
+    assert found[0].startswith("ScaledJob 'cml-runner' requests nvidia.com/gpu")
     assert 'add the nodeSelector gpu: "true"' in found[0]
     assert "add the toleration {key: nvidia.com/gpu" in found[1]
 
@@ -171,7 +162,7 @@ def test_a_literal_token_in_env_or_args_is_refused_without_being_echoed(dev, sec
     found = violations(runner(dev, leak), "containers-hold-no-literal-tokens")
     assert len(found) == 2
     assert found[0] == (
-        f"Deployment 'cml-runner': container 'runner' env REPO_TOKEN holds {kind} in clear; "
+        f"ScaledJob 'cml-runner': container 'runner' env REPO_TOKEN holds {kind} in clear; "
         "store it in a Secret and pass it with env.valueFrom.secretKeyRef."
     )
     assert "container 'runner' args holds" in found[1]
@@ -253,16 +244,20 @@ def test_the_pack_is_a_python_policy_pack_with_pinned_requirements():
     assert "PolicyPack(" in main and "from rules import POLICIES" in main
 
 
-def test_rules_look_inside_a_keda_scaled_job():
-    program = run_program({"gpu-runners:runners": [{"name": "cml-runner", "maxRunners": 3}]})
+def test_rules_look_inside_a_deployment_too(dev):
+    """Other workloads in the stack (or a user's own) are checked like the runner's pods."""
 
-    def leak_and_untarget(inputs):
-        pod_spec = inputs["spec"]["jobTargetRef"]["template"]["spec"]
-        pod_spec["containers"][0]["args"].append("--token=" + fake_token("x"))
-        del pod_spec["tolerations"]
+    def as_leaky_deployment(inputs):
+        template = inputs["spec"]["jobTargetRef"]["template"]
+        template["spec"]["containers"][0]["args"].append("--token=" + fake_token("x"))
+        del template["spec"]["tolerations"]
+        inputs["spec"] = {"template": template}
 
-    job = crafted(program, "kubernetes:keda.sh/v1alpha1:ScaledJob", "cml-runner", leak_and_untarget)
-    (leak,) = violations(job, "containers-hold-no-literal-tokens")
-    assert leak.startswith("ScaledJob 'cml-runner': container 'runner' args holds a GitHub token")
-    (untargeted,) = violations(job, "gpu-workloads-select-and-tolerate-gpu-nodes")
+    scaled_job = crafted(
+        dev, "kubernetes:keda.sh/v1alpha1:ScaledJob", "cml-runner", as_leaky_deployment
+    )
+    deployment = dataclasses.replace(scaled_job, type="kubernetes:apps/v1:Deployment")
+    (leak,) = violations(deployment, "containers-hold-no-literal-tokens")
+    assert leak.startswith("Deployment 'cml-runner': container 'runner' args holds a GitHub token")
+    (untargeted,) = violations(deployment, "gpu-workloads-select-and-tolerate-gpu-nodes")
     assert "does not tolerate the GPU taint" in untargeted

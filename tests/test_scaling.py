@@ -1,4 +1,4 @@
-"""Scale to zero: KEDA starts a GitHub runner when a job waits, and never stops a busy one."""
+"""KEDA starts every runner as a Job: one pod per CI job, none restarted, none stopped busy."""
 
 import copy
 import json
@@ -9,8 +9,8 @@ import pulumi_kubernetes as k8s
 import pytest
 import yaml
 
+from infra.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
 from infra.keda import CHART_VERSION
-from infra.runner import OnDemandScaling, RunnerDeployment, RunnerDeploymentArgs
 from tests.harness import (
     REPO,
     RUNNERS,
@@ -20,15 +20,15 @@ from tests.harness import (
     run_program,
     run_rejected_program,
 )
-from tests.stacks import POOL_OF_THREE
+from tests.stacks import ALWAYS, POOL_OF_THREE, SHAPES
 
 KEDA_SCHEMAS = REPO / "tests" / "schemas" / f"keda-{CHART_VERSION}"
 RELEASE = "kubernetes:helm.sh/v3:Release"
-DEPLOYMENT = "kubernetes:apps/v1:Deployment"
-SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
 SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
 TRIGGER_AUTH = "kubernetes:keda.sh/v1alpha1:TriggerAuthentication"
-KEDA_TYPES = (SCALED_OBJECT, SCALED_JOB, TRIGGER_AUTH)
+KEDA_TYPES = (SCALED_JOB, TRIGGER_AUTH)
+# Kinds whose controllers restart a pod's containers, or replace pods by count alone.
+RESTARTING_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ScaledObject")
 SAFE_TO_EVICT = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
 DEV_TRIGGER = {
     "type": "github-runner",
@@ -41,6 +41,11 @@ DEV_TRIGGER = {
     },
     "authenticationRef": {"name": "cml-runner-github"},
 }
+OWN_PODS_TRIGGER = {
+    "type": "kubernetes-workload",
+    "metadata": {"podSelector": "app.kubernetes.io/instance=cml-runner", "value": "1"},
+}
+PARKED = {RUNNERS: [{"name": "cml-runner", "mode": "always", "replicas": 0}]}
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +58,59 @@ def pool_of_three():
     return run_program(POOL_OF_THREE)
 
 
-def container_args(pod_spec: dict) -> list[str]:
-    return pod_spec["containers"][0]["args"]
+@pytest.fixture(scope="module")
+def always():
+    return run_program(ALWAYS)
 
 
-def test_dev_runner_is_a_deployment_at_zero_that_keda_scales_to_one(dev):
-    deployment = dev.one(DEPLOYMENT, "cml-runner")
-    assert deployment.inputs["spec"]["replicas"] == 0
-    # Pulumi leaves the count to KEDA, so an update never stops a runner mid-job.
-    assert deployment.ignore_changes == ("spec.replicas",)
-    spec = dev.one(SCALED_OBJECT, "cml-runner").inputs["spec"]
-    assert spec["scaleTargetRef"] == {"name": "cml-runner"}
+@pytest.fixture(scope="module")
+def parked():
+    return run_program(PARKED)
+
+
+def scaled_job_spec(program, name: str = "cml-runner") -> dict:
+    return program.one(SCALED_JOB, name).inputs["spec"]
+
+
+def container_args(spec: dict) -> list[str]:
+    return spec["jobTargetRef"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_runner_pod_serves_one_job_and_is_never_restarted(shape):
+    program = run_program(SHAPES[shape])
+    kinds = {r.type.rsplit(":", 1)[-1] for r in program.resources}
+    assert not kinds & set(RESTARTING_KINDS)
+    scaled_jobs = program.of_type(SCALED_JOB)
+    assert scaled_jobs
+    for scaled_job in scaled_jobs:
+        job = scaled_job.inputs["spec"]["jobTargetRef"]
+        assert job["backoffLimit"] == 0, scaled_job.name
+        assert job["template"]["spec"]["restartPolicy"] == "Never", scaled_job.name
+        assert container_args(scaled_job.inputs["spec"])[:3] == ["runner", "launch", "--single"]
+
+
+def test_dev_runner_starts_from_zero_one_job_per_waiting_ci_job(dev):
+    spec = scaled_job_spec(dev)
     assert spec["minReplicaCount"] == 0
     assert spec["maxReplicaCount"] == 1
-    assert spec["cooldownPeriod"] == 300
+    assert spec["pollingInterval"] == 30
     assert spec["triggers"] == [DEV_TRIGGER]
     assert "enableEtags" not in json.dumps(spec)
-    template = deployment.inputs["spec"]["template"]
-    assert "--idle-timeout=300" in container_args(template["spec"])
-    assert template["metadata"]["annotations"] == SAFE_TO_EVICT
-    assert dev.outputs["runners"]["cml-runner"]["workload"] == "Deployment/cml-runner"
+    assert "--idle-timeout=300" in container_args(spec)
+    assert spec["jobTargetRef"]["template"]["metadata"]["annotations"] == SAFE_TO_EVICT
+    assert dev.outputs["runners"]["cml-runner"]["workload"] == "ScaledJob/cml-runner"
+
+
+@pytest.mark.parametrize("stack", ["dev", "pool_of_three", "always"])
+def test_pending_runners_are_not_duplicated_and_busy_ones_not_deleted(stack, request):
+    spec = scaled_job_spec(request.getfixturevalue(stack))
+    # `default` counts pending Jobs as started, so a pod waiting for a GPU node is not doubled.
+    assert spec["scalingStrategy"] == {"strategy": "default"}
+    # `gradual`: updating the ScaledJob lets running Jobs finish instead of deleting them.
+    assert spec["rollout"] == {"strategy": "gradual"}
+    assert spec["successfulJobsHistoryLimit"] == 3
+    assert spec["failedJobsHistoryLimit"] == 3
 
 
 def test_the_scaler_reads_the_token_from_the_runners_secret_only(dev):
@@ -98,58 +136,69 @@ def test_keda_is_installed_once_pinned_on_the_system_pool():
     assert release["namespace"] == "keda"
     assert release["createNamespace"] is True
     assert release["values"] == {"nodeSelector": {"gpu": "false"}}
-    assert len(program.of_type(SCALED_OBJECT)) == 2
+    assert len(program.of_type(SCALED_JOB)) == 2
 
 
-def test_every_keda_object_waits_for_the_helm_release(dev, pool_of_three):
-    for program in (dev, pool_of_three):
-        release = program.one(RELEASE)
-        keda_objects = [r for r in program.resources if r.type in KEDA_TYPES]
-        assert len(keda_objects) == 2
-        for resource in keda_objects:
-            assert release.urn in resource.depends_on, resource.name
+@pytest.mark.parametrize("stack", ["dev", "pool_of_three", "always"])
+def test_every_keda_object_waits_for_the_helm_release(stack, request):
+    program = request.getfixturevalue(stack)
+    release = program.one(RELEASE)
+    keda_objects = [r for r in program.resources if r.type in KEDA_TYPES]
+    assert keda_objects
+    for resource in keda_objects:
+        assert program.waits_for(resource, release), resource.name
 
 
-def test_more_than_one_runner_runs_one_job_per_ci_job_so_none_is_scaled_away(pool_of_three):
-    assert pool_of_three.of_type(DEPLOYMENT) == []
-    spec = pool_of_three.one(SCALED_JOB, "cml-runner").inputs["spec"]
-    assert spec["maxReplicaCount"] == 3
+def test_a_pool_runs_up_to_max_runners_at_once(pool_of_three):
+    spec = scaled_job_spec(pool_of_three)
     assert spec["minReplicaCount"] == 0
-    assert spec["scalingStrategy"] == {"strategy": "default"}
-    # `gradual`: updating the ScaledJob lets running Jobs finish instead of deleting them.
-    assert spec["rollout"] == {"strategy": "gradual"}
+    assert spec["maxReplicaCount"] == 3
     assert spec["triggers"] == [DEV_TRIGGER]
-    job = spec["jobTargetRef"]
-    assert job["backoffLimit"] == 0
-    pod = job["template"]["spec"]
-    assert pod["restartPolicy"] == "Never"
+    pod = spec["jobTargetRef"]["template"]["spec"]
     assert pod["nodeSelector"] == {"gpu": "true"}
-    assert container_args(pod)[:3] == ["runner", "launch", "--single"]
-    assert "--idle-timeout=300" in container_args(pod)
-    assert job["template"]["metadata"]["annotations"] == SAFE_TO_EVICT
-    workload = pool_of_three.outputs["runners"]["cml-runner"]["workload"]
-    assert workload == "ScaledJob/cml-runner"
+    assert "--idle-timeout=300" in container_args(spec)
 
 
-def test_always_runners_are_unchanged():
+def test_always_runners_keep_replicas_waiting_without_asking_the_forge():
     program = run_program({RUNNERS: [{"name": "cml-runner", "mode": "always", "replicas": 2}]})
-    assert program.of_type(RELEASE) == []
-    assert not [r for r in program.resources if r.type in KEDA_TYPES]
-    deployment = program.one(DEPLOYMENT, "cml-runner")
-    assert deployment.inputs["spec"]["replicas"] == 2
-    assert deployment.ignore_changes == ()
-    template = deployment.inputs["spec"]["template"]
-    assert "--idle-timeout=never" in container_args(template["spec"])
-    assert template["metadata"]["annotations"] == SAFE_TO_EVICT
+    spec = scaled_job_spec(program)
+    # Equal bounds: KEDA tops the unfinished Jobs up to 2 and the trigger never adds more.
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 2)
+    assert spec["triggers"] == [OWN_PODS_TRIGGER]
+    assert program.of_type(TRIGGER_AUTH) == []
+    assert program.one(SCALED_JOB).inputs["metadata"].get("annotations") is None
+    assert "--idle-timeout=3600" in container_args(spec)
+    assert spec["jobTargetRef"]["template"]["metadata"]["annotations"] == SAFE_TO_EVICT
+
+
+def test_idle_timeout_is_the_configured_one_in_either_mode():
+    program = run_program(
+        {
+            RUNNERS: [
+                {"name": "waits-long", "mode": "always", "idleTimeoutSeconds": 7200},
+                {"name": "waits-short", "idleTimeoutSeconds": 120},
+            ]
+        }
+    )
+    assert "--idle-timeout=7200" in container_args(scaled_job_spec(program, "waits-long"))
+    assert "--idle-timeout=120" in container_args(scaled_job_spec(program, "waits-short"))
+
+
+def test_a_parked_runner_starts_no_runner_and_lets_a_busy_one_finish(parked):
+    scaled_job = parked.one(SCALED_JOB, "cml-runner").inputs
+    assert scaled_job["metadata"]["annotations"] == {"autoscaling.keda.sh/paused": "true"}
+    assert scaled_job["spec"]["minReplicaCount"] == 0
 
 
 def test_gitlab_and_cpu_runners_stay_always_by_default():
     program = run_program(
         {RUNNERS: [{"name": "gl-gpu", "platform": "gitlab"}, {"name": "gh-cpu", "gpus": 0}]}
     )
-    assert program.of_type(RELEASE) == []
+    assert program.of_type(TRIGGER_AUTH) == []
     for name in ("gl-gpu", "gh-cpu"):
-        assert program.one(DEPLOYMENT, name).inputs["spec"]["replicas"] == 1
+        spec = scaled_job_spec(program, name)
+        assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 1)
+        assert spec["triggers"][0]["type"] == "kubernetes-workload"
 
 
 def test_the_gpu_pool_can_return_to_zero_nodes(dev):
@@ -188,14 +237,13 @@ def test_scaling_settings_are_validated(message_part, runner):
 def test_the_component_refuses_on_demand_for_gitlab():
     def build():
         provider = k8s.Provider("kind", kubeconfig="apiVersion: v1\nkind: Config\n")
-        keda = k8s.core.v1.Namespace("keda", opts=pulumi.ResourceOptions(provider=provider))
-        RunnerDeployment(
+        CmlRunner(
             "gl",
-            RunnerDeploymentArgs(
+            CmlRunnerArgs(
                 platform="gitlab",
                 repository="https://gitlab.com/acme/vision",
                 token=pulumi.Output.secret("glpat-" + "x" * 20),
-                on_demand=OnDemandScaling(keda=keda),
+                on_demand=OnDemandScaling(),
             ),
             opts=pulumi.ResourceOptions(provider=provider),
         )
@@ -238,10 +286,11 @@ def crd_validator(kind: str) -> jsonschema.Draft7Validator:
 @pytest.mark.parametrize(
     ("stack", "type_", "kind"),
     [
-        ("dev", SCALED_OBJECT, "ScaledObject"),
+        ("dev", SCALED_JOB, "ScaledJob"),
         ("dev", TRIGGER_AUTH, "TriggerAuthentication"),
         ("pool_of_three", SCALED_JOB, "ScaledJob"),
-        ("pool_of_three", TRIGGER_AUTH, "TriggerAuthentication"),
+        ("always", SCALED_JOB, "ScaledJob"),
+        ("parked", SCALED_JOB, "ScaledJob"),
     ],
 )
 def test_keda_objects_validate_against_the_keda_crds(stack, type_, kind, request):
@@ -257,6 +306,6 @@ def test_keda_objects_validate_against_the_keda_crds(stack, type_, kind, request
 
 
 def test_crd_validation_refuses_a_misspelt_field(dev):
-    manifest = reveal(dev.one(SCALED_OBJECT, "cml-runner").inputs)
+    manifest = reveal(dev.one(SCALED_JOB, "cml-runner").inputs)
     manifest["spec"]["minReplicas"] = 0
-    assert not crd_validator("ScaledObject").is_valid(manifest)
+    assert not crd_validator("ScaledJob").is_valid(manifest)

@@ -185,7 +185,7 @@ def test_a_region_newer_than_the_catalog_can_be_vouched_for():
 
 def test_a_runner_that_fits_its_node_is_accepted():
     program = run_program(runner(cpu="3500m", memory="12Gi"))
-    assert program.of_type("kubernetes:apps/v1:Deployment")
+    assert program.of_type("kubernetes:keda.sh/v1alpha1:ScaledJob")
 
 
 # Every problem in one pass.
@@ -228,9 +228,8 @@ def test_an_unquoted_boolean_gets_a_hint_to_quote_it():
 )
 def test_a_url_with_git_or_a_trailing_slash_is_normalised(url):
     program = run_program(runner(repository=url))
-    args = program.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"][
-        "containers"
-    ][0]["args"]
+    spec = program.one("kubernetes:keda.sh/v1alpha1:ScaledJob").inputs["spec"]
+    args = spec["jobTargetRef"]["template"]["spec"]["containers"][0]["args"]
     assert "--repo=https://github.com/ml-team/churn-model" in args
 
 

@@ -1,4 +1,4 @@
-"""RunnerDeployment: a labelled CML runner as a Deployment on GPU or CPU nodes, one job a pod."""
+"""CmlRunner: labelled CML runners on GPU or CPU nodes, started by KEDA, one CI job per pod."""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -7,7 +7,8 @@ from typing import Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import keda as keda_objects
+from infra import keda
+from infra.options import child_options
 
 CML_IMAGE = "iterativeai/cml"
 DEFAULT_IMAGE_TAG = "0-dvc3-base1"
@@ -19,8 +20,13 @@ GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedu
 TOKEN_KEY = "token"
 # Names CML keeps out of the environment of the runner it starts, and so of every CI job.
 SENSITIVE_ENV = "_CML_RUNNER_SENSITIVE_ENV"
-# The runner unregisters itself from GitHub or GitLab when it gets SIGTERM; give it time to.
+# A runner without a job unregisters itself from GitHub or GitLab when it gets SIGTERM;
+# give it time to (iterative/cml, bin/cml/runner/launch.js, shutdown).
 TERMINATION_GRACE_SECONDS = 120
+# Finished Jobs (and their pods, for `kubectl logs`) KEDA keeps per outcome; it deletes older
+# ones at each poll. Finished pods do not hold a node up: the cluster autoscaler treats
+# terminal pods as drainable (kubernetes/autoscaler, simulator/drainability/rules).
+FINISHED_JOBS_KEPT = 3
 # What a runner and ordinary training jobs need as root: apt and dpkg (ownership, modes,
 # dropping to the _apt user), pip, dvc, sudo (audit log), and signalling their own children.
 # Everything else in the runtime's default set (NET_RAW, MKNOD, SETPCAP, SETFCAP,
@@ -49,18 +55,14 @@ def runner_image(tag: str, gpus: int) -> str:
 
 @dataclass(frozen=True)
 class OnDemandScaling:
-    """Run runner pods only while the repository has jobs for them (GitHub only, through KEDA)."""
+    """Start runners only while the repository has jobs for them (GitHub only)."""
 
-    keda: pulumi.Resource
-    """KEDA's installation; the KEDA objects wait for it."""
     max_runners: int = 1
-    """Runners at once. 1: a Deployment scaled 0..1; more: a ScaledJob, one Job per CI job."""
-    idle_timeout_seconds: int = 300
-    """How long a runner without a job lives, and how long KEDA waits before scaling to 0."""
+    """Most runners at once; each takes one CI job."""
 
 
 @dataclass(frozen=True)
-class RunnerDeploymentArgs:
+class CmlRunnerArgs:
     """What one runner is: where it registers, with which labels, on which nodes."""
 
     platform: Literal["github", "gitlab"]
@@ -76,7 +78,9 @@ class RunnerDeploymentArgs:
     create_namespace: bool = True
     """Create the namespace, or use one that already exists."""
     replicas: int = 1
-    """Runner pods kept up (without on_demand); each takes one job, then is replaced."""
+    """Runners kept waiting for a job (without on_demand); 0 parks the runner."""
+    idle_timeout_seconds: int = 300
+    """How long a runner waits for a job before it exits (and, without on_demand, is replaced)."""
     cpu: str = DEFAULT_CPU
     """CPU request and limit of a runner pod."""
     memory: str = DEFAULT_MEMORY
@@ -90,23 +94,40 @@ class RunnerDeploymentArgs:
     google_service_account: pulumi.Input[str] | None = None
     """Google service account the pod acts as through GKE Workload Identity, if any."""
     on_demand: OnDemandScaling | None = None
-    """Scale from zero with KEDA instead of keeping `replicas` runners up."""
+    """Start runners from zero while jobs wait, instead of keeping `replicas` runners."""
 
 
-class RunnerDeployment(pulumi.ComponentResource):
-    """A namespace, service account, token Secret and the runner's pods, on any Kubernetes:
-    a Deployment kept at `replicas`, or scaled from zero by KEDA when `on_demand` is given."""
+class CmlRunner(pulumi.ComponentResource):
+    """CML runners as a KEDA ScaledJob, on any Kubernetes with KEDA: one pod per CI job.
+
+    Each pod runs `cml runner launch --single` and ends after one job, or after waiting
+    `idle_timeout_seconds` for none; KEDA starts the next runner as a new Job with a new pod.
+    Pass KEDA's installation in `opts.depends_on` if this program installs it.
+    """
 
     namespace: pulumi.Output[str]
     workload: pulumi.Output[str]
-    """Kind/name of what runs the runner pods: Deployment/<name> or ScaledJob/<name>."""
+    """Kind/name of what starts the runner pods: ScaledJob/<name>."""
     labels: list[str]
 
     def __init__(
-        self, name: str, args: RunnerDeploymentArgs, opts: pulumi.ResourceOptions | None = None
+        self, name: str, args: CmlRunnerArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__("gpu-runners:index:RunnerDeployment", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        if args.on_demand is not None and args.platform != "github":
+            raise ValueError(f"runner {name}: on-demand scaling needs platform github")
+        super().__init__(
+            "gpu-runners:index:CmlRunner",
+            name,
+            None,
+            # Stacks made before the rename keep their objects instead of replacing them.
+            pulumi.ResourceOptions.merge(
+                opts,
+                pulumi.ResourceOptions(
+                    aliases=[pulumi.Alias(type_="gpu-runners:index:RunnerDeployment")]
+                ),
+            ),
+        )
+        child = child_options(self, opts)
         app_labels = {
             "app.kubernetes.io/name": "cml-runner",
             "app.kubernetes.io/instance": name,
@@ -157,47 +178,10 @@ class RunnerDeployment(pulumi.ComponentResource):
             opts=child,
         )
 
-        pod_template = _pod_template(
-            args, app_labels, service_account.metadata.name, token.metadata.name
-        )
-        on_demand = args.on_demand
-        if on_demand is not None and args.platform != "github":
-            raise ValueError(f"runner {name}: on-demand scaling needs platform github")
-
-        if on_demand is None or on_demand.max_runners == 1:
-            workload = k8s.apps.v1.Deployment(
-                name,
-                metadata={
-                    "name": name,
-                    "namespace": namespace,
-                    "labels": app_labels,
-                    # The GPU pool may scale up from zero, longer than Pulumi's wait.
-                    "annotations": {"pulumi.com/skipAwait": "true"},
-                },
-                spec={
-                    # On demand, KEDA owns the count once the Deployment exists; Pulumi must
-                    # not reset it, or an update would stop a runner in the middle of a job.
-                    "replicas": 0 if on_demand else args.replicas,
-                    # Never run an extra runner during a rollout: the old pod goes first.
-                    "strategy": {"type": "Recreate"},
-                    "selector": {
-                        "matchLabels": {
-                            "app.kubernetes.io/name": "cml-runner",
-                            "app.kubernetes.io/instance": name,
-                        }
-                    },
-                    "template": pod_template,
-                },
-                opts=pulumi.ResourceOptions(
-                    parent=self, ignore_changes=["spec.replicas"] if on_demand else []
-                ),
-            )
-
-        if on_demand is not None:
-            keda = pulumi.ResourceOptions(parent=self, depends_on=[on_demand.keda])
+        if args.on_demand is not None:
             authentication = k8s.apiextensions.CustomResource(
                 f"{name}-github",
-                api_version=keda_objects.API_VERSION,
+                api_version=keda.API_VERSION,
                 kind="TriggerAuthentication",
                 metadata={"name": f"{name}-github", "namespace": namespace, "labels": app_labels},
                 spec={
@@ -209,70 +193,93 @@ class RunnerDeployment(pulumi.ComponentResource):
                         }
                     ]
                 },
-                opts=keda,
+                opts=child,
             )
-            trigger = keda_objects.github_runner_trigger(
+            trigger = keda.github_runner_trigger(
                 args.repository, args.labels, authentication.metadata["name"]
             )
-            if on_demand.max_runners == 1:
-                k8s.apiextensions.CustomResource(
-                    name,
-                    api_version=keda_objects.API_VERSION,
-                    kind="ScaledObject",
-                    metadata={"name": name, "namespace": namespace, "labels": app_labels},
-                    spec={
-                        "scaleTargetRef": {"name": workload.metadata.name},
-                        "minReplicaCount": 0,
-                        "maxReplicaCount": 1,
-                        "pollingInterval": keda_objects.POLLING_SECONDS,
-                        "cooldownPeriod": on_demand.idle_timeout_seconds,
-                        "triggers": [trigger],
+        else:
+            trigger = keda.own_pods_trigger(f"app.kubernetes.io/instance={name}")
+
+        pod_template = _pod_template(
+            args, app_labels, service_account.metadata.name, token.metadata.name
+        )
+        scaled_job = k8s.apiextensions.CustomResource(
+            name,
+            api_version=keda.API_VERSION,
+            kind="ScaledJob",
+            metadata={
+                "name": name,
+                "namespace": namespace,
+                "labels": app_labels,
+                "annotations": {keda.PAUSED: "true"} if _parked(args) else None,
+            },
+            spec={
+                "jobTargetRef": {
+                    # A runner that fails is not retried in the same Job: KEDA starts a new
+                    # Job (and pod, and runner name) at its next poll if one is still needed.
+                    "backoffLimit": 0,
+                    "template": {
+                        **pod_template,
+                        "spec": {**pod_template["spec"], "restartPolicy": "Never"},
                     },
-                    opts=keda,
-                )
-            else:
-                # One Kubernetes Job per CI job: a Job runs to its end, so scaling down never
-                # stops a busy runner, and `gradual` rollout lets running Jobs finish on update.
-                workload = k8s.apiextensions.CustomResource(
-                    name,
-                    api_version=keda_objects.API_VERSION,
-                    kind="ScaledJob",
-                    metadata={"name": name, "namespace": namespace, "labels": app_labels},
-                    spec={
-                        "jobTargetRef": {
-                            "backoffLimit": 0,
-                            "template": {
-                                **pod_template,
-                                "spec": {**pod_template["spec"], "restartPolicy": "Never"},
-                            },
-                        },
-                        "minReplicaCount": 0,
-                        "maxReplicaCount": on_demand.max_runners,
-                        "pollingInterval": keda_objects.POLLING_SECONDS,
-                        "scalingStrategy": {"strategy": "default"},
-                        "rollout": {"strategy": "gradual"},
-                        "successfulJobsHistoryLimit": 3,
-                        "failedJobsHistoryLimit": 3,
-                        "triggers": [trigger],
-                    },
-                    opts=keda,
-                )
+                },
+                **_runner_counts(args),
+                "pollingInterval": keda.POLLING_SECONDS,
+                # `default`: new Jobs = the trigger's count - unfinished Jobs. The github-runner
+                # trigger counts queued and in-progress jobs, and a runner pod still pending for
+                # a GPU node is an unfinished Job, so no poll duplicates it. `accurate` and
+                # `eager` assume the count leaves out running work; with this trigger they
+                # would start a spare runner for every running job (KEDA 2.20,
+                # pkg/scaling/executor/scale_jobs.go; pkg/scalers/github_runner_scaler.go).
+                "scalingStrategy": {"strategy": "default"},
+                # `gradual`: a changed ScaledJob lets its running Jobs finish; the default
+                # would delete them, and the CI jobs on them, at once.
+                "rollout": {"strategy": "gradual"},
+                "successfulJobsHistoryLimit": FINISHED_JOBS_KEPT,
+                "failedJobsHistoryLimit": FINISHED_JOBS_KEPT,
+                "triggers": [trigger],
+            },
+            opts=child,
+        )
 
         self.namespace = pulumi.Output.from_input(namespace)
-        self.workload = pulumi.Output.concat(workload.kind, "/", workload.metadata["name"])
+        self.workload = pulumi.Output.concat("ScaledJob/", scaled_job.metadata["name"])
         self.labels = list(args.labels)
         self.register_outputs(
             {"namespace": self.namespace, "workload": self.workload, "labels": self.labels}
         )
 
 
+def _parked(args: CmlRunnerArgs) -> bool:
+    """An always runner with no replicas: KEDA starts no runner."""
+    return args.on_demand is None and args.replicas == 0
+
+
+def _runner_counts(args: CmlRunnerArgs) -> dict[str, int]:
+    """minReplicaCount and maxReplicaCount of the ScaledJob.
+
+    KEDA 2.20 (pkg/scaling/executor/scale_jobs.go, getScalingDecision) counts every Job that
+    has not finished, pending or running, and starts `minReplicaCount - that` new Jobs when
+    fewer are left; above the minimum it scales by the trigger up to `maxReplicaCount`. With
+    both equal the trigger adds nothing: an always runner is `replicas` runners, busy or
+    waiting, each replaced at the next poll after it ends.
+    """
+    if args.on_demand is not None:
+        return {"minReplicaCount": 0, "maxReplicaCount": args.on_demand.max_runners}
+    if _parked(args):
+        # The CRD requires maxReplicaCount >= 1; the pause annotation stops all scaling.
+        return {"minReplicaCount": 0, "maxReplicaCount": 1}
+    return {"minReplicaCount": args.replicas, "maxReplicaCount": args.replicas}
+
+
 def _pod_template(
-    args: RunnerDeploymentArgs,
+    args: CmlRunnerArgs,
     app_labels: dict[str, str],
     service_account: pulumi.Input[str],
     token_secret: pulumi.Input[str],
 ) -> dict:
-    """The runner pod, shared by the Deployment and the ScaledJob (camelCase, as Kubernetes)."""
+    """The runner pod of each Job (camelCase, as Kubernetes)."""
     resources = {"cpu": args.cpu, "memory": args.memory}
     if args.gpus > 0:
         resources[GPU_RESOURCE] = str(args.gpus)
@@ -327,11 +334,12 @@ def _runner_env(token_secret: pulumi.Input[str]) -> list[dict]:
     return [*env, {"name": SENSITIVE_ENV, "value": ":".join(secret)}]
 
 
-def _runner_args(args: RunnerDeploymentArgs) -> list[str]:
+def _runner_args(args: CmlRunnerArgs) -> list[str]:
     """`cml runner launch` for one job; the pod's name (unique) becomes the runner's name.
 
-    An on-demand runner that finds no job exits after its idle time, so a cancelled job does
-    not keep a GPU node up; an always-on runner waits for ever.
+    A runner that gets no job within the idle timeout exits: on demand, a cancelled job
+    cannot keep a GPU node up; always, the waiting runner is replaced by a fresh one, which
+    picks up a changed ScaledJob and any registration GitHub dropped (actions/runner#4617).
     """
     return [
         "runner",
@@ -340,6 +348,6 @@ def _runner_args(args: RunnerDeploymentArgs) -> list[str]:
         f"--labels={','.join(args.labels)}",
         f"--driver={args.platform}",
         f"--repo={args.repository}",
-        f"--idle-timeout={args.on_demand.idle_timeout_seconds if args.on_demand else 'never'}",
+        f"--idle-timeout={args.idle_timeout_seconds}",
         "--name=$(POD_NAME)",
     ]

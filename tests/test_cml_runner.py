@@ -1,4 +1,4 @@
-"""RunnerDeployment: what a runner pod looks like, where it lands, and where its token lives."""
+"""CmlRunner: what a runner pod looks like, where it lands, and where its token lives."""
 
 import json
 
@@ -6,7 +6,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pytest
 
-from infra.runner import RunnerDeployment, RunnerDeploymentArgs
+from infra.cml_runner import CmlRunner, CmlRunnerArgs
 from tests.harness import (
     TEST_PROJECT_ID,
     TEST_REPOSITORIES,
@@ -18,7 +18,8 @@ from tests.harness import (
 )
 from tests.stacks import ALWAYS, TWO_RUNNERS
 
-DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
+COMPONENT = "gpu-runners:index:CmlRunner"
 SECRET = "kubernetes:core/v1:Secret"
 NAMESPACE = "kubernetes:core/v1:Namespace"
 SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
@@ -41,8 +42,12 @@ def always():
     return run_program(ALWAYS)
 
 
+def pod_template(program, name: str) -> dict:
+    return program.one(SCALED_JOB, name).inputs["spec"]["jobTargetRef"]["template"]
+
+
 def pod_spec(program, name: str) -> dict:
-    return program.one(DEPLOYMENT, name).inputs["spec"]["template"]["spec"]
+    return pod_template(program, name)["spec"]
 
 
 def container(program, name: str) -> dict:
@@ -62,7 +67,7 @@ def test_dev_runner_is_the_chapters_runner_pinned_to_the_gpu_nodes(dev):
     assert runner["image"] == "iterativeai/cml:0-dvc3-base1-gpu"
 
 
-def test_runner_takes_one_job_registers_under_its_pod_name_and_never_idles_out(always):
+def test_runner_takes_one_job_registers_under_its_pod_name_and_waits_an_hour(always):
     runner = container(always, "cml-runner")
     assert runner["command"] == ["cml"]
     assert runner["args"] == [
@@ -72,7 +77,7 @@ def test_runner_takes_one_job_registers_under_its_pod_name_and_never_idles_out(a
         "--labels=cml-runner",
         "--driver=github",
         f"--repo={TEST_REPOSITORIES['github']}",
-        "--idle-timeout=never",
+        "--idle-timeout=3600",
         "--name=$(POD_NAME)",
     ]
     env = {e["name"]: e.get("valueFrom") for e in runner["env"]}
@@ -98,7 +103,7 @@ def test_token_reaches_the_runner_only_through_a_secret_key_ref(dev):
 @pytest.mark.parametrize("stack", ["dev", "two"])
 def test_token_appears_nowhere_but_inside_the_secret(stack, request):
     program = request.getfixturevalue(stack)
-    tokens = [fake_token(r.name) for r in program.of_type("gpu-runners:index:RunnerDeployment")]
+    tokens = [fake_token(r.name) for r in program.of_type(COMPONENT)]
     assert tokens
     for resource in program.resources:
         text = json.dumps(resource.inputs)
@@ -111,23 +116,13 @@ def test_token_appears_nowhere_but_inside_the_secret(stack, request):
         assert token not in json.dumps(program.outputs)
 
 
-def test_deployment_never_runs_an_extra_runner_and_does_not_wait_for_a_gpu(always):
-    deployment = always.one(DEPLOYMENT, "cml-runner").inputs
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    assert deployment["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
-    assert deployment["metadata"]["namespace"] == "cml-runner"
-
-
 def test_pod_labels_carry_the_app_set_and_the_runner_labels(two):
-    template = two.one(DEPLOYMENT, "train-gpu").inputs["spec"]
-    labels = template["template"]["metadata"]["labels"]
+    labels = pod_template(two, "train-gpu")["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == "cml-runner"
     assert labels["app.kubernetes.io/instance"] == "train-gpu"
     assert labels["app.kubernetes.io/part-of"] == "gpu-runners"
     assert labels["gpu-runners/cml-runner"] == "true"
     assert labels["gpu-runners/gpu"] == "true"
-    assert template["selector"]["matchLabels"].items() <= labels.items()
 
 
 def test_runner_pod_is_unprivileged_with_a_small_capability_set(dev):
@@ -178,23 +173,19 @@ def test_gitlab_cpu_runner_next_to_github_gpu_runner(two):
     cpu_pod = pod_spec(two, "lint-cpu")
     assert cpu_pod["nodeSelector"] == {"gpu": "false"}
     assert "tolerations" not in cpu_pod
-    assert two.one(DEPLOYMENT, "lint-cpu").inputs["spec"]["replicas"] == 2
     assert two.outputs["runners"]["lint-cpu"] == {
         "namespace": "lint-cpu",
-        "workload": "Deployment/lint-cpu",
+        "workload": "ScaledJob/lint-cpu",
         "labels": ["cml-cpu"],
     }
 
 
 def test_kubernetes_objects_use_the_clusters_provider_and_belong_to_their_runner(two):
     provider = two.one("pulumi:providers:kubernetes")
-    core = {NAMESPACE, SERVICE_ACCOUNT, SECRET, DEPLOYMENT}
-    keda = {
-        "kubernetes:keda.sh/v1alpha1:TriggerAuthentication",
-        "kubernetes:keda.sh/v1alpha1:ScaledObject",
-    }
-    for name, types in (("train-gpu", core | keda), ("lint-cpu", core)):
-        component = two.one("gpu-runners:index:RunnerDeployment", name)
+    always = {NAMESPACE, SERVICE_ACCOUNT, SECRET, SCALED_JOB}
+    on_demand = always | {"kubernetes:keda.sh/v1alpha1:TriggerAuthentication"}
+    for name, types in (("train-gpu", on_demand), ("lint-cpu", always)):
+        component = two.one(COMPONENT, name)
         objects = [r for r in two.resources if r.parent == component.urn]
         assert {r.type for r in objects} == types
         assert all(r.provider.startswith(provider.urn) for r in objects)
@@ -203,9 +194,9 @@ def test_kubernetes_objects_use_the_clusters_provider_and_belong_to_their_runner
 def test_component_alone_on_a_plain_provider_in_an_existing_namespace():
     def build():
         kind = k8s.Provider("kind", kubeconfig="apiVersion: v1\nkind: Config\n")
-        RunnerDeployment(
+        CmlRunner(
             "ci-gpu",
-            RunnerDeploymentArgs(
+            CmlRunnerArgs(
                 platform="github",
                 repository="https://github.com/acme/vision",
                 token=pulumi.Output.secret("ghp_" + "x" * 36),
@@ -226,7 +217,7 @@ def test_component_alone_on_a_plain_provider_in_an_existing_namespace():
     runner = container(program, "ci-gpu")
     assert runner["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert "--labels=big-gpu" in runner["args"]
-    component = program.one("gpu-runners:index:RunnerDeployment", "ci-gpu")
+    component = program.one(COMPONENT, "ci-gpu")
     for resource in program.resources:
         if resource.type.startswith("kubernetes:"):
             assert resource.parent == component.urn
@@ -236,10 +227,15 @@ def test_component_alone_on_a_plain_provider_in_an_existing_namespace():
 @pytest.mark.parametrize("stack", ["dev", "two", "always"])
 def test_every_secret_variable_is_kept_out_of_the_jobs_environment(stack, request):
     program = request.getfixturevalue(stack)
-    for deployment in program.of_type(DEPLOYMENT):
-        (runner,) = deployment.inputs["spec"]["template"]["spec"]["containers"]
+    for scaled_job in program.of_type(SCALED_JOB):
+        (runner,) = scaled_job.inputs["spec"]["jobTargetRef"]["template"]["spec"]["containers"]
         env = {e["name"]: e for e in runner["env"]}
         from_secrets = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
         assert "REPO_TOKEN" in from_secrets
         kept_out = env["_CML_RUNNER_SENSITIVE_ENV"]["value"].split(":")
-        assert set(kept_out) >= from_secrets, deployment.name
+        assert set(kept_out) >= from_secrets, scaled_job.name
+
+
+def test_stacks_made_before_the_rename_keep_their_runner_objects(dev):
+    component = dev.one(COMPONENT, "cml-runner")
+    assert component.alias_types == ("gpu-runners:index:RunnerDeployment",)
