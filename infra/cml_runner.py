@@ -27,6 +27,14 @@ TERMINATION_GRACE_SECONDS = 120
 # ones at each poll. Finished pods do not hold a node up: the cluster autoscaler treats
 # terminal pods as drainable (kubernetes/autoscaler, simulator/drainability/rules).
 FINISHED_JOBS_KEPT = 3
+IDLE_SECONDS_ON_DEMAND = 300
+IDLE_SECONDS_ALWAYS = 3600
+# The longest a CI job may run on a self-hosted GitHub runner (5 days), and a margin for the
+# pod to wait for a GPU node and to unregister. A runner pod still alive after its idle time
+# plus this is stuck (CML 0.20.6 can hang after its runner process fails, ignoring SIGTERM),
+# and Kubernetes ends it so it cannot hold a GPU node for ever.
+LONGEST_JOB_SECONDS = 5 * 24 * 3600
+PENDING_MARGIN_SECONDS = 3600
 # What a runner and ordinary training jobs need as root: apt and dpkg (ownership, modes,
 # dropping to the _apt user), pip, dvc, sudo (audit log), and signalling their own children.
 # Everything else in the runtime's default set (NET_RAW, MKNOD, SETPCAP, SETFCAP,
@@ -79,8 +87,9 @@ class CmlRunnerArgs:
     """Create the namespace, or use one that already exists."""
     replicas: int = 1
     """Runners kept waiting for a job (without on_demand); 0 parks the runner."""
-    idle_timeout_seconds: int = 300
-    """How long a runner waits for a job before it exits (and, without on_demand, is replaced)."""
+    idle_timeout_seconds: int | None = None
+    """How long a runner waits for a job before it exits; unset: 300 s on demand (a GPU node
+    waits with it), 3600 s without on_demand (the waiting runner is then replaced)."""
     cpu: str = DEFAULT_CPU
     """CPU request and limit of a runner pod."""
     memory: str = DEFAULT_MEMORY
@@ -219,6 +228,9 @@ class CmlRunner(pulumi.ComponentResource):
                     # A runner that fails is not retried in the same Job: KEDA starts a new
                     # Job (and pod, and runner name) at its next poll if one is still needed.
                     "backoffLimit": 0,
+                    "activeDeadlineSeconds": _idle_seconds(args)
+                    + LONGEST_JOB_SECONDS
+                    + PENDING_MARGIN_SECONDS,
                     "template": {
                         **pod_template,
                         "spec": {**pod_template["spec"], "restartPolicy": "Never"},
@@ -249,6 +261,13 @@ class CmlRunner(pulumi.ComponentResource):
         self.register_outputs(
             {"namespace": self.namespace, "workload": self.workload, "labels": self.labels}
         )
+
+
+def _idle_seconds(args: CmlRunnerArgs) -> int:
+    """The configured idle timeout, or the default for the runner's scaling."""
+    if args.idle_timeout_seconds is not None:
+        return args.idle_timeout_seconds
+    return IDLE_SECONDS_ON_DEMAND if args.on_demand else IDLE_SECONDS_ALWAYS
 
 
 def _parked(args: CmlRunnerArgs) -> bool:
@@ -339,7 +358,8 @@ def _runner_args(args: CmlRunnerArgs) -> list[str]:
 
     A runner that gets no job within the idle timeout exits: on demand, a cancelled job
     cannot keep a GPU node up; always, the waiting runner is replaced by a fresh one, which
-    picks up a changed ScaledJob and any registration GitHub dropped (actions/runner#4617).
+    picks up a changed ScaledJob, and one left listening after GitHub dropped its registration
+    (actions/runner#4617) is renewed.
     """
     return [
         "runner",
@@ -348,6 +368,6 @@ def _runner_args(args: CmlRunnerArgs) -> list[str]:
         f"--labels={','.join(args.labels)}",
         f"--driver={args.platform}",
         f"--repo={args.repository}",
-        f"--idle-timeout={args.idle_timeout_seconds}",
+        f"--idle-timeout={_idle_seconds(args)}",
         "--name=$(POD_NAME)",
     ]

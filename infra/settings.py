@@ -545,13 +545,6 @@ class RunnerSettings(_Section):
         """Most runners at once of an on-demand runner."""
         return 1 if self.max_runners is None else self.max_runners
 
-    @property
-    def idle_timeout(self) -> int:
-        """Seconds a runner waits for a job; unset: 300 on demand, 3600 for an always runner."""
-        if self.idle_timeout_seconds is not None:
-            return self.idle_timeout_seconds
-        return 300 if self.scaling_mode == "on-demand" else 3600
-
 
 class CiSettings(_Section):
     """Which CI may deploy the stack through Workload Identity Federation (`ci`)."""

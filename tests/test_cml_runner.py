@@ -217,6 +217,8 @@ def test_component_alone_on_a_plain_provider_in_an_existing_namespace():
     runner = container(program, "ci-gpu")
     assert runner["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert "--labels=big-gpu" in runner["args"]
+    # Without on_demand the component keeps runners waiting, renewed hourly as in the stack.
+    assert "--idle-timeout=3600" in runner["args"]
     component = program.one(COMPONENT, "ci-gpu")
     for resource in program.resources:
         if resource.type.startswith("kubernetes:"):

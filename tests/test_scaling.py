@@ -102,6 +102,13 @@ def test_dev_runner_starts_from_zero_one_job_per_waiting_ci_job(dev):
     assert dev.outputs["runners"]["cml-runner"]["workload"] == "ScaledJob/cml-runner"
 
 
+@pytest.mark.parametrize(("stack", "idle"), [("dev", 300), ("always", 3600)])
+def test_a_stuck_runner_pod_is_ended_after_its_idle_time_and_the_longest_job(stack, idle, request):
+    job = scaled_job_spec(request.getfixturevalue(stack))["jobTargetRef"]
+    five_days, an_hour = 5 * 24 * 3600, 3600
+    assert job["activeDeadlineSeconds"] == idle + five_days + an_hour
+
+
 @pytest.mark.parametrize("stack", ["dev", "pool_of_three", "always"])
 def test_pending_runners_are_not_duplicated_and_busy_ones_not_deleted(stack, request):
     spec = scaled_job_spec(request.getfixturevalue(stack))
