@@ -6,9 +6,10 @@ from infra import settings as stack_settings
 from infra.apis import CI_APIS, STACK_APIS, ProjectApis
 from infra.ci import CiDeployer, CiDeployerArgs
 from infra.cluster import GpuCluster, GpuClusterArgs
-from infra.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling, default_node_selector
+from infra.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
 from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
 from infra.keda import Keda
+from infra.runner_base import default_node_selector
 
 settings = stack_settings.load()
 

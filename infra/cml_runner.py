@@ -1,6 +1,5 @@
 """CmlRunner: labelled CML runners on GPU or CPU nodes, started by KEDA, one CI job per pod."""
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,14 +8,20 @@ import pulumi_kubernetes as k8s
 
 from infra import keda
 from infra.options import child_options
+from infra.runner_base import (
+    NOT_EVICTABLE,
+    RunnerBaseArgs,
+    RunnerObjects,
+    app_labels,
+    container_resources,
+    placement,
+    pod_labels,
+    runner_objects,
+)
 
+ENGINE = "cml-runner"
 CML_IMAGE = "iterativeai/cml"
 DEFAULT_IMAGE_TAG = "0-dvc3-base1"
-DEFAULT_LABELS: tuple[str, ...] = ("cml-runner",)
-DEFAULT_CPU = "1"
-DEFAULT_MEMORY = "2000Mi"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 TOKEN_KEY = "token"
 # Names CML keeps out of the environment of the runner it starts, and so of every CI job.
 SENSITIVE_ENV = "_CML_RUNNER_SENSITIVE_ENV"
@@ -51,11 +56,6 @@ KEPT_CAPABILITIES: tuple[str, ...] = (
 )
 
 
-def default_node_selector(gpus: int) -> dict[str, str]:
-    """Nodes a runner lands on unless told otherwise: the GPU pool when it asks for GPUs."""
-    return {"gpu": "true" if gpus > 0 else "false"}
-
-
 def runner_image(tag: str, gpus: int) -> str:
     """The CML image; the -gpu variant carries CUDA for runners that get a GPU."""
     return f"{CML_IMAGE}:{tag}-gpu" if gpus > 0 else f"{CML_IMAGE}:{tag}"
@@ -69,39 +69,21 @@ class OnDemandScaling:
     """Most runners at once; each takes one CI job."""
 
 
-@dataclass(frozen=True)
-class CmlRunnerArgs:
-    """What one runner is: where it registers, with which labels, on which nodes."""
+@dataclass(frozen=True, kw_only=True)
+class CmlRunnerArgs(RunnerBaseArgs):
+    """A CML runner: the forge it registers with, its token, image and how many run."""
 
     platform: Literal["github", "gitlab"]
     """Forge the runner registers with; CML's --driver."""
-    repository: str
-    """Repository (GitHub) or project (GitLab) URL the runner serves."""
     token: pulumi.Input[str]
     """GitHub PAT or GitLab token that registers the runner; stored only in a Secret."""
-    labels: Sequence[str] = DEFAULT_LABELS
-    """Labels jobs target, e.g. `runs-on: [self-hosted, cml-runner]`."""
-    namespace: str | None = None
-    """Namespace to run in; defaults to the runner's name."""
-    create_namespace: bool = True
-    """Create the namespace, or use one that already exists."""
     replicas: int = 1
     """Runners kept waiting for a job (without on_demand); 0 parks the runner."""
     idle_timeout_seconds: int | None = None
     """How long a runner waits for a job before it exits; unset: 300 s on demand (a GPU node
     waits with it), 3600 s without on_demand (the waiting runner is then replaced)."""
-    cpu: str = DEFAULT_CPU
-    """CPU request and limit of a runner pod."""
-    memory: str = DEFAULT_MEMORY
-    """Memory request and limit of a runner pod."""
-    gpus: int = 1
-    """GPUs per runner pod; 0 makes a CPU runner."""
-    node_selector: Mapping[str, str] | None = None
-    """Node labels the pod must match; defaults to gpu=true, or gpu=false with no GPUs."""
     image_tag: str = DEFAULT_IMAGE_TAG
     """Tag of iterativeai/cml; `-gpu` is appended for GPU runners."""
-    google_service_account: pulumi.Input[str] | None = None
-    """Google service account the pod acts as through GKE Workload Identity, if any."""
     on_demand: OnDemandScaling | None = None
     """Start runners from zero while jobs wait, instead of keeping `replicas` runners."""
 
@@ -137,67 +119,26 @@ class CmlRunner(pulumi.ComponentResource):
             ),
         )
         child = child_options(self, opts)
-        app_labels = {
-            "app.kubernetes.io/name": "cml-runner",
-            "app.kubernetes.io/instance": name,
-            "app.kubernetes.io/component": "ci-runner",
-            "app.kubernetes.io/part-of": "gpu-runners",
-            "app.kubernetes.io/managed-by": "pulumi",
-        }
-
-        namespace: pulumi.Input[str] = args.namespace or name
-        if args.create_namespace:
-            namespace = k8s.core.v1.Namespace(
-                name,
-                metadata={
-                    "name": namespace,
-                    "labels": {
-                        **app_labels,
-                        # The runner runs as root to install packages, which `restricted`
-                        # forbids; `baseline` still forbids privileged pods and host access.
-                        "pod-security.kubernetes.io/enforce": "baseline",
-                        "pod-security.kubernetes.io/warn": "restricted",
-                        "pod-security.kubernetes.io/audit": "restricted",
-                    },
-                },
-                opts=child,
-            ).metadata.name
-
-        annotations = (
-            {"iam.gke.io/gcp-service-account": args.google_service_account}
-            if args.google_service_account is not None
-            else None
-        )
-        service_account = k8s.core.v1.ServiceAccount(
-            name,
-            metadata={
-                "name": name,
-                "namespace": namespace,
-                "labels": app_labels,
-                "annotations": annotations,
-            },
-            opts=child,
-        )
-
-        token = k8s.core.v1.Secret(
-            f"{name}-token",
-            metadata={"name": f"{name}-token", "namespace": namespace, "labels": app_labels},
-            type="Opaque",
-            string_data={TOKEN_KEY: pulumi.Output.secret(args.token)},
-            opts=child,
-        )
+        labels = app_labels(ENGINE, name)
+        # The runner runs as root to install packages, which `restricted` forbids; `baseline`
+        # still forbids privileged pods and host access.
+        objects = runner_objects(name, args, labels, "baseline", {TOKEN_KEY: args.token}, child)
 
         if args.on_demand is not None:
             authentication = k8s.apiextensions.CustomResource(
                 f"{name}-github",
                 api_version=keda.API_VERSION,
                 kind="TriggerAuthentication",
-                metadata={"name": f"{name}-github", "namespace": namespace, "labels": app_labels},
+                metadata={
+                    "name": f"{name}-github",
+                    "namespace": objects.namespace,
+                    "labels": labels,
+                },
                 spec={
                     "secretTargetRef": [
                         {
                             "parameter": "personalAccessToken",
-                            "name": token.metadata.name,
+                            "name": objects.secret,
                             "key": TOKEN_KEY,
                         }
                     ]
@@ -210,17 +151,15 @@ class CmlRunner(pulumi.ComponentResource):
         else:
             trigger = keda.own_pods_trigger(f"app.kubernetes.io/instance={name}")
 
-        pod_template = _pod_template(
-            args, app_labels, service_account.metadata.name, token.metadata.name
-        )
+        pod_template = _pod_template(args, labels, objects)
         scaled_job = k8s.apiextensions.CustomResource(
             name,
             api_version=keda.API_VERSION,
             kind="ScaledJob",
             metadata={
                 "name": name,
-                "namespace": namespace,
-                "labels": app_labels,
+                "namespace": objects.namespace,
+                "labels": labels,
                 "annotations": {keda.PAUSED: "true"} if _parked(args) else None,
             },
             spec={
@@ -255,7 +194,7 @@ class CmlRunner(pulumi.ComponentResource):
             opts=child,
         )
 
-        self.namespace = pulumi.Output.from_input(namespace)
+        self.namespace = objects.namespace
         self.workload = pulumi.Output.concat("ScaledJob/", scaled_job.metadata["name"])
         self.labels = list(args.labels)
         self.register_outputs(
@@ -292,46 +231,31 @@ def _runner_counts(args: CmlRunnerArgs) -> dict[str, int]:
     return {"minReplicaCount": args.replicas, "maxReplicaCount": args.replicas}
 
 
-def _pod_template(
-    args: CmlRunnerArgs,
-    app_labels: dict[str, str],
-    service_account: pulumi.Input[str],
-    token_secret: pulumi.Input[str],
-) -> dict:
+def _pod_template(args: CmlRunnerArgs, labels: dict[str, str], objects: RunnerObjects) -> dict:
     """The runner pod of each Job (camelCase, as Kubernetes)."""
-    resources = {"cpu": args.cpu, "memory": args.memory}
-    if args.gpus > 0:
-        resources[GPU_RESOURCE] = str(args.gpus)
-    spec = {
-        "serviceAccountName": service_account,
-        "nodeSelector": dict(args.node_selector or default_node_selector(args.gpus)),
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [
-            {
-                "name": "runner",
-                "image": runner_image(args.image_tag, args.gpus),
-                "command": ["cml"],
-                "args": _runner_args(args),
-                "env": _runner_env(token_secret),
-                "resources": {"requests": resources, "limits": resources},
-                "securityContext": {
-                    "privileged": False,
-                    "allowPrivilegeEscalation": False,
-                    "capabilities": {"drop": ["ALL"], "add": list(KEPT_CAPABILITIES)},
-                },
-            }
-        ],
-    }
-    if args.gpus > 0:
-        spec["tolerations"] = [GPU_TOLERATION]
     return {
-        "metadata": {
-            "labels": {**app_labels, **{f"gpu-runners/{label}": "true" for label in args.labels}},
-            # The cluster autoscaler must not move a runner that may be running a job.
-            "annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"},
+        "metadata": {"labels": pod_labels(labels, args), "annotations": NOT_EVICTABLE},
+        "spec": {
+            "serviceAccountName": objects.service_account,
+            **placement(args),
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "runner",
+                    "image": runner_image(args.image_tag, args.gpus),
+                    "command": ["cml"],
+                    "args": _runner_args(args),
+                    "env": _runner_env(objects.secret),
+                    "resources": container_resources(args),
+                    "securityContext": {
+                        "privileged": False,
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"], "add": list(KEPT_CAPABILITIES)},
+                    },
+                }
+            ],
         },
-        "spec": spec,
     }
 
 

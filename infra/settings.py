@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from infra import cml_runner, gpu, machines, messages
+from infra import cml_runner, gpu, machines, messages, runner_base
 
 _CLUSTER_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -513,11 +513,11 @@ class RunnerSettings(_Section):
     name: Annotated[str, AfterValidator(_check_runner_name)]
     platform: Literal["github", "gitlab"] = "github"
     repository: Annotated[str, BeforeValidator(_repository_url), AfterValidator(_check_repository)]
-    labels: Annotated[tuple[RunnerLabel, ...], Field(min_length=1)] = cml_runner.DEFAULT_LABELS
+    labels: Annotated[tuple[RunnerLabel, ...], Field(min_length=1)] = runner_base.DEFAULT_LABELS
     gpus: Annotated[int, Field(ge=0), AfterValidator(_check_runner_gpus)] = 1
     node_selector: Annotated[dict[str, str] | None, AfterValidator(_check_node_selector)] = None
-    cpu: Annotated[Quantity, AfterValidator(_check_fits_cpu)] = cml_runner.DEFAULT_CPU
-    memory: Annotated[Quantity, AfterValidator(_check_fits_memory)] = cml_runner.DEFAULT_MEMORY
+    cpu: Annotated[Quantity, AfterValidator(_check_fits_cpu)] = runner_base.DEFAULT_CPU
+    memory: Annotated[Quantity, AfterValidator(_check_fits_memory)] = runner_base.DEFAULT_MEMORY
     image_tag: Annotated[
         str,
         _matching(_IMAGE_TAG, f"a tag of {cml_runner.CML_IMAGE}, e.g. 0-dvc3-base1"),
