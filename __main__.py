@@ -4,6 +4,8 @@ import pulumi
 
 from infra import settings as stack_settings
 from infra.apis import CI_APIS, STACK_APIS, ProjectApis
+from infra.arc import ArcController
+from infra.arc_runner import ArcRunner, ArcRunnerArgs
 from infra.ci import CiDeployer, CiDeployerArgs
 from infra.cluster import GpuCluster, GpuClusterArgs
 from infra.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
@@ -64,20 +66,24 @@ identity = RunnerIdentity(
     opts=after_apis,
 )
 
-# KEDA, once, on the system pool: it starts every runner's pods.
-keda = Keda(
-    "keda",
-    node_selector=default_node_selector(gpus=0),
-    opts=pulumi.ResourceOptions(providers=[cluster.provider]),
-)
+cml_runners = [r for r in settings.runners if r.engine == "cml"]
+arc_runners = [r for r in settings.runners if r.engine == "arc"]
+on_cluster = pulumi.ResourceOptions(providers=[cluster.provider])
+system_nodes = default_node_selector(gpus=0)
 
-runners = {
+# KEDA, once, on the system pool, when a CML runner needs it to start its pods.
+keda = Keda("keda", node_selector=system_nodes, opts=on_cluster) if cml_runners else None
+# actions-runner-controller, once, on the system pool, when a runner uses engine arc.
+arc = ArcController("arc", node_selector=system_nodes, opts=on_cluster) if arc_runners else None
+
+
+runners: dict[str, CmlRunner | ArcRunner] = {
     runner.name: CmlRunner(
         runner.name,
         CmlRunnerArgs(
             platform=runner.platform,
             repository=runner.repository,
-            token=settings.runner_tokens[runner.name],
+            token=settings.runner_credentials[runner.name],
             labels=runner.labels,
             replicas=runner.replica_count,
             idle_timeout_seconds=runner.idle_timeout_seconds,
@@ -91,9 +97,35 @@ runners = {
             if runner.scaling_mode == "on-demand"
             else None,
         ),
-        opts=pulumi.ResourceOptions(providers=[cluster.provider], depends_on=[keda.release]),
+        opts=pulumi.ResourceOptions.merge(
+            on_cluster, pulumi.ResourceOptions(depends_on=[keda.release])
+        ),
     )
-    for runner in settings.runners
+    for runner in cml_runners
+}
+runners |= {
+    runner.name: ArcRunner(
+        runner.name,
+        ArcRunnerArgs(
+            repository=runner.repository,
+            credentials=settings.runner_credentials[runner.name],
+            labels=runner.labels,
+            min_runners=runner.runner_range[0],
+            max_runners=runner.runner_range[1],
+            cpu=runner.cpu,
+            memory=runner.memory,
+            gpus=runner.gpus,
+            node_selector=runner.node_selector,
+            image=runner.image,
+            google_service_account=identity.email,
+            listener_node_selector=system_nodes,
+        ),
+        # Destroyed before the controller, which must clean the scale set up on GitHub.
+        opts=pulumi.ResourceOptions.merge(
+            on_cluster, pulumi.ResourceOptions(depends_on=[arc.release])
+        ),
+    )
+    for runner in arc_runners
 }
 
 pulumi.export("clusterName", cluster.name)

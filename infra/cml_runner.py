@@ -56,8 +56,9 @@ KEPT_CAPABILITIES: tuple[str, ...] = (
 )
 
 
-def runner_image(tag: str, gpus: int) -> str:
+def runner_image(tag: str | None, gpus: int) -> str:
     """The CML image; the -gpu variant carries CUDA for runners that get a GPU."""
+    tag = tag or DEFAULT_IMAGE_TAG
     return f"{CML_IMAGE}:{tag}-gpu" if gpus > 0 else f"{CML_IMAGE}:{tag}"
 
 
@@ -82,8 +83,8 @@ class CmlRunnerArgs(RunnerBaseArgs):
     idle_timeout_seconds: int | None = None
     """How long a runner waits for a job before it exits; unset: 300 s on demand (a GPU node
     waits with it), 3600 s without on_demand (the waiting runner is then replaced)."""
-    image_tag: str = DEFAULT_IMAGE_TAG
-    """Tag of iterativeai/cml; `-gpu` is appended for GPU runners."""
+    image_tag: str | None = None
+    """Tag of iterativeai/cml, 0-dvc3-base1 unless set; `-gpu` is appended for GPU runners."""
     on_demand: OnDemandScaling | None = None
     """Start runners from zero while jobs wait, instead of keeping `replicas` runners."""
 

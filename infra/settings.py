@@ -28,6 +28,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from infra import cml_runner, gpu, machines, messages, runner_base
+from infra.arc_runner import GithubApp
 
 _CLUSTER_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -50,11 +51,21 @@ _QUANTITY_FACTORS = {
     **{"Pi": 2**50, "Ei": 2**60},
 }
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# registry/path:tag or registry/path@sha256:digest (the reference grammar of the
+# distribution spec, less the rarely used forms).
+_IMAGE = re.compile(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)+"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$"
+)
 _GITHUB_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")
 _GITLAB_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+$")
 _HTTPS_ORIGIN = re.compile(r"^https://[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?$")
 _POOL_ID = re.compile(r"^(?!gcp-)[a-z0-9-]{4,32}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+_DIGITS = re.compile(r"^[0-9]+$")
+_APP_ID = re.compile(r"^(?:[0-9]+|Iv[0-9A-Za-z.]+)$")
+_PRIVATE_KEY = re.compile(r"-----BEGIN (?:RSA )?PRIVATE KEY-----")
+GITHUB_APP_KEYS = ("appId", "installationId", "privateKey")
 
 GPU_LABEL = "gpu"
 _REGION_CATALOG = Path(__file__).parent / "data" / "regions.yaml"
@@ -487,8 +498,28 @@ def _check_max_runners(max_runners: int | None, info: ValidationInfo) -> int | N
     return max_runners
 
 
-def _check_image_tag(tag: str) -> str:
-    if tag.endswith("-gpu"):
+def _check_engine(engine: str, info: ValidationInfo) -> str:
+    if engine == "arc" and info.data.get("platform") == "gitlab":
+        raise _invalid(
+            "arc (actions-runner-controller) runs GitHub Actions runners only; allowed for "
+            "gitlab: cml"
+        )
+    return engine
+
+
+def _for_engine(engine: str, instead: str):
+    """A validator refusing a key that only a runner of `engine` has."""
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("engine", "cml") != engine:
+            raise _invalid(f"applies to engine {engine} only; {instead}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_image_tag(tag: str | None) -> str | None:
+    if tag is not None and tag.endswith("-gpu"):
         raise _invalid(
             f"GPU runners get the -gpu variant by themselves; allowed: the tag without it "
             f"({tag.removesuffix('-gpu')})"
@@ -512,6 +543,7 @@ class RunnerSettings(_Section):
 
     name: Annotated[str, AfterValidator(_check_runner_name)]
     platform: Literal["github", "gitlab"] = "github"
+    engine: Annotated[Literal["cml", "arc"], AfterValidator(_check_engine)] = "cml"
     repository: Annotated[str, BeforeValidator(_repository_url), AfterValidator(_check_repository)]
     labels: Annotated[tuple[RunnerLabel, ...], Field(min_length=1)] = runner_base.DEFAULT_LABELS
     gpus: Annotated[int, Field(ge=0), AfterValidator(_check_runner_gpus)] = 1
@@ -519,16 +551,26 @@ class RunnerSettings(_Section):
     cpu: Annotated[Quantity, AfterValidator(_check_fits_cpu)] = runner_base.DEFAULT_CPU
     memory: Annotated[Quantity, AfterValidator(_check_fits_memory)] = runner_base.DEFAULT_MEMORY
     image_tag: Annotated[
-        str,
+        str | None,
         _matching(_IMAGE_TAG, f"a tag of {cml_runner.CML_IMAGE}, e.g. 0-dvc3-base1"),
         AfterValidator(_check_image_tag),
-    ] = cml_runner.DEFAULT_IMAGE_TAG
+        _for_engine("cml", "an arc runner's image is set whole, with image"),
+    ] = None
+    image: Annotated[
+        str | None,
+        _matching(_IMAGE, "an image reference with a tag or digest, like ghcr.io/acme/runner:1.0"),
+        _for_engine("arc", "a cml runner's image is iterativeai/cml; choose its tag with imageTag"),
+    ] = None
     mode: Annotated[Literal["always", "on-demand"] | None, AfterValidator(_check_mode)] = None
     replicas: Annotated[int | None, Field(ge=0), AfterValidator(_check_replicas)] = None
     max_runners: Annotated[int | None, Field(ge=1, le=20), AfterValidator(_check_max_runners)] = (
         None
     )
-    idle_timeout_seconds: Annotated[int | None, Field(ge=60, le=86400)] = None
+    idle_timeout_seconds: Annotated[
+        int | None,
+        Field(ge=60, le=86400),
+        _for_engine("cml", "an arc runner has no idle timeout: it waits for its one job"),
+    ] = None
 
     @property
     def scaling_mode(self) -> str:
@@ -544,6 +586,13 @@ class RunnerSettings(_Section):
     def max_runner_count(self) -> int:
         """Most runners at once of an on-demand runner."""
         return 1 if self.max_runners is None else self.max_runners
+
+    @property
+    def runner_range(self) -> tuple[int, int]:
+        """Fewest and most runners at once: 0 to maxRunners on demand, `replicas` always."""
+        if self.scaling_mode == "on-demand":
+            return 0, self.max_runner_count
+        return self.replica_count, self.replica_count
 
 
 class CiSettings(_Section):
@@ -579,8 +628,8 @@ class StackSettings:
     dvc_remote: DvcRemoteSettings
     ci: CiSettings
     runners: tuple[RunnerSettings, ...]
-    runner_tokens: dict[str, pulumi.Output[str]]
-    """Each runner's forge token, by runner name, as a Pulumi secret."""
+    runner_credentials: dict[str, pulumi.Output[str] | GithubApp]
+    """Each runner's token (or, on engine arc, GitHub App), by runner name, as secrets."""
 
 
 # Config key (in the project namespace) -> the model that validates it.
@@ -691,8 +740,56 @@ def _runner_names(raw_runners: Any) -> list[str]:
     ]
 
 
-def _runner_problems(namespace: str, names: list[str], tokens: Any) -> list[str]:
-    """Names must be unique and each runner needs a token, set as a secret. Never shows a token."""
+def _arc_runner_names(raw_runners: Any) -> set[str]:
+    """Names of the runners the config puts on engine arc, the only ones a GitHub App serves."""
+    if not isinstance(raw_runners, list):
+        return set()
+    return {
+        r["name"]
+        for r in raw_runners
+        if isinstance(r, dict) and isinstance(r.get("name"), str) and r.get("engine") == "arc"
+    }
+
+
+def _github_app_problems(key: str, app: dict[str, Any]) -> list[str]:
+    """What is wrong with a GitHub App's three values; names keys, never shows a value."""
+    problems = [
+        f"{key}.{name}: not a GitHub App key; allowed: {', '.join(GITHUB_APP_KEYS)}"
+        for name in app
+        if name not in GITHUB_APP_KEYS
+    ]
+    for name, pattern, allowed in (
+        ("appId", _APP_ID, "the App's numeric ID, or its client ID (Iv…)"),
+        ("installationId", _DIGITS, "the installation's numeric ID"),
+        ("privateKey", _PRIVATE_KEY, "the App's private key, PEM, as GitHub gave it"),
+    ):
+        value = app.get(name)
+        if value is None:
+            problems.append(
+                f"{key}.{name} is not set: {allowed}; run `pulumi config set --secret --path "
+                f"'{key.split(':', 1)[1]}.{name}' <value>`"
+            )
+        elif not pattern.search(str(value)):
+            problems.append(f"{key}.{name} = {messages.SECRET_SHOWN_AS}: allowed: {allowed}")
+    return problems
+
+
+def _credential(value: str | dict[str, Any]) -> pulumi.Output[str] | GithubApp:
+    """A runner's token, or its GitHub App, as Pulumi secrets."""
+    if isinstance(value, dict):
+        return GithubApp(
+            app_id=pulumi.Output.secret(str(value["appId"])),
+            installation_id=pulumi.Output.secret(str(value["installationId"])),
+            private_key=pulumi.Output.secret(value["privateKey"]),
+        )
+    return pulumi.Output.secret(value)
+
+
+def _runner_problems(
+    namespace: str, names: list[str], arc_names: set[str], tokens: Any
+) -> list[str]:
+    """Names must be unique and each runner needs a token (or, on engine arc, a GitHub App),
+    set as a secret. Never shows a token."""
     problems = []
     for index, name in enumerate(names):
         if name in names[:index]:
@@ -716,7 +813,16 @@ def _runner_problems(namespace: str, names: list[str], tokens: Any) -> list[str]
     if not isinstance(tokens, dict):
         tokens = {}
     for name in dict.fromkeys(names):
-        if not isinstance(tokens.get(name), str) or not tokens[name]:
+        value = tokens.get(name)
+        if isinstance(value, dict) and name in arc_names:
+            problems += _github_app_problems(f"{tokens_key}.{name}", value)
+        elif isinstance(value, dict):
+            problems.append(
+                f"{tokens_key}.{name} holds a GitHub App, which only engine arc uses; set the "
+                f"runner's token instead: `pulumi config rm --path '{TOKENS_KEY}.{name}'`, then "
+                f"`pulumi config set --secret --path '{TOKENS_KEY}.{name}' <token>`"
+            )
+        elif not isinstance(value, str) or not value:
             problems.append(
                 f"{tokens_key}.{name} is not set: the runner's GitHub or GitLab token; run "
                 f"`pulumi config set --secret --path '{TOKENS_KEY}.{name}' <token>`"
@@ -776,7 +882,9 @@ def load() -> StackSettings:
     raw_runners = given.get(RUNNERS_KEY) or []
     runners = _parse(_RUNNERS, namespace, RUNNERS_KEY, raw_runners, context, problems)
     tokens = given.get(TOKENS_KEY)
-    problems += _runner_problems(namespace, _runner_names(raw_runners), tokens)
+    problems += _runner_problems(
+        namespace, _runner_names(raw_runners), _arc_runner_names(raw_runners), tokens
+    )
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
         raise SettingsError(
@@ -794,5 +902,5 @@ def load() -> StackSettings:
         dvc_remote=parsed["dvcRemote"],
         ci=parsed["ci"],
         runners=tuple(runners),
-        runner_tokens={r.name: pulumi.Output.secret(tokens[r.name]) for r in runners},
+        runner_credentials={r.name: _credential(tokens[r.name]) for r in runners},
     )

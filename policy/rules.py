@@ -21,6 +21,9 @@ GPU_LABEL = "gpu"
 NODE_POOL = "gcp:container/nodePool:NodePool"
 CLUSTER = "gcp:container/cluster:Cluster"
 SERVICE_ACCOUNT_KEY = "gcp:serviceaccount/key:Key"
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+# actions-runner-controller's scale-set chart takes the runner pod template as a value.
+ARC_SCALE_SET_CHART = "gha-runner-scale-set"
 PRIMITIVE_ROLES = ("roles/owner", "roles/editor")
 DRIVER_VERSIONS = ("DEFAULT", "LATEST")
 
@@ -71,6 +74,10 @@ def _stack_of(urn: str) -> str:
 
 
 def _pod_spec(args: ResourceValidationArgs) -> Mapping[str, Any] | None:
+    if args.resource_type == HELM_RELEASE:
+        chart = str(_plain(args.props.get("chart")) or "")
+        is_scale_set = chart.rsplit("/", 1)[-1] == ARC_SCALE_SET_CHART
+        return _get(args.props, "values", "template", "spec") if is_scale_set else None
     path = _POD_SPEC_PATHS.get(args.resource_type)
     return _get(args.props, *path) if path else None
 
@@ -193,6 +200,35 @@ def containers_hold_no_literal_tokens(
                 )
 
 
+def _strings(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every leaf of a nested value with its dotted path; a Pulumi secret stays whole."""
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from _strings(inner, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            yield from _strings(inner, f"{path}[{index}]")
+    else:
+        yield path, value
+
+
+def helm_values_hold_no_literal_tokens(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """No Helm release value holds a token or key in clear; it would sit in the release's
+    history in the cluster and in the stack's state."""
+    if args.resource_type != HELM_RELEASE:
+        return
+    for path, value in _strings(args.props.get("values") or {}, "values"):
+        kind = None if isinstance(value, Secret) else _literal_secret_kind(value)
+        if kind:
+            report_violation(
+                f"{_subject(args)}: {path} holds {kind} in clear; create a Secret from secret "
+                "config and give the chart its name.",
+                None,
+            )
+
+
 def no_service_account_keys(
     args: ResourceValidationArgs, report_violation: ReportViolation
 ) -> None:
@@ -303,6 +339,7 @@ POLICIES: list[ResourceValidationPolicy] = [
     _policy(gpu_node_pools_are_labelled_tainted_and_driven, MANDATORY),
     _policy(gpu_workloads_select_and_tolerate_gpu_nodes, MANDATORY),
     _policy(containers_hold_no_literal_tokens, MANDATORY),
+    _policy(helm_values_hold_no_literal_tokens, MANDATORY),
     _policy(no_service_account_keys, MANDATORY),
     _policy(no_primitive_roles, MANDATORY),
     _policy(no_privileged_containers, MANDATORY),

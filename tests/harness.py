@@ -43,6 +43,8 @@ class Resource:
     protect: bool
     alias_types: tuple[str, ...] = ()
     """Earlier type tokens this resource answers to (aliases by type)."""
+    replace_on_changes: tuple[str, ...] = ()
+    delete_before_replace: bool = False
 
 
 @dataclass
@@ -183,6 +185,8 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
                     ignore_changes=tuple(request.ignoreChanges),
                     protect=request.protect,
                     alias_types=tuple(a.spec.type for a in request.aliases if a.spec.type),
+                    replace_on_changes=tuple(request.replaceOnChanges),
+                    delete_before_replace=request.deleteBeforeReplace,
                 )
             )
         return response

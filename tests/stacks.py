@@ -26,6 +26,13 @@ WITH_CI = {
 POOL_OF_THREE = {"gpu-runners:runners": [{"name": "cml-runner", "maxRunners": 3}]}
 # The dev runner kept up all the time, as the chapter's runner was.
 ALWAYS = {"gpu-runners:runners": [{"name": "cml-runner", "mode": "always"}]}
+# A GPU runner on each engine: CML (KEDA) and actions-runner-controller.
+BOTH_ENGINES = {
+    "gpu-runners:runners": [
+        {"name": "cml-runner"},
+        {"name": "gpu-arc", "engine": "arc", "labels": ["gpu-arc"], "maxRunners": 2},
+    ]
+}
 
 SHAPES = {
     "dev": {},
@@ -33,4 +40,5 @@ SHAPES = {
     "with-ci": WITH_CI,
     "pool-of-three": POOL_OF_THREE,
     "always": ALWAYS,
+    "both-engines": BOTH_ENGINES,
 }

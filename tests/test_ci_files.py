@@ -13,7 +13,8 @@ GITHUB_WORKFLOW = REPO / ".github/workflows/infrastructure.yml"
 GITLAB_CI = REPO / ".gitlab-ci.yml"
 GITHUB_EXAMPLE = REPO / "examples/github/.github/workflows/mlops.yml"
 GITLAB_EXAMPLE = REPO / "examples/gitlab/.gitlab-ci.yml"
-GITHUB_FILES = [GITHUB_WORKFLOW, GITHUB_EXAMPLE]
+GITHUB_ARC_EXAMPLE = REPO / "examples/github-arc/.github/workflows/mlops.yml"
+GITHUB_FILES = [GITHUB_WORKFLOW, GITHUB_EXAMPLE, GITHUB_ARC_EXAMPLE]
 GITLAB_FILES = [GITLAB_CI, GITLAB_EXAMPLE]
 ALL_FILES = GITHUB_FILES + GITLAB_FILES
 README_TEST_COMMAND = (
@@ -226,6 +227,23 @@ def test_github_example_trains_on_the_dev_runner_and_keeps_the_report():
     assert report["needs"] == "train"
     assert "cml comment update --target=pr --publish report.md" in run_text(report)
     assert "dvc metrics diff main" in run_text(report)
+
+
+def test_arc_example_targets_the_scale_set_and_brings_its_own_tools():
+    train = load(GITHUB_ARC_EXAMPLE)["jobs"]["train"]
+    # Scale sets register their name and labels only; `self-hosted` would never match.
+    assert train["runs-on"] == ["cml-runner"]
+    assert [s["uses"].split("@")[0] for s in train["steps"] if "uses" in s] == [
+        "actions/checkout",
+        "actions/setup-python",
+        "iterative/setup-cml",
+        "actions/upload-artifact",
+    ]
+    text = run_text(train)
+    assert "sudo" not in text
+    assert '"dvc[gs]' in text and "dvc pull" in text and "dvc repro" in text
+    assert "/usr/local/nvidia/bin/nvidia-smi" in text
+    assert load(GITHUB_ARC_EXAMPLE)["jobs"]["report"] == load(GITHUB_EXAMPLE)["jobs"]["report"]
 
 
 def test_gitlab_example_trains_on_the_dev_runner_and_keeps_the_report():

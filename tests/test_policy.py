@@ -15,9 +15,10 @@ from pulumi_policy.deserialize import deserialize_properties
 
 from policy.rules import POLICIES
 from tests.harness import REPO, Resource, fake_token, run_program
-from tests.stacks import SHAPES
+from tests.stacks import BOTH_ENGINES, SHAPES
 
 BY_NAME = {policy.name: policy for policy in POLICIES}
+RELEASE = "kubernetes:helm.sh/v3:Release"
 
 
 def violations(resource: Resource, policy_name: str) -> list[str]:
@@ -73,6 +74,7 @@ def test_the_pack_has_the_mandatory_and_advisory_rules():
         "gpu-node-pools-are-labelled-tainted-and-driven": EnforcementLevel.MANDATORY,
         "gpu-workloads-select-and-tolerate-gpu-nodes": EnforcementLevel.MANDATORY,
         "containers-hold-no-literal-tokens": EnforcementLevel.MANDATORY,
+        "helm-values-hold-no-literal-tokens": EnforcementLevel.MANDATORY,
         "no-service-account-keys": EnforcementLevel.MANDATORY,
         "no-primitive-roles": EnforcementLevel.MANDATORY,
         "no-privileged-containers": EnforcementLevel.MANDATORY,
@@ -261,3 +263,37 @@ def test_rules_look_inside_a_deployment_too(dev):
     assert leak.startswith("Deployment 'cml-runner': container 'runner' args holds a GitHub token")
     (untargeted,) = violations(deployment, "gpu-workloads-select-and-tolerate-gpu-nodes")
     assert "does not tolerate the GPU taint" in untargeted
+
+
+def test_rules_look_inside_an_arc_runner_scale_set():
+    program = run_program(BOTH_ENGINES)
+
+    def leak_untarget_and_escalate(inputs):
+        runner_pod = inputs["values"]["template"]["spec"]
+        runner_pod["containers"][0]["env"] = [{"name": "GH", "value": fake_token("x")}]
+        runner_pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+        del runner_pod["tolerations"]
+
+    scale_set = crafted(program, RELEASE, "gpu-arc", leak_untarget_and_escalate)
+    (leak,) = violations(scale_set, "containers-hold-no-literal-tokens")
+    assert leak.startswith("Release 'gpu-arc': container 'runner' env GH holds a GitHub token")
+    (untargeted,) = violations(scale_set, "gpu-workloads-select-and-tolerate-gpu-nodes")
+    assert "does not tolerate the GPU taint" in untargeted
+    (escalating,) = violations(scale_set, "no-privileged-containers")
+    assert "may escalate privileges" in escalating
+
+
+def test_a_token_in_helm_values_is_refused_without_being_echoed():
+    program = run_program(BOTH_ENGINES)
+
+    def inline_the_credential(inputs):
+        inputs["values"]["githubConfigSecret"] = {"github_token": fake_token("gpu-arc")}
+
+    scale_set = crafted(program, RELEASE, "gpu-arc", inline_the_credential)
+    (found,) = violations(scale_set, "helm-values-hold-no-literal-tokens")
+    assert found.startswith(
+        "Release 'gpu-arc': values.githubConfigSecret.github_token holds a GitHub token in clear"
+    )
+    assert fake_token("gpu-arc") not in found
+    untouched = program.one(RELEASE, "gpu-arc")
+    assert violations(untouched, "helm-values-hold-no-literal-tokens") == []

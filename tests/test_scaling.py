@@ -88,6 +88,11 @@ def test_every_runner_pod_serves_one_job_and_is_never_restarted(shape):
         assert job["backoffLimit"] == 0, scaled_job.name
         assert job["template"]["spec"]["restartPolicy"] == "Never", scaled_job.name
         assert container_args(scaled_job.inputs["spec"])[:3] == ["runner", "launch", "--single"]
+    # Engine arc: ARC's chart makes runner pods `restartPolicy: Never` unless told otherwise.
+    for release in program.of_type("kubernetes:helm.sh/v3:Release"):
+        if release.inputs["chart"].endswith("/gha-runner-scale-set"):
+            pod = reveal(release.inputs["values"])["template"]["spec"]
+            assert pod.get("restartPolicy", "Never") == "Never", release.name
 
 
 def test_dev_runner_starts_from_zero_one_job_per_waiting_ci_job(dev):

@@ -1,0 +1,278 @@
+"""Engine arc: a GitHub runner scale set whose pods never hold the credential that registers it."""
+
+import json
+import re
+
+import kubernetes_validate
+import pytest
+
+from tests.harness import (
+    REPO,
+    RUNNERS,
+    TOKENS,
+    fake_token,
+    is_secret,
+    reveal,
+    run_program,
+    run_rejected_program,
+)
+from tests.stacks import BOTH_ENGINES
+from tests.test_kubernetes_schema import GKE_MINORS
+
+RELEASE = "kubernetes:helm.sh/v3:Release"
+SECRET = "kubernetes:core/v1:Secret"
+CHARTS = "oci://ghcr.io/actions/actions-runner-controller-charts"
+CHART_FILES = REPO / "tests" / "schemas" / "arc-0.14.2"
+ARC = {RUNNERS: [{"name": "gpu-arc", "engine": "arc"}]}
+# Made-up App values in the shapes GitHub gives them.
+APP = {
+    "appId": 123456,
+    "installationId": "7890123",
+    "privateKey": "-----BEGIN RSA PRIVATE KEY-----\nMIIEfake\n-----END RSA PRIVATE KEY-----\n",
+}
+
+
+@pytest.fixture(scope="module")
+def arc():
+    return run_program(ARC)
+
+
+def release(program, chart: str, name: str | None = None):
+    (found,) = [
+        r
+        for r in program.of_type(RELEASE)
+        if r.inputs["chart"] == f"{CHARTS}/{chart}" and name in (None, r.name)
+    ]
+    return found
+
+
+def scale_set_values(program, name: str = "gpu-arc") -> dict:
+    return reveal(release(program, "gha-runner-scale-set", name).inputs["values"])
+
+
+def test_the_controller_is_installed_once_pinned_on_the_system_pool(arc):
+    controller = release(arc, "gha-runner-scale-set-controller").inputs
+    assert controller["version"] == "0.14.2"
+    assert controller["namespace"] == "arc-systems"
+    assert controller["createNamespace"] is True
+    assert controller["values"] == {
+        "nodeSelector": {"gpu": "false"},
+        "serviceAccount": {"create": True, "name": "arc-gha-rs-controller"},
+    }
+
+
+def test_a_stack_whose_runners_are_all_arc_installs_no_keda(arc):
+    assert [r.inputs["chart"] for r in arc.of_type(RELEASE) if "keda" in r.inputs["chart"]] == []
+    assert not [r for r in arc.resources if r.type.startswith("kubernetes:keda.sh/")]
+
+
+def test_a_stack_with_both_engines_installs_keda_and_the_controller():
+    program = run_program(BOTH_ENGINES)
+    charts = sorted(r.inputs["chart"] for r in program.of_type(RELEASE))
+    assert charts == [
+        "keda",
+        f"{CHARTS}/gha-runner-scale-set",
+        f"{CHARTS}/gha-runner-scale-set-controller",
+    ]
+    assert scale_set_values(program)["maxRunners"] == 2
+
+
+def test_the_scale_set_registers_with_the_repository_and_scales_from_zero(arc):
+    scale_set = release(arc, "gha-runner-scale-set").inputs
+    assert scale_set["version"] == "0.14.2"
+    assert scale_set["namespace"] == "gpu-arc"
+    values = scale_set_values(arc)
+    assert values["githubConfigUrl"] == "https://github.com/ml-team/churn-model"
+    assert values["githubConfigSecret"] == "gpu-arc-token"
+    assert values["runnerScaleSetName"] == "gpu-arc"
+    assert values["scaleSetLabels"] == ["cml-runner"]
+    assert (values["minRunners"], values["maxRunners"]) == (0, 1)
+    assert values["controllerServiceAccount"] == {
+        "namespace": "arc-systems",
+        "name": "arc-gha-rs-controller",
+    }
+    assert values["listenerTemplate"]["spec"]["nodeSelector"] == {"gpu": "false"}
+    assert arc.outputs["runners"]["gpu-arc"] == {
+        "namespace": "gpu-arc",
+        "workload": "AutoscalingRunnerSet/gpu-arc",
+        "labels": ["cml-runner"],
+    }
+
+
+def test_an_always_arc_runner_keeps_replicas_waiting():
+    program = run_program({RUNNERS: [{"name": "gpu-arc", "engine": "arc", "mode": "always"}]})
+    values = scale_set_values(program)
+    assert (values["minRunners"], values["maxRunners"]) == (1, 1)
+
+
+def test_the_scale_set_is_installed_after_and_removed_before_the_controller(arc):
+    scale_set = release(arc, "gha-runner-scale-set")
+    controller = release(arc, "gha-runner-scale-set-controller")
+    # Pulumi deletes in reverse: the controller outlives the scale set and cleans it up.
+    assert arc.waits_for(scale_set, controller)
+    assert arc.waits_for(scale_set, arc.one(SECRET, "gpu-arc-token"))
+    assert scale_set.inputs["timeout"] == 600
+
+
+def test_new_labels_make_a_new_scale_set(arc):
+    scale_set = release(arc, "gha-runner-scale-set")
+    assert scale_set.replace_on_changes == ("values.scaleSetLabels",)
+    assert scale_set.delete_before_replace is True
+
+
+def test_the_runner_pod_lands_on_a_gpu_and_acts_as_the_runner_account(arc):
+    template = scale_set_values(arc)["template"]
+    spec = template["spec"]
+    (runner,) = spec["containers"]
+    assert runner["name"] == "runner"
+    assert runner["image"] == "ghcr.io/actions/actions-runner:2.336.0"
+    assert runner["command"] == ["/home/runner/run.sh"]
+    assert spec["nodeSelector"] == {"gpu": "true"}
+    assert spec["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    expected = {"cpu": "1", "memory": "2000Mi", "nvidia.com/gpu": "1"}
+    assert runner["resources"] == {"requests": expected, "limits": expected}
+    assert {"name": "LD_LIBRARY_PATH", "value": "/usr/local/nvidia/lib64"} in runner["env"]
+    assert spec["serviceAccountName"] == "gpu-arc"
+    account = arc.one("kubernetes:core/v1:ServiceAccount", "gpu-arc").inputs["metadata"]
+    assert account["annotations"]["iam.gke.io/gcp-service-account"].startswith(
+        "mlops-kubernetes-runner@"
+    )
+    assert template["metadata"]["annotations"] == {
+        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"
+    }
+
+
+def test_the_runner_pod_meets_the_restricted_pod_security_standard(arc):
+    namespace = arc.one("kubernetes:core/v1:Namespace", "gpu-arc").inputs["metadata"]
+    assert namespace["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    spec = scale_set_values(arc)["template"]["spec"]
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (runner,) = spec["containers"]
+    assert runner["securityContext"] == {
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert "volumes" not in spec and "hostNetwork" not in spec
+
+
+def test_a_pat_lives_only_in_the_secret_the_controller_reads(arc):
+    secret = arc.one(SECRET, "gpu-arc-token").inputs
+    assert is_secret(secret["stringData"])
+    assert reveal(secret["stringData"]) == {"github_token": fake_token("gpu-arc")}
+    for resource in arc.resources:
+        inputs = {k: v for k, v in resource.inputs.items() if resource.type != SECRET}
+        assert fake_token("gpu-arc") not in json.dumps(reveal(inputs)), resource.name
+    assert fake_token("gpu-arc") not in json.dumps(arc.outputs)
+
+
+def test_a_github_app_is_stored_under_the_keys_arc_reads():
+    program = run_program(ARC, secrets={TOKENS: {"gpu-arc": APP}})
+    secret = program.one(SECRET, "gpu-arc-token").inputs
+    assert is_secret(secret["stringData"])
+    assert reveal(secret["stringData"]) == {
+        "github_app_id": "123456",
+        "github_app_installation_id": "7890123",
+        "github_app_private_key": APP["privateKey"],
+    }
+    for resource in program.resources:
+        if resource.type != SECRET:
+            assert "PRIVATE KEY" not in json.dumps(reveal(resource.inputs)), resource.name
+
+
+@pytest.mark.parametrize(
+    ("runner", "message_part"),
+    [
+        (
+            {"platform": "gitlab"},
+            "runners[0].engine = 'arc': arc (actions-runner-controller) runs GitHub Actions "
+            "runners only; allowed for gitlab: cml",
+        ),
+        ({"imageTag": "0-dvc3-base1"}, "runners[0].imageTag = '0-dvc3-base1': applies to"),
+        ({"idleTimeoutSeconds": 600}, "runners[0].idleTimeoutSeconds = 600: applies to engine"),
+        ({"image": "actions-runner:latest"}, "runners[0].image = 'actions-runner:latest': allowed"),
+        ({"engine": "cml", "image": "ghcr.io/a/b:1"}, "image = 'ghcr.io/a/b:1': applies to"),
+    ],
+    ids=["gitlab", "image-tag", "idle-timeout", "image-without-registry", "image-on-cml"],
+)
+def test_settings_that_do_not_fit_the_engine_are_refused(runner, message_part):
+    error, registered = run_rejected_program(
+        {RUNNERS: [{"name": "gpu-arc", "engine": "arc"} | runner]}
+    )
+    assert message_part in str(error)
+    assert registered == []
+
+
+@pytest.mark.parametrize(
+    ("app", "message_part"),
+    [
+        ({k: v for k, v in APP.items() if k != "privateKey"}, "gpu-arc.privateKey is not set"),
+        (APP | {"appId": "my-app"}, "gpu-arc.appId = [secret]: allowed: the App's numeric ID"),
+        (APP | {"privateKey": "not a key"}, "gpu-arc.privateKey = [secret]: allowed:"),
+        (APP | {"clientSecret": "x"}, "gpu-arc.clientSecret: not a GitHub App key"),
+    ],
+    ids=["missing-key", "bad-app-id", "not-pem", "unknown-key"],
+)
+def test_a_bad_github_app_is_refused_without_showing_it(app, message_part):
+    error, registered = run_rejected_program(ARC, secrets={TOKENS: {"gpu-arc": app}})
+    assert message_part in str(error)
+    assert "MIIEfake" not in str(error) and "my-app" not in str(error)
+    assert registered == []
+
+
+def test_a_github_app_on_a_cml_runner_is_refused():
+    error, _ = run_rejected_program(
+        {RUNNERS: [{"name": "cml-runner"}]}, secrets={TOKENS: {"cml-runner": APP}}
+    )
+    assert "runnerTokens.cml-runner holds a GitHub App, which only engine arc uses" in str(error)
+    assert "MIIEfake" not in str(error)
+
+
+def unread_values(chart: str, values: dict) -> list[str]:
+    """Keys given that the chart's templates never read as `.Values.<key>`.
+
+    A key is followed one level down only where the chart reads keys under it; a value the
+    chart takes whole (nodeSelector, the pod templates) is data, not more keys.
+    """
+    templates = "\n".join(p.read_text() for p in (CHART_FILES / chart / "templates").iterdir())
+    read = set(re.findall(r"\.Values\.([A-Za-z0-9_.]+)", templates))
+    unread = []
+    for key, value in values.items():
+        if not any(r == key or r.startswith(f"{key}.") for r in read):
+            unread.append(key)
+        elif isinstance(value, dict) and any(r.startswith(f"{key}.") for r in read):
+            unread += [f"{key}.{inner}" for inner in value if f"{key}.{inner}" not in read]
+    return unread
+
+
+@pytest.mark.parametrize("chart", ["gha-runner-scale-set", "gha-runner-scale-set-controller"])
+def test_every_value_given_is_one_the_chart_reads(chart, arc):
+    assert unread_values(chart, reveal(release(arc, chart).inputs["values"])) == []
+
+
+def test_the_chart_check_catches_misspelt_values(arc):
+    values = scale_set_values(arc)
+    values["maxRunner"] = values.pop("maxRunners")
+    values["controllerServiceAccount"]["namespaces"] = "arc-systems"
+    assert unread_values("gha-runner-scale-set", values) == [
+        "controllerServiceAccount.namespaces",
+        "maxRunner",
+    ]
+
+
+@pytest.mark.parametrize("minor", GKE_MINORS)
+@pytest.mark.parametrize("template", ["template", "listenerTemplate"])
+def test_pod_templates_are_valid_pods(template, minor, arc):
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gpu-arc-runner", "namespace": "gpu-arc"},
+        "spec": scale_set_values(arc)[template]["spec"],
+    }
+    kubernetes_validate.validate(pod, f"{minor}.0", strict=True)
