@@ -6,6 +6,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.options import child_options
+from infra.runner_base import app_labels
 
 CHART_REPOSITORY = "oci://ghcr.io/actions/actions-runner-controller-charts"
 CONTROLLER_CHART = f"{CHART_REPOSITORY}/gha-runner-scale-set-controller"
@@ -14,9 +15,9 @@ SCALE_SET_CHART = f"{CHART_REPOSITORY}/gha-runner-scale-set"
 # AutoscalingRunnerSet of another version (actions-runner-controller, IsVersionAllowed).
 CHART_VERSION = "0.14.2"
 NAMESPACE = "arc-systems"
-# Named here, not discovered: the scale-set chart otherwise finds the controller with Helm's
-# `lookup` (templates/_helpers.tpl, managerServiceAccountName), which returns nothing in the
-# dry run of `pulumi preview` and fails the chart (pulumi/pulumi-kubernetes#2766).
+# Named here, not discovered: the scale-set chart otherwise looks for the controller's
+# Deployment with Helm's `lookup` (templates/_helpers.tpl, managerServiceAccountName), which
+# fails when it finds none (a client-side render) or more than one controller in the cluster.
 SERVICE_ACCOUNT = "arc-gha-rs-controller"
 
 
@@ -37,13 +38,18 @@ class ArcController(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gpu-runners:index:ArcController", name, None, opts)
+        # A namespace of its own, not Helm's create_namespace: Helm never deletes that one.
+        namespace = k8s.core.v1.Namespace(
+            NAMESPACE,
+            metadata={"name": NAMESPACE, "labels": app_labels("arc-controller", name)},
+            opts=child_options(self, opts),
+        )
         self.release = k8s.helm.v3.Release(
             name,
             name=name,
             chart=CONTROLLER_CHART,
             version=CHART_VERSION,
-            namespace=NAMESPACE,
-            create_namespace=True,
+            namespace=namespace.metadata.name,
             values={
                 "nodeSelector": dict(node_selector),
                 "serviceAccount": {"create": True, "name": SERVICE_ACCOUNT},

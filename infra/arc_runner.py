@@ -21,7 +21,9 @@ from infra.runner_base import (
 
 ENGINE = "arc-runner"
 # actions/runner's own image (images/Dockerfile): Ubuntu 24.04, user `runner` (uid 1001).
-RUNNER_IMAGE = "ghcr.io/actions/actions-runner:2.336.0"
+# GitHub refuses a runner 30 days after a newer release comes out (enforced on github.com since
+# 2026-09-25), and ARC then deletes the scale set as outdated: raise this with each release.
+RUNNER_IMAGE = "ghcr.io/actions/actions-runner:2.338.0"
 RUNNER_UID = 1001
 # Where GKE mounts the NVIDIA driver's libraries and tools into a container given a GPU;
 # the runner image does not look there by itself.

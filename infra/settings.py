@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from infra import cml_runner, gpu, machines, messages, runner_base
+from infra import arc, cml_runner, gpu, keda, machines, messages, runner_base
 from infra.arc_runner import GithubApp
 
 _CLUSTER_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
@@ -329,10 +329,12 @@ class DvcRemoteSettings(_Section):
 
 
 def _check_runner_name(name: str) -> str:
-    if not _RUNNER_NAME.match(name) or name == "default" or name.startswith("kube-"):
+    taken = ("default", keda.NAMESPACE, arc.NAMESPACE)
+    if not _RUNNER_NAME.match(name) or name in taken or name.startswith("kube-"):
         raise _invalid(
             "allowed: lowercase letters, digits and hyphens, starting with a letter, at most "
-            "40 characters, not 'default' or 'kube-*' (it names the runner's namespace)"
+            f"40 characters, not {', '.join(map(repr, taken))} or 'kube-*' (it names the "
+            "runner's namespace)"
         )
     return name
 
@@ -462,9 +464,10 @@ def _check_node_selector(
     return selector
 
 
-def _default_mode(platform: str | None, gpus: int | None) -> str:
-    """GitHub GPU runners start on demand; the rest (GitLab has no KEDA scaler) run always."""
-    return "on-demand" if platform == "github" and gpus else "always"
+def _default_mode(platform: str | None, gpus: int | None, engine: str | None) -> str:
+    """Runners on engine arc, and GitHub GPU runners, start on demand; the rest run always
+    (GitLab has no KEDA scaler, and a CPU runner waits on the system pool for free)."""
+    return "on-demand" if engine == "arc" or (platform == "github" and gpus) else "always"
 
 
 def _check_mode(mode: str | None, info: ValidationInfo) -> str | None:
@@ -477,7 +480,10 @@ def _check_mode(mode: str | None, info: ValidationInfo) -> str | None:
 
 
 def _mode(info: ValidationInfo) -> str:
-    return info.data.get("mode") or _default_mode(info.data.get("platform"), info.data.get("gpus"))
+    data = info.data
+    return data.get("mode") or _default_mode(
+        data.get("platform"), data.get("gpus"), data.get("engine")
+    )
 
 
 def _check_replicas(replicas: int | None, info: ValidationInfo) -> int | None:
@@ -575,7 +581,7 @@ class RunnerSettings(_Section):
     @property
     def scaling_mode(self) -> str:
         """The configured mode, or the default for the runner's platform and GPUs."""
-        return self.mode or _default_mode(self.platform, self.gpus)
+        return self.mode or _default_mode(self.platform, self.gpus, self.engine)
 
     @property
     def replica_count(self) -> int:
@@ -823,9 +829,15 @@ def _runner_problems(
                 f"`pulumi config set --secret --path '{TOKENS_KEY}.{name}' <token>`"
             )
         elif not isinstance(value, str) or not value:
+            app = (
+                f", or a GitHub App: `{TOKENS_KEY}.{name}.appId`, `.installationId` and "
+                "`.privateKey`"
+                if name in arc_names
+                else ""
+            )
             problems.append(
                 f"{tokens_key}.{name} is not set: the runner's GitHub or GitLab token; run "
-                f"`pulumi config set --secret --path '{TOKENS_KEY}.{name}' <token>`"
+                f"`pulumi config set --secret --path '{TOKENS_KEY}.{name}' <token>`{app}"
             )
     for name in tokens:
         if name not in names:

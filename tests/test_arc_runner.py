@@ -54,7 +54,10 @@ def test_the_controller_is_installed_once_pinned_on_the_system_pool(arc):
     controller = release(arc, "gha-runner-scale-set-controller").inputs
     assert controller["version"] == "0.14.2"
     assert controller["namespace"] == "arc-systems"
-    assert controller["createNamespace"] is True
+    assert "createNamespace" not in controller
+    # Its own Namespace resource, so `pulumi destroy` removes it (Helm would leave it).
+    namespace = arc.one("kubernetes:core/v1:Namespace", "arc-systems")
+    assert arc.waits_for(release(arc, "gha-runner-scale-set-controller"), namespace)
     assert controller["values"] == {
         "nodeSelector": {"gpu": "false"},
         "serviceAccount": {"create": True, "name": "arc-gha-rs-controller"},
@@ -99,6 +102,26 @@ def test_the_scale_set_registers_with_the_repository_and_scales_from_zero(arc):
     }
 
 
+def test_an_arc_cpu_runner_also_starts_from_zero():
+    program = run_program({RUNNERS: [{"name": "cpu-arc", "engine": "arc", "gpus": 0}]})
+    values = scale_set_values(program, "cpu-arc")
+    assert (values["minRunners"], values["maxRunners"]) == (0, 1)
+    assert values["template"]["spec"]["nodeSelector"] == {"gpu": "false"}
+
+
+@pytest.mark.parametrize("name", ["arc-systems", "keda"])
+def test_a_runner_cannot_take_a_controllers_namespace(name):
+    error, registered = run_rejected_program({RUNNERS: [{"name": name, "engine": "arc"}]})
+    assert f"runners[0].name = '{name}': allowed:" in str(error)
+    assert registered == []
+
+
+def test_a_missing_arc_credential_names_both_forms():
+    error, _ = run_rejected_program(ARC, without=[TOKENS])
+    assert "runnerTokens.gpu-arc is not set" in str(error)
+    assert "or a GitHub App: `runnerTokens.gpu-arc.appId`" in str(error)
+
+
 def test_an_always_arc_runner_keeps_replicas_waiting():
     program = run_program({RUNNERS: [{"name": "gpu-arc", "engine": "arc", "mode": "always"}]})
     values = scale_set_values(program)
@@ -125,7 +148,7 @@ def test_the_runner_pod_lands_on_a_gpu_and_acts_as_the_runner_account(arc):
     spec = template["spec"]
     (runner,) = spec["containers"]
     assert runner["name"] == "runner"
-    assert runner["image"] == "ghcr.io/actions/actions-runner:2.336.0"
+    assert runner["image"] == "ghcr.io/actions/actions-runner:2.338.0"
     assert runner["command"] == ["/home/runner/run.sh"]
     assert spec["nodeSelector"] == {"gpu": "true"}
     assert spec["tolerations"] == [
