@@ -9,6 +9,7 @@ from infra.arc_runner import ArcRunner, ArcRunnerArgs
 from infra.ci import CiDeployer, CiDeployerArgs
 from infra.cluster import GpuCluster, GpuClusterArgs
 from infra.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
+from infra.gitlab_runner import GitlabRunner, GitlabRunnerArgs
 from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
 from infra.keda import Keda
 from infra.runner_base import default_node_selector
@@ -66,8 +67,9 @@ identity = RunnerIdentity(
     opts=after_apis,
 )
 
-cml_runners = [r for r in settings.runners if r.engine == "cml"]
-arc_runners = [r for r in settings.runners if r.engine == "arc"]
+cml_runners = [r for r in settings.runners if r.runner_engine == "cml"]
+arc_runners = [r for r in settings.runners if r.runner_engine == "arc"]
+gitlab_runners = [r for r in settings.runners if r.runner_engine == "gitlab-runner"]
 on_cluster = pulumi.ResourceOptions(providers=[cluster.provider])
 system_nodes = default_node_selector(gpus=0)
 
@@ -77,22 +79,29 @@ keda = Keda("keda", node_selector=system_nodes, opts=on_cluster) if cml_runners 
 arc = ArcController("arc", node_selector=system_nodes, opts=on_cluster) if arc_runners else None
 
 
-runners: dict[str, CmlRunner | ArcRunner] = {
+def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
+    """What every engine's arguments (RunnerBaseArgs) take from a runner's settings."""
+    return {
+        "repository": runner.repository,
+        "labels": runner.labels,
+        "cpu": runner.cpu,
+        "memory": runner.memory,
+        "gpus": runner.gpus,
+        "node_selector": runner.node_selector,
+        "google_service_account": identity.email,
+    }
+
+
+runners: dict[str, CmlRunner | ArcRunner | GitlabRunner] = {
     runner.name: CmlRunner(
         runner.name,
         CmlRunnerArgs(
+            **runner_base_args(runner),
             platform=runner.platform,
-            repository=runner.repository,
             token=settings.runner_credentials[runner.name],
-            labels=runner.labels,
             replicas=runner.replica_count,
             idle_timeout_seconds=runner.idle_timeout_seconds,
-            cpu=runner.cpu,
-            memory=runner.memory,
-            gpus=runner.gpus,
-            node_selector=runner.node_selector,
             image_tag=runner.image_tag,
-            google_service_account=identity.email,
             on_demand=OnDemandScaling(max_runners=runner.max_runner_count)
             if runner.scaling_mode == "on-demand"
             else None,
@@ -107,17 +116,11 @@ runners |= {
     runner.name: ArcRunner(
         runner.name,
         ArcRunnerArgs(
-            repository=runner.repository,
+            **runner_base_args(runner),
             credentials=settings.runner_credentials[runner.name],
-            labels=runner.labels,
             min_runners=runner.runner_range[0],
             max_runners=runner.runner_range[1],
-            cpu=runner.cpu,
-            memory=runner.memory,
-            gpus=runner.gpus,
-            node_selector=runner.node_selector,
             image=runner.image,
-            google_service_account=identity.email,
             listener_node_selector=system_nodes,
         ),
         # Destroyed before the controller, which must clean the scale set up on GitHub.
@@ -126,6 +129,20 @@ runners |= {
         ),
     )
     for runner in arc_runners
+}
+runners |= {
+    runner.name: GitlabRunner(
+        runner.name,
+        GitlabRunnerArgs(
+            **runner_base_args(runner),
+            credentials=settings.runner_credentials[runner.name],
+            max_runners=runner.max_runner_count,
+            image_tag=runner.image_tag,
+            manager_node_selector=system_nodes,
+        ),
+        opts=on_cluster,
+    )
+    for runner in gitlab_runners
 }
 
 pulumi.export("clusterName", cluster.name)

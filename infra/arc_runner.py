@@ -20,6 +20,7 @@ from infra.runner_base import (
 )
 
 ENGINE = "arc-runner"
+COMPONENT_TYPE = "gpu-runners:index:ArcRunner"
 # actions/runner's own image (images/Dockerfile): Ubuntu 24.04, user `runner` (uid 1001).
 # GitHub refuses a runner 30 days after a newer release comes out (enforced on github.com since
 # 2026-09-25), and ARC then deletes the scale set as outdated: raise this with each release.
@@ -80,7 +81,7 @@ class ArcRunner(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: ArcRunnerArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__("gpu-runners:index:ArcRunner", name, None, opts)
+        super().__init__(COMPONENT_TYPE, name, None, opts)
         labels = app_labels(ENGINE, name)
         objects = runner_objects(
             name,
@@ -88,6 +89,7 @@ class ArcRunner(pulumi.ComponentResource):
             labels,
             "restricted",
             _secret_data(args.credentials),
+            COMPONENT_TYPE,
             child_options(self, opts),
         )
         values: dict = {

@@ -20,6 +20,7 @@ from infra.runner_base import (
 )
 
 ENGINE = "cml-runner"
+COMPONENT_TYPE = "gpu-runners:index:CmlRunner"
 CML_IMAGE = "iterativeai/cml"
 DEFAULT_IMAGE_TAG = "0-dvc3-base1"
 TOKEN_KEY = "token"
@@ -108,7 +109,7 @@ class CmlRunner(pulumi.ComponentResource):
         if args.on_demand is not None and args.platform != "github":
             raise ValueError(f"runner {name}: on-demand scaling needs platform github")
         super().__init__(
-            "gpu-runners:index:CmlRunner",
+            COMPONENT_TYPE,
             name,
             None,
             # Stacks made before the rename keep their objects instead of replacing them.
@@ -123,7 +124,9 @@ class CmlRunner(pulumi.ComponentResource):
         labels = app_labels(ENGINE, name)
         # The runner runs as root to install packages, which `restricted` forbids; `baseline`
         # still forbids privileged pods and host access.
-        objects = runner_objects(name, args, labels, "baseline", {TOKEN_KEY: args.token}, child)
+        objects = runner_objects(
+            name, args, labels, "baseline", {TOKEN_KEY: args.token}, COMPONENT_TYPE, child
+        )
 
         if args.on_demand is not None:
             authentication = k8s.apiextensions.CustomResource(

@@ -15,6 +15,13 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 # The cluster autoscaler must not move a runner pod that may be running a job.
 NOT_EVICTABLE = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+# The component types a runner has been, one per engine (and the CML engine's old name).
+RUNNER_TYPES = (
+    "gpu-runners:index:CmlRunner",
+    "gpu-runners:index:RunnerDeployment",
+    "gpu-runners:index:ArcRunner",
+    "gpu-runners:index:GitlabRunner",
+)
 
 
 def default_node_selector(gpus: int) -> dict[str, str]:
@@ -93,11 +100,25 @@ def runner_objects(
     labels: Mapping[str, str],
     pod_security: Literal["baseline", "restricted"],
     secret_data: Mapping[str, pulumi.Input[str]],
+    component_type: str,
     opts: pulumi.ResourceOptions,
 ) -> RunnerObjects:
     """The namespace (Pod Security `pod_security` enforced), the service account the pods run
     as (with the Workload Identity annotation), and a Secret holding `secret_data`, all
-    named after the runner."""
+    named after the runner, children of the engine's component of type `component_type`."""
+    # The same runner on another engine owned these objects under another component: without
+    # aliases, moving engines would create them anew before deleting the old ones, and fail
+    # on their names.
+    opts = pulumi.ResourceOptions.merge(
+        opts,
+        pulumi.ResourceOptions(
+            aliases=[
+                pulumi.Alias(parent=pulumi.create_urn(name, other))
+                for other in RUNNER_TYPES
+                if other != component_type
+            ]
+        ),
+    )
     namespace: pulumi.Input[str] = args.namespace or name
     if args.create_namespace:
         namespace = k8s.core.v1.Namespace(

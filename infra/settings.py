@@ -29,6 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from infra import arc, cml_runner, gpu, keda, machines, messages, runner_base
 from infra.arc_runner import GithubApp
+from infra.gitlab_runner import CreateRunner
 
 _CLUSTER_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -66,6 +67,8 @@ _DIGITS = re.compile(r"^[0-9]+$")
 _APP_ID = re.compile(r"^(?:[0-9]+|Iv[0-9A-Za-z.]+)$")
 _PRIVATE_KEY = re.compile(r"-----BEGIN (?:RSA )?PRIVATE KEY-----")
 GITHUB_APP_KEYS = ("appId", "installationId", "privateKey")
+GITLAB_RUNNER_TOKEN_PREFIX = "glrt-"
+GITLAB_REGISTRATION_PREFIX = "GR1348941"
 
 GPU_LABEL = "gpu"
 _REGION_CATALOG = Path(__file__).parent / "data" / "regions.yaml"
@@ -464,26 +467,42 @@ def _check_node_selector(
     return selector
 
 
-def _default_mode(platform: str | None, gpus: int | None, engine: str | None) -> str:
-    """Runners on engine arc, and GitHub GPU runners, start on demand; the rest run always
-    (GitLab has no KEDA scaler, and a CPU runner waits on the system pool for free)."""
-    return "on-demand" if engine == "arc" or (platform == "github" and gpus) else "always"
+def default_engine(platform: str | None) -> str:
+    """GitLab runners use GitLab's own runner (it scales to zero); GitHub runners use CML."""
+    return "gitlab-runner" if platform == "gitlab" else "cml"
+
+
+def _engine(data: dict[str, Any]) -> str:
+    """The engine of the runner being validated, configured or by default."""
+    return data.get("engine") or default_engine(data.get("platform"))
+
+
+def _default_mode(platform: str | None, gpus: int | None, engine: str) -> str:
+    """Engines arc and gitlab-runner, and CML GitHub GPU runners, start on demand; the rest
+    run always (KEDA has no GitLab scaler, and a CPU runner waits on the system pool)."""
+    if engine in ("arc", "gitlab-runner"):
+        return "on-demand"
+    return "on-demand" if platform == "github" and gpus else "always"
 
 
 def _check_mode(mode: str | None, info: ValidationInfo) -> str | None:
-    if mode == "on-demand" and info.data.get("platform") == "gitlab":
+    engine = _engine(info.data)
+    if mode == "on-demand" and info.data.get("platform") == "gitlab" and engine == "cml":
         raise _invalid(
-            "on-demand is not available for gitlab: KEDA has no released GitLab scaler, and "
-            "GitLab's jobs API cannot count only the jobs for this runner's tags; allowed: always"
+            "on-demand is not available for a cml runner on gitlab: KEDA has no released GitLab "
+            "scaler, and GitLab's jobs API cannot count only the jobs for this runner's tags; "
+            "allowed: always, or engine gitlab-runner, which starts a pod per job"
+        )
+    if mode == "always" and engine == "gitlab-runner":
+        raise _invalid(
+            "gitlab-runner starts a pod for each job and keeps none waiting; allowed: on-demand"
         )
     return mode
 
 
 def _mode(info: ValidationInfo) -> str:
     data = info.data
-    return data.get("mode") or _default_mode(
-        data.get("platform"), data.get("gpus"), data.get("engine")
-    )
+    return data.get("mode") or _default_mode(data.get("platform"), data.get("gpus"), _engine(data))
 
 
 def _check_replicas(replicas: int | None, info: ValidationInfo) -> int | None:
@@ -504,21 +523,24 @@ def _check_max_runners(max_runners: int | None, info: ValidationInfo) -> int | N
     return max_runners
 
 
-def _check_engine(engine: str, info: ValidationInfo) -> str:
-    if engine == "arc" and info.data.get("platform") == "gitlab":
+def _check_engine(engine: str | None, info: ValidationInfo) -> str | None:
+    platform = info.data.get("platform")
+    if engine == "arc" and platform == "gitlab":
         raise _invalid(
             "arc (actions-runner-controller) runs GitHub Actions runners only; allowed for "
-            "gitlab: cml"
+            "gitlab: gitlab-runner, cml"
         )
+    if engine == "gitlab-runner" and platform == "github":
+        raise _invalid("gitlab-runner runs GitLab CI jobs only; allowed for github: cml, arc")
     return engine
 
 
-def _for_engine(engine: str, instead: str):
-    """A validator refusing a key that only a runner of `engine` has."""
+def _for_engine(engines: tuple[str, ...], instead: str):
+    """A validator refusing a key that only runners of these engines have."""
 
     def check(value: Any, info: ValidationInfo) -> Any:
-        if value is not None and info.data.get("engine", "cml") != engine:
-            raise _invalid(f"applies to engine {engine} only; {instead}")
+        if value is not None and _engine(info.data) not in engines:
+            raise _invalid(f"applies to engine {' or '.join(engines)} only; {instead}")
         return value
 
     return AfterValidator(check)
@@ -549,7 +571,9 @@ class RunnerSettings(_Section):
 
     name: Annotated[str, AfterValidator(_check_runner_name)]
     platform: Literal["github", "gitlab"] = "github"
-    engine: Annotated[Literal["cml", "arc"], AfterValidator(_check_engine)] = "cml"
+    engine: Annotated[
+        Literal["cml", "arc", "gitlab-runner"] | None, AfterValidator(_check_engine)
+    ] = None
     repository: Annotated[str, BeforeValidator(_repository_url), AfterValidator(_check_repository)]
     labels: Annotated[tuple[RunnerLabel, ...], Field(min_length=1)] = runner_base.DEFAULT_LABELS
     gpus: Annotated[int, Field(ge=0), AfterValidator(_check_runner_gpus)] = 1
@@ -560,12 +584,14 @@ class RunnerSettings(_Section):
         str | None,
         _matching(_IMAGE_TAG, f"a tag of {cml_runner.CML_IMAGE}, e.g. 0-dvc3-base1"),
         AfterValidator(_check_image_tag),
-        _for_engine("cml", "an arc runner's image is set whole, with image"),
+        _for_engine(("cml", "gitlab-runner"), "an arc runner's image is set whole, with image"),
     ] = None
     image: Annotated[
         str | None,
         _matching(_IMAGE, "an image reference with a tag or digest, like ghcr.io/acme/runner:1.0"),
-        _for_engine("arc", "a cml runner's image is iterativeai/cml; choose its tag with imageTag"),
+        _for_engine(
+            ("arc",), "the other engines use iterativeai/cml; choose its tag with imageTag"
+        ),
     ] = None
     mode: Annotated[Literal["always", "on-demand"] | None, AfterValidator(_check_mode)] = None
     replicas: Annotated[int | None, Field(ge=0), AfterValidator(_check_replicas)] = None
@@ -575,13 +601,18 @@ class RunnerSettings(_Section):
     idle_timeout_seconds: Annotated[
         int | None,
         Field(ge=60, le=86400),
-        _for_engine("cml", "an arc runner has no idle timeout: it waits for its one job"),
+        _for_engine(("cml",), "the other engines start a runner for each job, which ends with it"),
     ] = None
 
     @property
+    def runner_engine(self) -> str:
+        """The configured engine, or the default for the runner's platform."""
+        return self.engine or default_engine(self.platform)
+
+    @property
     def scaling_mode(self) -> str:
-        """The configured mode, or the default for the runner's platform and GPUs."""
-        return self.mode or _default_mode(self.platform, self.gpus, self.engine)
+        """The configured mode, or the default for the runner's engine, platform and GPUs."""
+        return self.mode or _default_mode(self.platform, self.gpus, self.runner_engine)
 
     @property
     def replica_count(self) -> int:
@@ -634,8 +665,8 @@ class StackSettings:
     dvc_remote: DvcRemoteSettings
     ci: CiSettings
     runners: tuple[RunnerSettings, ...]
-    runner_credentials: dict[str, pulumi.Output[str] | GithubApp]
-    """Each runner's token (or, on engine arc, GitHub App), by runner name, as secrets."""
+    runner_credentials: dict[str, pulumi.Output[str] | GithubApp | CreateRunner]
+    """Each runner's token (or GitHub App, or token to create the runner), as secrets."""
 
 
 # Config key (in the project namespace) -> the model that validates it.
@@ -746,15 +777,27 @@ def _runner_names(raw_runners: Any) -> list[str]:
     ]
 
 
-def _arc_runner_names(raw_runners: Any) -> set[str]:
-    """Names of the runners the config puts on engine arc, the only ones a GitHub App serves."""
+def _runner_engines(raw_runners: Any) -> dict[str, str]:
+    """Each named runner's engine, as configured or by default, so its token is checked for it."""
     if not isinstance(raw_runners, list):
-        return set()
+        return {}
     return {
-        r["name"]
+        r["name"]: _engine(r)
         for r in raw_runners
-        if isinstance(r, dict) and isinstance(r.get("name"), str) and r.get("engine") == "arc"
+        if isinstance(r, dict) and isinstance(r.get("name"), str)
     }
+
+
+def _gitlab_runner_token_problem(key: str, token: str) -> str | None:
+    """A registration token (deprecated, off by default since GitLab 17.0) cannot be used."""
+    if token.startswith(GITLAB_REGISTRATION_PREFIX):
+        return (
+            f"{key} = {messages.SECRET_SHOWN_AS}: a runner registration token, which GitLab has "
+            "deprecated and turns off by default since 17.0; allowed: a runner authentication "
+            "token (glrt-…) from the project's Settings > CI/CD > Runners > New project runner, "
+            "or an access token with the create_runner scope, for the stack to create the runner"
+        )
+    return None
 
 
 def _github_app_problems(key: str, app: dict[str, Any]) -> list[str]:
@@ -780,19 +823,24 @@ def _github_app_problems(key: str, app: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _credential(value: str | dict[str, Any]) -> pulumi.Output[str] | GithubApp:
-    """A runner's token, or its GitHub App, as Pulumi secrets."""
+def _credential(
+    value: str | dict[str, Any], engine: str
+) -> pulumi.Output[str] | GithubApp | CreateRunner:
+    """A runner's credential as Pulumi secrets: its token, its GitHub App (arc), or, on
+    gitlab-runner, a token that is not a runner's own and so lets the stack create one."""
     if isinstance(value, dict):
         return GithubApp(
             app_id=pulumi.Output.secret(str(value["appId"])),
             installation_id=pulumi.Output.secret(str(value["installationId"])),
             private_key=pulumi.Output.secret(value["privateKey"]),
         )
+    if engine == "gitlab-runner" and not value.startswith(GITLAB_RUNNER_TOKEN_PREFIX):
+        return CreateRunner(api_token=pulumi.Output.secret(value))
     return pulumi.Output.secret(value)
 
 
 def _runner_problems(
-    namespace: str, names: list[str], arc_names: set[str], tokens: Any
+    namespace: str, names: list[str], engines: dict[str, str], tokens: Any
 ) -> list[str]:
     """Names must be unique and each runner needs a token (or, on engine arc, a GitHub App),
     set as a secret. Never shows a token."""
@@ -820,7 +868,8 @@ def _runner_problems(
         tokens = {}
     for name in dict.fromkeys(names):
         value = tokens.get(name)
-        if isinstance(value, dict) and name in arc_names:
+        engine = engines.get(name)
+        if isinstance(value, dict) and engine == "arc":
             problems += _github_app_problems(f"{tokens_key}.{name}", value)
         elif isinstance(value, dict):
             problems.append(
@@ -832,13 +881,15 @@ def _runner_problems(
             app = (
                 f", or a GitHub App: `{TOKENS_KEY}.{name}.appId`, `.installationId` and "
                 "`.privateKey`"
-                if name in arc_names
+                if engine == "arc"
                 else ""
             )
             problems.append(
                 f"{tokens_key}.{name} is not set: the runner's GitHub or GitLab token; run "
                 f"`pulumi config set --secret --path '{TOKENS_KEY}.{name}' <token>`{app}"
             )
+        elif engine == "gitlab-runner":
+            problems += filter(None, [_gitlab_runner_token_problem(f"{tokens_key}.{name}", value)])
     for name in tokens:
         if name not in names:
             problems.append(f"{tokens_key}.{name}: no runner is named {name!r}; runners: {names}")
@@ -895,7 +946,7 @@ def load() -> StackSettings:
     runners = _parse(_RUNNERS, namespace, RUNNERS_KEY, raw_runners, context, problems)
     tokens = given.get(TOKENS_KEY)
     problems += _runner_problems(
-        namespace, _runner_names(raw_runners), _arc_runner_names(raw_runners), tokens
+        namespace, _runner_names(raw_runners), _runner_engines(raw_runners), tokens
     )
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
@@ -914,5 +965,5 @@ def load() -> StackSettings:
         dvc_remote=parsed["dvcRemote"],
         ci=parsed["ci"],
         runners=tuple(runners),
-        runner_credentials={r.name: _credential(tokens[r.name]) for r in runners},
+        runner_credentials={r.name: _credential(tokens[r.name], r.runner_engine) for r in runners},
     )

@@ -5,9 +5,11 @@ builds no PolicyPack, so tests can call the policies without the policy engine.
 """
 
 import re
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import yaml
 from pulumi_policy import (
     EnforcementLevel,
     ReportViolation,
@@ -24,6 +26,8 @@ SERVICE_ACCOUNT_KEY = "gcp:serviceaccount/key:Key"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 # actions-runner-controller's scale-set chart takes the runner pod template as a value.
 ARC_SCALE_SET_CHART = "gha-runner-scale-set"
+# GitLab's runner chart takes the executor's job pod settings as config.toml text.
+GITLAB_RUNNER_CHART = "gitlab-runner"
 PRIMITIVE_ROLES = ("roles/owner", "roles/editor")
 DRIVER_VERSIONS = ("DEFAULT", "LATEST")
 
@@ -75,11 +79,43 @@ def _stack_of(urn: str) -> str:
 
 def _pod_spec(args: ResourceValidationArgs) -> Mapping[str, Any] | None:
     if args.resource_type == HELM_RELEASE:
-        chart = str(_plain(args.props.get("chart")) or "")
-        is_scale_set = chart.rsplit("/", 1)[-1] == ARC_SCALE_SET_CHART
-        return _get(args.props, "values", "template", "spec") if is_scale_set else None
+        chart = str(_plain(args.props.get("chart")) or "").rsplit("/", 1)[-1]
+        if chart == ARC_SCALE_SET_CHART:
+            return _get(args.props, "values", "template", "spec")
+        if chart == GITLAB_RUNNER_CHART:
+            return _gitlab_job_pod_spec(_get(args.props, "values", "runners", "config"))
+        return None
     path = _POD_SPEC_PATHS.get(args.resource_type)
     return _get(args.props, *path) if path else None
+
+
+def _gitlab_job_pod_spec(config: Any) -> Mapping[str, Any] | None:
+    """The parts of a job pod spec that GitLab Runner's Kubernetes executor builds from its
+    config.toml: node selector, tolerations, and the build container's privileges and GPU
+    resources (from a strategic pod_spec patch)."""
+    if not isinstance(config, str):
+        return None
+    kubernetes = (tomllib.loads(config).get("runners") or [{}])[0].get("kubernetes", {})
+    build: dict[str, Any] = {
+        "name": "build",
+        "securityContext": {
+            "privileged": kubernetes.get("privileged", False),
+            "allowPrivilegeEscalation": kubernetes.get("allow_privilege_escalation"),
+        },
+    }
+    for patch in kubernetes.get("pod_spec", []):
+        # GitLab's examples write patches in YAML; the stack writes JSON, which is YAML too.
+        for container in (yaml.safe_load(patch.get("patch") or "{}") or {}).get("containers", []):
+            if container.get("name") == "build" and "resources" in container:
+                build["resources"] = container["resources"]
+    return {
+        "nodeSelector": kubernetes.get("node_selector", {}),
+        "tolerations": [
+            {"key": key.partition("=")[0], "value": key.partition("=")[2], "effect": effect}
+            for key, effect in kubernetes.get("node_tolerations", {}).items()
+        ],
+        "containers": [build],
+    }
 
 
 def _containers(pod: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:

@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 PROJECT = "gpu-runners"
 TEST_PROJECT_ID = "ml-team-sandbox"
 TEST_PROJECT_NUMBER = "123456789012"
+TEST_GITLAB_PROJECT_ID = "4242"
+# What GitLab would answer for a runner the stack creates: its authentication token.
+CREATED_RUNNER_TOKEN = "glrt-" + "c" * 24
 TEST_REPOSITORIES = {
     "github": "https://github.com/ml-team/churn-model",
     "gitlab": "https://gitlab.com/ml-team/churn-model",
@@ -43,6 +46,8 @@ class Resource:
     protect: bool
     alias_types: tuple[str, ...] = ()
     """Earlier type tokens this resource answers to (aliases by type)."""
+    alias_parents: tuple[str, ...] = ()
+    """Parents (URNs) this resource had under an earlier owner (aliases by parent)."""
     replace_on_changes: tuple[str, ...] = ()
     delete_before_replace: bool = False
 
@@ -130,6 +135,8 @@ def _computed_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, 
         }
     if type_ == "gcp:storage/bucket:Bucket":
         return {"name": inputs.get("name", f"{name}-4f3a2b1")}
+    if type_ == "gitlab:index/userRunner:UserRunner":
+        return {"token": CREATED_RUNNER_TOKEN}
     if type_ == "gcp:container/cluster:Cluster":
         return {"endpoint": "203.0.113.10", "masterAuth": {"clusterCaCertificate": FAKE_CA}}
     return {}
@@ -141,6 +148,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         # Registrations run on a thread pool, so inputs are kept by (type, name).
         self.inputs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         self.inputs[(args.typ, args.name)] = _whole_numbers(dict(args.inputs))
@@ -149,8 +157,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
             **_computed_state(args.typ, args.name, args.inputs),
         }
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, None]:
-        return {}, None
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
+        """What a data source the program reads would answer: GitLab's project by its path."""
+        self.calls.append((args.token, dict(args.args)))
+        if args.token == "gitlab:index/getProject:getProject":
+            return {
+                "id": TEST_GITLAB_PROJECT_ID,
+                "pathWithNamespace": args.args["pathWithNamespace"],
+            }
+        return {}
 
 
 class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
@@ -185,6 +200,9 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
                     ignore_changes=tuple(request.ignoreChanges),
                     protect=request.protect,
                     alias_types=tuple(a.spec.type for a in request.aliases if a.spec.type),
+                    alias_parents=tuple(
+                        a.spec.parentUrn for a in request.aliases if a.spec.parentUrn
+                    ),
                     replace_on_changes=tuple(request.replaceOnChanges),
                     delete_before_replace=request.deleteBeforeReplace,
                 )

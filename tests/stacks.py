@@ -7,6 +7,7 @@ TWO_RUNNERS = {
         {
             "name": "lint-cpu",
             "platform": "gitlab",
+            "engine": "cml",
             "labels": ["cml-cpu"],
             "gpus": 0,
             "cpu": "500m",
@@ -33,6 +34,12 @@ BOTH_ENGINES = {
         {"name": "gpu-arc", "engine": "arc", "labels": ["gpu-arc"], "maxRunners": 2},
     ]
 }
+# A GitLab GPU runner on GitLab's own runner (the default engine for GitLab).
+GITLAB = {
+    "gpu-runners:runners": [
+        {"name": "gl-gpu", "platform": "gitlab", "labels": ["gpu"], "maxRunners": 2}
+    ]
+}
 
 SHAPES = {
     "dev": {},
@@ -41,4 +48,5 @@ SHAPES = {
     "pool-of-three": POOL_OF_THREE,
     "always": ALWAYS,
     "both-engines": BOTH_ENGINES,
+    "gitlab": GITLAB,
 }

@@ -1,11 +1,11 @@
 """Engine arc: a GitHub runner scale set whose pods never hold the credential that registers it."""
 
 import json
-import re
 
 import kubernetes_validate
 import pytest
 
+from tests.charts import unread_values
 from tests.harness import (
     REPO,
     RUNNERS,
@@ -215,7 +215,7 @@ def test_a_github_app_is_stored_under_the_keys_arc_reads():
         (
             {"platform": "gitlab"},
             "runners[0].engine = 'arc': arc (actions-runner-controller) runs GitHub Actions "
-            "runners only; allowed for gitlab: cml",
+            "runners only; allowed for gitlab: gitlab-runner, cml",
         ),
         ({"imageTag": "0-dvc3-base1"}, "runners[0].imageTag = '0-dvc3-base1': applies to"),
         ({"idleTimeoutSeconds": 600}, "runners[0].idleTimeoutSeconds = 600: applies to engine"),
@@ -257,33 +257,16 @@ def test_a_github_app_on_a_cml_runner_is_refused():
     assert "MIIEfake" not in str(error)
 
 
-def unread_values(chart: str, values: dict) -> list[str]:
-    """Keys given that the chart's templates never read as `.Values.<key>`.
-
-    A key is followed one level down only where the chart reads keys under it; a value the
-    chart takes whole (nodeSelector, the pod templates) is data, not more keys.
-    """
-    templates = "\n".join(p.read_text() for p in (CHART_FILES / chart / "templates").iterdir())
-    read = set(re.findall(r"\.Values\.([A-Za-z0-9_.]+)", templates))
-    unread = []
-    for key, value in values.items():
-        if not any(r == key or r.startswith(f"{key}.") for r in read):
-            unread.append(key)
-        elif isinstance(value, dict) and any(r.startswith(f"{key}.") for r in read):
-            unread += [f"{key}.{inner}" for inner in value if f"{key}.{inner}" not in read]
-    return unread
-
-
 @pytest.mark.parametrize("chart", ["gha-runner-scale-set", "gha-runner-scale-set-controller"])
 def test_every_value_given_is_one_the_chart_reads(chart, arc):
-    assert unread_values(chart, reveal(release(arc, chart).inputs["values"])) == []
+    assert unread_values(CHART_FILES / chart, reveal(release(arc, chart).inputs["values"])) == []
 
 
 def test_the_chart_check_catches_misspelt_values(arc):
     values = scale_set_values(arc)
     values["maxRunner"] = values.pop("maxRunners")
     values["controllerServiceAccount"]["namespaces"] = "arc-systems"
-    assert unread_values("gha-runner-scale-set", values) == [
+    assert unread_values(CHART_FILES / "gha-runner-scale-set", values) == [
         "controllerServiceAccount.namespaces",
         "maxRunner",
     ]

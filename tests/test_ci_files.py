@@ -254,6 +254,8 @@ def test_gitlab_example_trains_on_the_dev_runner_and_keeps_the_report():
     assert train["tags"] == dev_runner_labels()
     assert train["script"] == ["dvc pull", "dvc repro --force"]
     assert "GOOGLE_APPLICATION_CREDENTIALS" not in str(train)
+    # A job lost with a reclaimed Spot node is retried once.
+    assert train["retry"] == {"max": 1, "when": ["runner_system_failure", "runner_interrupted"]}
     report = "\n".join(example["report"]["script"])
     assert "cml comment update --target=pr --publish report.md" in report
 

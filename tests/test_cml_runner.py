@@ -16,7 +16,7 @@ from tests.harness import (
     run_components,
     run_program,
 )
-from tests.stacks import ALWAYS, TWO_RUNNERS
+from tests.stacks import ALWAYS, BOTH_ENGINES, GITLAB, TWO_RUNNERS
 
 SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
 COMPONENT = "gpu-runners:index:CmlRunner"
@@ -241,3 +241,23 @@ def test_every_secret_variable_is_kept_out_of_the_jobs_environment(stack, reques
 def test_stacks_made_before_the_rename_keep_their_runner_objects(dev):
     component = dev.one(COMPONENT, "cml-runner")
     assert component.alias_types == ("gpu-runners:index:RunnerDeployment",)
+
+
+@pytest.mark.parametrize(
+    ("config", "engine"),
+    [({}, "CmlRunner"), (BOTH_ENGINES, "ArcRunner"), (GITLAB, "GitlabRunner")],
+    ids=["cml", "arc", "gitlab-runner"],
+)
+def test_a_runner_moved_to_another_engine_keeps_its_namespace_account_and_secret(config, engine):
+    program = run_program(config)
+    name = {"CmlRunner": "cml-runner", "ArcRunner": "gpu-arc", "GitlabRunner": "gl-gpu"}[engine]
+    for type_, object_name in (
+        (NAMESPACE, name),
+        (SERVICE_ACCOUNT, name),
+        (SECRET, f"{name}-token"),
+    ):
+        resource = program.one(type_, object_name)
+        assert resource.parent.endswith(f"gpu-runners:index:{engine}::{name}")
+        others = {"CmlRunner", "RunnerDeployment", "ArcRunner", "GitlabRunner"} - {engine}
+        assert {p.rsplit("::", 2)[-2].rsplit(":", 1)[-1] for p in resource.alias_parents} == others
+        assert all(p.endswith(f"::{name}") for p in resource.alias_parents)

@@ -14,8 +14,8 @@ from pulumi_policy import (
 from pulumi_policy.deserialize import deserialize_properties
 
 from policy.rules import POLICIES
-from tests.harness import REPO, Resource, fake_token, run_program
-from tests.stacks import BOTH_ENGINES, SHAPES
+from tests.harness import REPO, TOKENS, Resource, fake_token, run_program
+from tests.stacks import BOTH_ENGINES, GITLAB, SHAPES
 
 BY_NAME = {policy.name: policy for policy in POLICIES}
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -297,3 +297,22 @@ def test_a_token_in_helm_values_is_refused_without_being_echoed():
     assert fake_token("gpu-arc") not in found
     untouched = program.one(RELEASE, "gpu-arc")
     assert violations(untouched, "helm-values-hold-no-literal-tokens") == []
+
+
+def test_rules_read_the_job_pods_of_a_gitlab_runner():
+    program = run_program(GITLAB, secrets={TOKENS: {"gl-gpu": "glrt-" + "r" * 24}})
+
+    def untarget_and_privilege(inputs):
+        config = inputs["values"]["runners"]["config"]
+        config = config.replace("[runners.kubernetes.node_tolerations]", "[unused]")
+        inputs["values"]["runners"]["config"] = config.replace(
+            "privileged = false", "privileged = true"
+        )
+
+    runner = crafted(program, RELEASE, "gl-gpu", untarget_and_privilege)
+    (untargeted,) = violations(runner, "gpu-workloads-select-and-tolerate-gpu-nodes")
+    assert untargeted.startswith("Release 'gl-gpu' requests nvidia.com/gpu")
+    assert "does not tolerate the GPU taint" in untargeted
+    (privileged,) = violations(runner, "no-privileged-containers")
+    assert privileged.startswith("Release 'gl-gpu': container 'build' is privileged")
+    assert violations(program.one(RELEASE, "gl-gpu"), "no-privileged-containers") == []

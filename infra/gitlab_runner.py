@@ -1,0 +1,218 @@
+"""GitlabRunner: GitLab's own runner with the Kubernetes executor, one pod per CI job."""
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pulumi
+import pulumi_gitlab as gitlab
+import pulumi_kubernetes as k8s
+import tomli_w
+
+from infra import cml_runner
+from infra.options import child_options
+from infra.runner_base import (
+    GPU_RESOURCE,
+    NOT_EVICTABLE,
+    RunnerBaseArgs,
+    app_labels,
+    default_node_selector,
+    runner_objects,
+)
+
+ENGINE = "gitlab-runner"
+COMPONENT_TYPE = "gpu-runners:index:GitlabRunner"
+CHART = "gitlab-runner"
+CHART_REPOSITORY = "https://charts.gitlab.io"
+# The newest chart whose templates were read for this stack (GitLab Runner 18.9.0); the tests
+# check the values against them (tests/schemas/gitlab-runner-0.86.0).
+CHART_VERSION = "0.86.0"
+# GitLab Runner waits this long for a job pod to run: a GPU node from zero takes up to 15
+# minutes, then the multi-gigabyte image is pulled. Its default, 180 s, fails such jobs with
+# "timed out waiting for pod to start" (docs/executors/kubernetes/troubleshooting.md).
+POLL_TIMEOUT_SECONDS = 1800
+# What the manager may do in the runner's namespace, and nothing more: the rules GitLab lists
+# for the Kubernetes executor ("Configure runner API permissions"), without the optional
+# autoscaler, namespace-per-job and PodDisruptionBudget ones this stack does not use.
+MANAGER_RULES = [
+    {
+        "apiGroups": [""],
+        "resources": ["pods"],
+        "verbs": ["create", "delete", "get", "list", "watch"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["pods/attach", "pods/exec"],
+        "verbs": ["create", "delete", "get", "patch"],
+    },
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete", "get", "update"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get"]},
+]
+
+
+@dataclass(frozen=True)
+class CreateRunner:
+    """Have the stack create the project runner through GitLab's API (pulumi-gitlab)."""
+
+    api_token: pulumi.Input[str]
+    """An access token with the create_runner (or api) scope and Maintainer on the project."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GitlabRunnerArgs(RunnerBaseArgs):
+    """A GitLab Runner manager whose Kubernetes executor runs each CI job in its own pod."""
+
+    credentials: pulumi.Input[str] | CreateRunner
+    """A runner authentication token (glrt-…) made in GitLab, or a token that may create one."""
+    max_runners: int = 1
+    """Most CI jobs (job pods) at once."""
+    image_tag: str | None = None
+    """Tag of iterativeai/cml for the jobs' default image (-gpu appended for GPU runners)."""
+    manager_node_selector: Mapping[str, str] | None = None
+    """Node labels for the manager pod; it needs no GPU."""
+
+
+class GitlabRunner(pulumi.ComponentResource):
+    """A gitlab-runner Helm release: a manager on the system pool starts one pod per CI job.
+
+    The runner's authentication token is in a Secret the manager mounts; job pods get neither
+    it nor a Kubernetes role. Job pods select and tolerate the GPU nodes, so a GPU node exists
+    only while a job needs one.
+    """
+
+    namespace: pulumi.Output[str]
+    workload: pulumi.Output[str]
+    """Kind/name of what starts the job pods: Deployment/<name> (the runner manager)."""
+    labels: list[str]
+
+    def __init__(
+        self, name: str, args: GitlabRunnerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__(COMPONENT_TYPE, name, None, opts)
+        labels = app_labels(ENGINE, name)
+        token = (
+            _created_runner(name, args, args.credentials, child_options(self, opts))
+            if isinstance(args.credentials, CreateRunner)
+            else args.credentials
+        )
+        # Job pods run the CML image as root (apt-get, pip), which `restricted` forbids.
+        objects = runner_objects(
+            name,
+            args,
+            labels,
+            "baseline",
+            # The chart mounts both keys; the registration token is deprecated and stays empty.
+            {"runner-token": token, "runner-registration-token": ""},
+            COMPONENT_TYPE,
+            child_options(self, opts),
+        )
+        values = {
+            # The manager's Deployment (and the chart's other objects) named after the runner,
+            # not `<runner>-gitlab-runner`.
+            "fullnameOverride": name,
+            "gitlabUrl": _origin(args.repository),
+            "concurrent": args.max_runners,
+            "rbac": {"create": True, "clusterWideAccess": False, "rules": MANAGER_RULES},
+            "serviceAccount": {"create": True, "name": f"{name}-manager"},
+            "nodeSelector": dict(args.manager_node_selector or default_node_selector(0)),
+            "podSecurityContext": {
+                "runAsUser": 100,
+                "fsGroup": 65533,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "runners": {
+                "secret": objects.secret,
+                "config": pulumi.Output.all(objects.namespace, objects.service_account).apply(
+                    lambda names: runner_config(args, names[0], names[1])
+                ),
+            },
+        }
+        release = k8s.helm.v3.Release(
+            name,
+            name=name,
+            chart=CHART,
+            version=CHART_VERSION,
+            repository_opts={"repo": CHART_REPOSITORY},
+            namespace=objects.namespace,
+            values=values,
+            opts=child_options(self, opts),
+        )
+        self.namespace = objects.namespace
+        self.workload = pulumi.Output.concat("Deployment/", release.name)
+        self.labels = list(args.labels)
+        self.register_outputs(
+            {"namespace": self.namespace, "workload": self.workload, "labels": self.labels}
+        )
+
+
+def runner_config(args: GitlabRunnerArgs, namespace: str, service_account: str) -> str:
+    """The runner's config.toml template: the Kubernetes executor and the job pods it makes."""
+    kubernetes: dict = {
+        "namespace": namespace,
+        "image": cml_runner.runner_image(args.image_tag, args.gpus),
+        "privileged": False,
+        "allow_privilege_escalation": False,
+        # The CML engine's set: what root needs for apt-get and pip, nothing else.
+        "cap_drop": ["ALL"],
+        "cap_add": list(cml_runner.KEPT_CAPABILITIES),
+        "service_account": service_account,
+        "poll_timeout": POLL_TIMEOUT_SECONDS,
+        "cpu_request": args.cpu,
+        "cpu_limit": args.cpu,
+        "memory_request": args.memory,
+        "memory_limit": args.memory,
+        "node_selector": dict(args.node_selector or default_node_selector(args.gpus)),
+        "pod_annotations": dict(NOT_EVICTABLE),
+    }
+    runner: dict = {"executor": "kubernetes", "kubernetes": kubernetes}
+    if args.gpus > 0:
+        kubernetes["node_tolerations"] = {f"{GPU_RESOURCE}=present": "NoSchedule"}
+        # The executor has no setting for extended resources: GitLab's GPU guide patches the
+        # build container, which needs this feature flag (docs/configuration/gpus.md).
+        gpus = {GPU_RESOURCE: str(args.gpus)}
+        patch = {"containers": [{"name": "build", "resources": {"requests": gpus, "limits": gpus}}]}
+        kubernetes["pod_spec"] = [
+            # JSON is YAML, the patch format the executor reads.
+            {"name": "gpu", "patch": json.dumps(patch), "patch_type": "strategic"}
+        ]
+        runner["feature_flags"] = {"FF_USE_ADVANCED_POD_SPEC_CONFIGURATION": True}
+    return tomli_w.dumps({"runners": [runner]})
+
+
+def _origin(repository: str) -> str:
+    """https://host of a project URL."""
+    parts = urlsplit(repository)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _created_runner(
+    name: str, args: GitlabRunnerArgs, create: CreateRunner, opts: pulumi.ResourceOptions
+) -> pulumi.Output[str]:
+    """A project runner made through GitLab's API; tags are the labels, untagged jobs refused."""
+    provider = gitlab.Provider(
+        f"{name}-gitlab",
+        base_url=f"{_origin(args.repository)}/api/v4/",
+        token=pulumi.Output.secret(create.api_token),
+        opts=opts,
+    )
+    on_gitlab = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider))
+    project = gitlab.get_project_output(
+        path_with_namespace=urlsplit(args.repository).path.strip("/"),
+        opts=pulumi.InvokeOptions(provider=provider),
+    )
+    runner = gitlab.UserRunner(
+        name,
+        runner_type="project_type",
+        project_id=project.id.apply(int),
+        description=f"gpu-runners {name}",
+        tag_lists=list(args.labels),
+        untagged=False,
+        locked=True,
+        access_level="not_protected",
+        opts=on_gitlab,
+    )
+    return runner.token
