@@ -1,5 +1,6 @@
 """GitlabRunner: GitLab's own runner with the Kubernetes executor, one pod per CI job."""
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ CHART_VERSION = "0.86.0"
 # minutes, then the multi-gigabyte image is pulled. Its default, 180 s, fails such jobs with
 # "timed out waiting for pod to start" (docs/executors/kubernetes/troubleshooting.md).
 POLL_TIMEOUT_SECONDS = 1800
+TOKEN_VERSION_ANNOTATION = "gpu-runners/runner-token-sha256"
 # What the manager may do in the runner's namespace, and nothing more: the rules GitLab lists
 # for the Kubernetes executor ("Configure runner API permissions"), without the optional
 # autoscaler, namespace-per-job and PodDisruptionBudget ones this stack does not use.
@@ -59,7 +61,8 @@ class CreateRunner:
     """Have the stack create the project runner through GitLab's API (pulumi-gitlab)."""
 
     api_token: pulumi.Input[str]
-    """An access token with the create_runner (or api) scope and Maintainer on the project."""
+    """An access token with the api scope of a Maintainer (create_runner alone cannot read the
+    project, nor later read and delete the runner)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +122,21 @@ class GitlabRunner(pulumi.ComponentResource):
             "rbac": {"create": True, "clusterWideAccess": False, "rules": MANAGER_RULES},
             "serviceAccount": {"create": True, "name": f"{name}-manager"},
             "nodeSelector": dict(args.manager_node_selector or default_node_selector(0)),
+            # The manager reads its token once, at start, and the chart's own checksum ignores
+            # a Secret it did not render: a new token must restart the manager by itself.
+            # The digest is not secret; a secret value would hide all the values in previews.
+            "podAnnotations": {
+                TOKEN_VERSION_ANNOTATION: pulumi.Output.unsecret(
+                    pulumi.Output.from_input(token).apply(_fingerprint)
+                )
+            },
+            # The chart's defaults, stated: the policy pack and a reader see them here.
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "privileged": False,
+                "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
             "podSecurityContext": {
                 "runAsUser": 100,
                 "fsGroup": 65533,
@@ -181,6 +199,11 @@ def runner_config(args: GitlabRunnerArgs, namespace: str, service_account: str) 
         ]
         runner["feature_flags"] = {"FF_USE_ADVANCED_POD_SPEC_CONFIGURATION": True}
     return tomli_w.dumps({"runners": [runner]})
+
+
+def _fingerprint(token: str) -> str:
+    """A short digest that changes with the token and does not reveal it."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def _origin(repository: str) -> str:

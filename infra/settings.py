@@ -495,7 +495,8 @@ def _check_mode(mode: str | None, info: ValidationInfo) -> str | None:
         )
     if mode == "always" and engine == "gitlab-runner":
         raise _invalid(
-            "gitlab-runner starts a pod for each job and keeps none waiting; allowed: on-demand"
+            "gitlab-runner starts a pod for each job and keeps none waiting; allowed: "
+            "on-demand, or set engine: cml to keep runners waiting"
         )
     return mode
 
@@ -510,6 +511,7 @@ def _check_replicas(replicas: int | None, info: ValidationInfo) -> int | None:
         raise _invalid(
             "replicas applies to mode always; an on-demand runner scales from 0 to maxRunners. "
             "Remove replicas, or set mode: always"
+            + (" and engine: cml" if _engine(info.data) == "gitlab-runner" else "")
         )
     return replicas
 
@@ -601,7 +603,11 @@ class RunnerSettings(_Section):
     idle_timeout_seconds: Annotated[
         int | None,
         Field(ge=60, le=86400),
-        _for_engine(("cml",), "the other engines start a runner for each job, which ends with it"),
+        _for_engine(
+            ("cml",),
+            "the other engines start a runner for each job, which ends with it (a GitLab runner "
+            "keeps it with engine: cml)",
+        ),
     ] = None
 
     @property
@@ -795,7 +801,7 @@ def _gitlab_runner_token_problem(key: str, token: str) -> str | None:
             f"{key} = {messages.SECRET_SHOWN_AS}: a runner registration token, which GitLab has "
             "deprecated and turns off by default since 17.0; allowed: a runner authentication "
             "token (glrt-…) from the project's Settings > CI/CD > Runners > New project runner, "
-            "or an access token with the create_runner scope, for the stack to create the runner"
+            "or an access token with the api scope of a Maintainer, for the stack to create it"
         )
     return None
 

@@ -77,16 +77,34 @@ def _stack_of(urn: str) -> str:
     return urn.removeprefix("urn:pulumi:").split("::", 1)[0]
 
 
-def _pod_spec(args: ResourceValidationArgs) -> Mapping[str, Any] | None:
+def _pod_specs(args: ResourceValidationArgs) -> list[Mapping[str, Any]]:
+    """The pod specs a resource describes: one for a workload, two for a GitLab runner."""
     if args.resource_type == HELM_RELEASE:
         chart = str(_plain(args.props.get("chart")) or "").rsplit("/", 1)[-1]
+        values = _get(args.props, "values") or {}
         if chart == ARC_SCALE_SET_CHART:
-            return _get(args.props, "values", "template", "spec")
-        if chart == GITLAB_RUNNER_CHART:
-            return _gitlab_job_pod_spec(_get(args.props, "values", "runners", "config"))
-        return None
-    path = _POD_SPEC_PATHS.get(args.resource_type)
-    return _get(args.props, *path) if path else None
+            pods = [_get(values, "template", "spec")]
+        elif chart == GITLAB_RUNNER_CHART:
+            pods = [
+                _gitlab_manager_pod_spec(values),
+                _gitlab_job_pod_spec(_get(values, "runners", "config")),
+            ]
+        else:
+            pods = []
+    else:
+        path = _POD_SPEC_PATHS.get(args.resource_type)
+        pods = [_get(args.props, *path)] if path else []
+    return [pod for pod in pods if pod]
+
+
+def _gitlab_manager_pod_spec(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The runner manager's pod, as the gitlab-runner chart renders it from its values."""
+    return {
+        "nodeSelector": _plain(values.get("nodeSelector")) or {},
+        "containers": [
+            {"name": "manager", "securityContext": _plain(values.get("securityContext")) or {}}
+        ],
+    }
 
 
 def _gitlab_job_pod_spec(config: Any) -> Mapping[str, Any] | None:
@@ -110,8 +128,11 @@ def _gitlab_job_pod_spec(config: Any) -> Mapping[str, Any] | None:
                 build["resources"] = container["resources"]
     return {
         "nodeSelector": kubernetes.get("node_selector", {}),
+        # "key=value" tolerates that value; a bare "key" any value (getPodTolerations).
         "tolerations": [
             {"key": key.partition("=")[0], "value": key.partition("=")[2], "effect": effect}
+            if "=" in key
+            else {"key": key, "operator": "Exists", "effect": effect}
             for key, effect in kubernetes.get("node_tolerations", {}).items()
         ],
         "containers": [build],
@@ -190,21 +211,21 @@ def gpu_workloads_select_and_tolerate_gpu_nodes(
     args: ResourceValidationArgs, report_violation: ReportViolation
 ) -> None:
     """A workload that requests nvidia.com/gpu selects gpu=true nodes and tolerates the taint."""
-    pod = _pod_spec(args)
-    if not pod or not _requests_gpus(pod):
-        return
-    if not _selects_gpu_nodes(pod):
-        report_violation(
-            f"{_subject(args)} requests nvidia.com/gpu but does not select GPU nodes; add the "
-            'nodeSelector gpu: "true".',
-            None,
-        )
-    if not _tolerates_gpu_taint(pod):
-        report_violation(
-            f"{_subject(args)} requests nvidia.com/gpu but does not tolerate the GPU taint; add "
-            "the toleration {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}.",
-            None,
-        )
+    for pod in _pod_specs(args):
+        if not _requests_gpus(pod):
+            continue
+        if not _selects_gpu_nodes(pod):
+            report_violation(
+                f"{_subject(args)} requests nvidia.com/gpu but does not select GPU nodes; add "
+                'the nodeSelector gpu: "true".',
+                None,
+            )
+        if not _tolerates_gpu_taint(pod):
+            report_violation(
+                f"{_subject(args)} requests nvidia.com/gpu but does not tolerate the GPU taint; "
+                "add the toleration {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}.",
+                None,
+            )
 
 
 def _literal_secret_kind(text: Any) -> str | None:
@@ -218,7 +239,7 @@ def containers_hold_no_literal_tokens(
     args: ResourceValidationArgs, report_violation: ReportViolation
 ) -> None:
     """No container env value, command or argument holds a token or key in clear."""
-    for container in _containers(_pod_spec(args)):
+    for container in (c for pod in _pod_specs(args) for c in _containers(pod)):
         places = [
             (f"env {_plain(e).get('name')}", _plain(e).get("value"))
             for e in _plain(container.get("env")) or []
@@ -294,7 +315,7 @@ def no_privileged_containers(
     args: ResourceValidationArgs, report_violation: ReportViolation
 ) -> None:
     """No privileged container, and every container forbids privilege escalation."""
-    for container in _containers(_pod_spec(args)):
+    for container in (c for pod in _pod_specs(args) for c in _containers(pod)):
         name = container.get("name")
         security = _plain(container.get("securityContext")) or {}
         if _plain(security.get("privileged")) is True:

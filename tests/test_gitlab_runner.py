@@ -186,14 +186,24 @@ def test_the_stack_creates_the_runner_with_the_labels_as_tags(created):
             "runnerTokens.gl-gpu = [secret]: a runner registration token, which GitLab has "
             "deprecated",
         ),
-        ({"mode": "always"}, None, "runners[0].mode = 'always': gitlab-runner starts a pod"),
+        (
+            {"mode": "always"},
+            None,
+            "runners[0].mode = 'always': gitlab-runner starts a pod for each job and keeps none "
+            "waiting; allowed: on-demand, or set engine: cml",
+        ),
         (
             {"platform": "github", "engine": "gitlab-runner"},
             None,
             "runners[0].engine = 'gitlab-runner': gitlab-runner runs GitLab CI jobs only",
         ),
         ({"idleTimeoutSeconds": 600}, None, "runners[0].idleTimeoutSeconds = 600: applies to"),
-        ({"replicas": 2}, None, "runners[0].replicas = 2: replicas applies to mode always"),
+        (
+            {"replicas": 2},
+            None,
+            "runners[0].replicas = 2: replicas applies to mode always; an on-demand runner "
+            "scales from 0 to maxRunners. Remove replicas, or set mode: always and engine: cml",
+        ),
     ],
     ids=["registration-token", "always", "on-github", "idle-timeout", "replicas"],
 )
@@ -225,3 +235,13 @@ def test_the_executor_check_catches_a_misspelt_setting():
     assert "poll_timeout" in executor_keys()
     assert "poll_timeouts" not in executor_keys()
     assert "node_tolerations" in executor_keys()
+
+
+def test_a_new_token_restarts_the_manager_without_revealing_either(given_token):
+    annotation = chart_values(given_token)["podAnnotations"]["gpu-runners/runner-token-sha256"]
+    other = run_program(GITLAB, secrets={TOKENS: {"gl-gpu": "glrt-" + "s" * 24}})
+    changed = chart_values(other)["podAnnotations"]["gpu-runners/runner-token-sha256"]
+    assert len(annotation) == 16 and annotation != changed
+    assert RUNNER_TOKEN[5:] not in annotation
+    # Nothing secret in the values, so a preview shows them all.
+    assert not is_secret(given_token.one(RELEASE, "gl-gpu").inputs["values"])

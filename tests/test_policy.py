@@ -316,3 +316,16 @@ def test_rules_read_the_job_pods_of_a_gitlab_runner():
     (privileged,) = violations(runner, "no-privileged-containers")
     assert privileged.startswith("Release 'gl-gpu': container 'build' is privileged")
     assert violations(program.one(RELEASE, "gl-gpu"), "no-privileged-containers") == []
+
+
+def test_a_gitlab_toleration_by_key_alone_tolerates_any_value():
+    program = run_program(GITLAB, secrets={TOKENS: {"gl-gpu": "glrt-" + "r" * 24}})
+
+    def tolerate_key_only(inputs):
+        config = inputs["values"]["runners"]["config"]
+        inputs["values"]["runners"]["config"] = config.replace(
+            '"nvidia.com/gpu=present"', '"nvidia.com/gpu"'
+        )
+
+    runner = crafted(program, RELEASE, "gl-gpu", tolerate_key_only)
+    assert violations(runner, "gpu-workloads-select-and-tolerate-gpu-nodes") == []
