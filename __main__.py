@@ -12,6 +12,7 @@ from infra.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
 from infra.gitlab_runner import GitlabRunner, GitlabRunnerArgs
 from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
 from infra.keda import Keda
+from infra.registry import ImageMirror
 from infra.runner_base import default_node_selector
 
 settings = stack_settings.load()
@@ -67,6 +68,15 @@ identity = RunnerIdentity(
     opts=after_apis,
 )
 
+# Runner and job images, pulled through the cluster's region.
+mirror = ImageMirror(
+    "images",
+    project=settings.project,
+    region=settings.cluster.region,
+    readers={"nodes": cluster.node_member},
+    opts=after_apis,
+)
+
 cml_runners = [r for r in settings.runners if r.runner_engine == "cml"]
 arc_runners = [r for r in settings.runners if r.runner_engine == "arc"]
 gitlab_runners = [r for r in settings.runners if r.runner_engine == "gitlab-runner"]
@@ -89,6 +99,7 @@ def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
         "gpus": runner.gpus,
         "node_selector": runner.node_selector,
         "google_service_account": identity.email,
+        "registries": mirror.registries,
     }
 
 

@@ -13,6 +13,7 @@ RESOURCE_MANAGER_API = "cloudresourcemanager.googleapis.com"
 # API -> what in the stack calls it.
 STACK_APIS: dict[str, str] = {
     RESOURCE_MANAGER_API: "project IAM grants; reading the enabled APIs back",
+    "artifactregistry.googleapis.com": "the image mirror the nodes pull runner images through",
     "compute.googleapis.com": "the nodes' VMs, disks and network",
     "container.googleapis.com": "the GKE cluster and its node pools",
     "containerfilesystem.googleapis.com": "image streaming on the nodes (GKE image streaming)",

@@ -54,6 +54,11 @@ class ArcController(pulumi.ComponentResource):
                 "nodeSelector": dict(node_selector),
                 "serviceAccount": {"create": True, "name": SERVICE_ACCOUNT},
             },
+            # What the scale sets need from this release is its CRDs, which Helm installs
+            # from crds/ and waits for whether or not the release waits (helm, install.go); the
+            # chart has no admission webhook. So `pulumi up` does not wait for the controller
+            # Deployment: a scale set created first is simply reconciled once it runs.
+            skip_await=True,
             opts=child_options(self, opts),
         )
         self.register_outputs({"status": self.release.status})

@@ -24,7 +24,7 @@ COMPONENT_TYPE = "gpu-runners:index:ArcRunner"
 # actions/runner's own image (images/Dockerfile): Ubuntu 24.04, user `runner` (uid 1001).
 # GitHub refuses a runner 30 days after a newer release comes out (enforced on github.com since
 # 2026-09-25), and ARC then deletes the scale set as outdated: raise this with each release.
-RUNNER_IMAGE = "ghcr.io/actions/actions-runner:2.338.0"
+RUNNER_IMAGE = "actions/actions-runner:2.338.0"
 RUNNER_UID = 1001
 # Where GKE mounts the NVIDIA driver's libraries and tools into a container given a GPU;
 # the runner image does not look there by itself.
@@ -55,7 +55,8 @@ class ArcRunnerArgs(RunnerBaseArgs):
     max_runners: int = 1
     """Most runners at once, one per job."""
     image: str | None = None
-    """The runner container's image; unset: actions/runner's own, pinned (RUNNER_IMAGE)."""
+    """The runner container's image; unset: actions/runner's own, pinned (RUNNER_IMAGE), from
+    ghcr.io or its mirror."""
     listener_node_selector: Mapping[str, str] | None = None
     """Node labels for the scale set's listener pod, in the controller's namespace."""
     controller_namespace: str = arc.NAMESPACE
@@ -156,7 +157,7 @@ def _pod_template(args: ArcRunnerArgs, labels: dict[str, str], objects: RunnerOb
     `restricted`), so a job cannot use sudo; it installs what it needs without root."""
     container: dict = {
         "name": "runner",
-        "image": args.image or RUNNER_IMAGE,
+        "image": args.image or pulumi.Output.concat(args.registries.ghcr, "/", RUNNER_IMAGE),
         "command": ["/home/runner/run.sh"],
         "resources": container_resources(args),
         "securityContext": {

@@ -13,13 +13,15 @@ from infra.options import child_options
 from infra.settings import ClusterSettings, GpuPoolSettings, SystemPoolSettings
 
 # What a node needs and nothing more: write logs and metrics, read its own metadata for
-# monitoring, and pull images from Artifact Registry.
+# monitoring, and use the project's APIs, which image streaming needs of a custom node account
+# (GKE docs, "Use Image streaming", requirements). It reads images from the stack's mirror
+# repositories only, granted on them (infra/registry.py).
 NODE_ROLES: tuple[str, ...] = (
     "roles/logging.logWriter",
     "roles/monitoring.metricWriter",
     "roles/monitoring.viewer",
     "roles/stackdriver.resourceMetadata.writer",
-    "roles/artifactregistry.reader",
+    "roles/serviceusage.serviceUsageConsumer",
 )
 
 # Project roles the person running the first `pulumi up` needs for this component.
@@ -40,6 +42,7 @@ DEPLOY_ROLES: dict[str, str] = {
 # the duplicate-taint reports of #7928) a pool manages only the taint keys it declares, and
 # pulumi-gcp 10 builds on it, so a taint GKE adds shows in effectiveTaints, not as a diff.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
+AUTOSCALING_PROFILE = "OPTIMIZE_UTILIZATION"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _AUTH_PLUGIN_HINT = (
     "Install gke-gcloud-auth-plugin: gcloud components install gke-gcloud-auth-plugin "
@@ -106,6 +109,8 @@ class GpuCluster(pulumi.ComponentResource):
     location: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     node_service_account: pulumi.Output[str]
+    node_member: pulumi.Output[str]
+    """`serviceAccount:<node account>`, for grants to the nodes."""
     workload_pool: pulumi.Output[str]
     """The cluster's Workload Identity pool, `<project>.svc.id.goog`, once the cluster exists."""
     provider: k8s.Provider
@@ -148,6 +153,11 @@ class GpuCluster(pulumi.ComponentResource):
             release_channel={"channel": settings.release_channel},
             workload_identity_config={"workload_pool": f"{args.project}.svc.id.goog"},
             enable_shielded_nodes=True,
+            # Removes empty nodes sooner than the default profile, which keeps an unneeded
+            # node for 10 minutes: what a GPU node costs after its last job ("GKE cluster
+            # autoscaler", autoscaling profiles; upstream FAQ for the 10-minute default).
+            # `enabled` is node auto-provisioning, which stays off.
+            cluster_autoscaling={"enabled": False, "autoscaling_profile": AUTOSCALING_PROFILE},
             deletion_protection=settings.deletion_protection,
             opts=pulumi.ResourceOptions.merge(
                 child,
@@ -181,12 +191,13 @@ class GpuCluster(pulumi.ComponentResource):
             management={"auto_repair": True, "auto_upgrade": True},
             node_config=_node_config(
                 node_sa.email, system.machine_type, system.disk_size_gb, system.node_labels
-            ),
+            )
+            | {"spot": system.spot},
             opts=pool_options,
         )
 
         gpu = args.gpu_pool
-        gpu_pool = gcp.container.NodePool(
+        gcp.container.NodePool(
             f"{name}-gpu",
             name="gpu",
             project=args.project,
@@ -225,6 +236,7 @@ class GpuCluster(pulumi.ComponentResource):
         self.endpoint = cluster.endpoint
         self.location = cluster.location
         self.node_service_account = node_sa.email
+        self.node_member = node_sa.member
         self.workload_pool = cluster.workload_identity_config.apply(
             lambda config: config.workload_pool
         )
@@ -236,8 +248,10 @@ class GpuCluster(pulumi.ComponentResource):
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
-            # Kubernetes objects are created after the pools and deleted before them.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[system_pool, gpu_pool]),
+            # Kubernetes objects are created after the system pool, which runs the controllers,
+            # and deleted before it. None waits for the GPU pool: runner pods wait for GPU
+            # nodes by themselves, and `pulumi up` need not wait minutes for that pool.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[system_pool]),
         )
         self.register_outputs(
             {

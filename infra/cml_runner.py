@@ -10,6 +10,7 @@ from infra import keda
 from infra.options import child_options
 from infra.runner_base import (
     NOT_EVICTABLE,
+    Registries,
     RunnerBaseArgs,
     RunnerObjects,
     app_labels,
@@ -57,10 +58,12 @@ KEPT_CAPABILITIES: tuple[str, ...] = (
 )
 
 
-def runner_image(tag: str | None, gpus: int) -> str:
-    """The CML image; the -gpu variant carries CUDA for runners that get a GPU."""
+def runner_image(registries: Registries, tag: str | None, gpus: int) -> pulumi.Output[str]:
+    """The CML image from Docker Hub or its mirror; the -gpu variant carries CUDA."""
     tag = tag or DEFAULT_IMAGE_TAG
-    return f"{CML_IMAGE}:{tag}-gpu" if gpus > 0 else f"{CML_IMAGE}:{tag}"
+    return pulumi.Output.concat(
+        registries.docker_hub, f"/{CML_IMAGE}:{tag}", "-gpu" if gpus > 0 else ""
+    )
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ def _pod_template(args: CmlRunnerArgs, labels: dict[str, str], objects: RunnerOb
             "containers": [
                 {
                     "name": "runner",
-                    "image": runner_image(args.image_tag, args.gpus),
+                    "image": runner_image(args.registries, args.image_tag, args.gpus),
                     "command": ["cml"],
                     "args": _runner_args(args),
                     "env": _runner_env(objects.secret),

@@ -34,6 +34,7 @@ CHART_VERSION = "0.86.0"
 # "timed out waiting for pod to start" (docs/executors/kubernetes/troubleshooting.md).
 POLL_TIMEOUT_SECONDS = 1800
 TOKEN_VERSION_ANNOTATION = "gpu-runners/runner-token-sha256"
+HELPER_IMAGE = "gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-v${CI_RUNNER_VERSION}"
 # What the manager may do in the runner's namespace, and nothing more: the rules GitLab lists
 # for the Kubernetes executor ("Configure runner API permissions"), without the optional
 # autoscaler, namespace-per-job and PodDisruptionBudget ones this stack does not use.
@@ -144,9 +145,12 @@ class GitlabRunner(pulumi.ComponentResource):
             },
             "runners": {
                 "secret": objects.secret,
-                "config": pulumi.Output.all(objects.namespace, objects.service_account).apply(
-                    lambda names: runner_config(args, names[0], names[1])
-                ),
+                "config": pulumi.Output.all(
+                    objects.namespace,
+                    objects.service_account,
+                    cml_runner.runner_image(args.registries, args.image_tag, args.gpus),
+                    args.registries.gitlab,
+                ).apply(lambda parts: runner_config(args, *parts)),
             },
         }
         release = k8s.helm.v3.Release(
@@ -167,11 +171,16 @@ class GitlabRunner(pulumi.ComponentResource):
         )
 
 
-def runner_config(args: GitlabRunnerArgs, namespace: str, service_account: str) -> str:
+def runner_config(
+    args: GitlabRunnerArgs, namespace: str, service_account: str, image: str, gitlab_registry: str
+) -> str:
     """The runner's config.toml template: the Kubernetes executor and the job pods it makes."""
     kubernetes: dict = {
         "namespace": namespace,
-        "image": cml_runner.runner_image(args.image_tag, args.gpus),
+        "image": image,
+        # The helper container of every job pod, from the same registry as the job image;
+        # the runner fills in its own version (docs/configuration/advanced-configuration.md).
+        "helper_image": f"{gitlab_registry}/{HELPER_IMAGE}",
         "privileged": False,
         "allow_privilege_escalation": False,
         # The CML engine's set: what root needs for apt-get and pip, nothing else.

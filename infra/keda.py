@@ -16,6 +16,14 @@ POLLING_SECONDS = 30
 # Stops a ScaledJob from starting Jobs; Jobs already running go on (KEDA 2.20,
 # controllers/keda/scaledjob_controller.go, checkIfPaused).
 PAUSED = "autoscaling.keda.sh/paused"
+# What KEDA's three pods reserve on the system pool; the chart asks 100m CPU each
+# (kedacore/charts, keda/values.yaml, resources), a third of a small node's allocatable CPU,
+# while they idle at a few millicores. Limits stay the chart's.
+REQUESTS = {
+    "operator": {"requests": {"cpu": "50m", "memory": "100Mi"}},
+    "metricServer": {"requests": {"cpu": "25m", "memory": "100Mi"}},
+    "webhooks": {"requests": {"cpu": "25m", "memory": "100Mi"}},
+}
 
 
 class Keda(pulumi.ComponentResource):
@@ -38,7 +46,10 @@ class Keda(pulumi.ComponentResource):
             repository_opts={"repo": CHART_REPOSITORY},
             namespace=NAMESPACE,
             create_namespace=True,
-            values={"nodeSelector": dict(node_selector)},
+            values={"nodeSelector": dict(node_selector), "resources": REQUESTS},
+            # No skip_await: KEDA's CRDs are chart templates (templates/crds), which Helm does
+            # not wait for unless the release waits, and the ScaledJobs need them. Its
+            # admission webhook fails open (failurePolicy Ignore), so it blocks nothing.
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({"status": self.release.status})

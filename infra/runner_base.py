@@ -29,6 +29,15 @@ def default_node_selector(gpus: int) -> dict[str, str]:
     return {"gpu": "true" if gpus > 0 else "false"}
 
 
+@dataclass(frozen=True)
+class Registries:
+    """Where runner and job images come from: the public registries, or mirrors of them."""
+
+    docker_hub: pulumi.Input[str] = "docker.io"
+    ghcr: pulumi.Input[str] = "ghcr.io"
+    gitlab: pulumi.Input[str] = "registry.gitlab.com"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunnerBaseArgs:
     """What a runner is on any engine: where it registers, its labels, its pods' size and place."""
@@ -51,6 +60,8 @@ class RunnerBaseArgs:
     """Node labels the pod must match; defaults to gpu=true, or gpu=false with no GPUs."""
     google_service_account: pulumi.Input[str] | None = None
     """Google service account the pod acts as through GKE Workload Identity, if any."""
+    registries: Registries = Registries()
+    """Where the runner's and its jobs' images are pulled from."""
 
 
 def app_labels(engine: str, name: str) -> dict[str, str]:

@@ -234,6 +234,7 @@ class SystemPoolSettings(_Section):
     max_nodes: MaxNodes = 2
     min_nodes: MinNodes = 1
     disk_size_gb: DiskSizeGb = 50
+    spot: bool = False
     labels: ExtraLabels = {}
 
     @property

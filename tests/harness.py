@@ -20,6 +20,8 @@ PROJECT = "gpu-runners"
 TEST_PROJECT_ID = "ml-team-sandbox"
 TEST_PROJECT_NUMBER = "123456789012"
 TEST_GITLAB_PROJECT_ID = "4242"
+# The dev stack's image mirror: Artifact Registry in the cluster's region.
+MIRROR = f"europe-west6-docker.pkg.dev/{TEST_PROJECT_ID}"
 # What GitLab would answer for a runner the stack creates: its authentication token.
 CREATED_RUNNER_TOKEN = "glrt-" + "c" * 24
 TEST_REPOSITORIES = {

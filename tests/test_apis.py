@@ -18,6 +18,7 @@ def test_dev_stack_enables_what_the_cluster_bucket_and_accounts_need():
     apis = enabled(run_program())
     assert set(apis) == {
         "cloudresourcemanager.googleapis.com",
+        "artifactregistry.googleapis.com",
         "compute.googleapis.com",
         "container.googleapis.com",
         "containerfilesystem.googleapis.com",

@@ -7,6 +7,7 @@ import pytest
 
 from tests.charts import unread_values
 from tests.harness import (
+    MIRROR,
     REPO,
     RUNNERS,
     TOKENS,
@@ -55,6 +56,9 @@ def test_the_controller_is_installed_once_pinned_on_the_system_pool(arc):
     assert controller["version"] == "0.14.2"
     assert controller["namespace"] == "arc-systems"
     assert "createNamespace" not in controller
+    # Its CRDs come from crds/, which Helm waits for anyway; the Deployment need not be ready.
+    assert controller["skipAwait"] is True
+    assert "skipAwait" not in release(arc, "gha-runner-scale-set").inputs
     # Its own Namespace resource, so `pulumi destroy` removes it (Helm would leave it).
     namespace = arc.one("kubernetes:core/v1:Namespace", "arc-systems")
     assert arc.waits_for(release(arc, "gha-runner-scale-set-controller"), namespace)
@@ -103,7 +107,9 @@ def test_the_scale_set_registers_with_the_repository_and_scales_from_zero(arc):
 
 
 def test_an_arc_cpu_runner_also_starts_from_zero():
-    program = run_program({RUNNERS: [{"name": "cpu-arc", "engine": "arc", "gpus": 0}]})
+    program = run_program(
+        {RUNNERS: [{"name": "cpu-arc", "engine": "arc", "gpus": 0, "cpu": "500m"}]}
+    )
     values = scale_set_values(program, "cpu-arc")
     assert (values["minRunners"], values["maxRunners"]) == (0, 1)
     assert values["template"]["spec"]["nodeSelector"] == {"gpu": "false"}
@@ -148,7 +154,7 @@ def test_the_runner_pod_lands_on_a_gpu_and_acts_as_the_runner_account(arc):
     spec = template["spec"]
     (runner,) = spec["containers"]
     assert runner["name"] == "runner"
-    assert runner["image"] == "ghcr.io/actions/actions-runner:2.338.0"
+    assert runner["image"] == f"{MIRROR}/ghcr/actions/actions-runner:2.338.0"
     assert runner["command"] == ["/home/runner/run.sh"]
     assert spec["nodeSelector"] == {"gpu": "true"}
     assert spec["tolerations"] == [

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from tests.harness import TEST_PROJECT_ID, is_secret, reveal, run_program
+from tests.stacks import SHAPES
 
 CLUSTER = "gcp:container/cluster:Cluster"
 NODE_POOL = "gcp:container/nodePool:NodePool"
@@ -20,7 +21,8 @@ def dev():
 def test_cluster_is_standard_with_workload_identity_and_no_default_pool(dev):
     cluster = dev.one(CLUSTER).inputs
     assert cluster["name"] == "mlops-kubernetes"
-    assert cluster["location"] == "europe-west6"
+    # Zonal: GKE's free tier pays one zonal cluster's fee.
+    assert cluster["location"] == "europe-west6-b"
     assert cluster["project"] == TEST_PROJECT_ID
     assert cluster["removeDefaultNodePool"] is True
     assert cluster["initialNodeCount"] == 1
@@ -48,7 +50,7 @@ def test_nodes_run_as_a_dedicated_account_with_only_node_roles(dev):
         "roles/monitoring.metricWriter",
         "roles/monitoring.viewer",
         "roles/stackdriver.resourceMetadata.writer",
-        "roles/artifactregistry.reader",
+        "roles/serviceusage.serviceUsageConsumer",
     }
     for grant in grants.values():
         assert grant["member"] == f"serviceAccount:{NODE_SA_EMAIL}"
@@ -65,7 +67,9 @@ def test_system_pool_is_the_cpu_node_labelled_gpu_false(dev):
     assert pool["autoscaling"]["totalMinNodeCount"] == 1
     assert pool["autoscaling"]["totalMaxNodeCount"] == 2
     assert node["labels"] == {"gpu": "false"}
-    assert node["machineType"] == "e2-standard-2"
+    assert node["machineType"] == "e2-medium"
+    assert node["spot"] is True
+    assert node["diskSizeGb"] == 30
     assert "guestAccelerators" not in node
     assert "taints" not in node
     assert node["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
@@ -101,7 +105,7 @@ def test_gpu_pool_has_one_spot_l4_with_driver_taint_label_and_scales_from_zero(d
 def test_kubeconfig_is_secret_and_authenticates_through_the_gke_plugin(dev):
     assert "kubeconfig" in dev.secret_outputs
     kubeconfig = yaml.safe_load(dev.outputs["kubeconfig"])
-    context = f"gke_{TEST_PROJECT_ID}_europe-west6_mlops-kubernetes"
+    context = f"gke_{TEST_PROJECT_ID}_europe-west6-b_mlops-kubernetes"
     assert kubeconfig["current-context"] == context
     assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://203.0.113.10"
     exec_auth = kubeconfig["users"][0]["user"]["exec"]
@@ -111,18 +115,40 @@ def test_kubeconfig_is_secret_and_authenticates_through_the_gke_plugin(dev):
 
 def test_outputs_name_the_cluster(dev):
     assert dev.outputs["clusterName"] == "mlops-kubernetes"
-    assert dev.outputs["clusterLocation"] == "europe-west6"
+    assert dev.outputs["clusterLocation"] == "europe-west6-b"
     assert dev.outputs["clusterEndpoint"] == "203.0.113.10"
     assert dev.outputs["nodeServiceAccount"] == NODE_SA_EMAIL
     assert not dev.secret_outputs - {"kubeconfig"}
 
 
-def test_kubernetes_provider_uses_the_kubeconfig_and_waits_for_both_pools(dev):
+def test_kubernetes_provider_uses_the_kubeconfig_and_waits_for_the_system_pool(dev):
     provider = dev.one("pulumi:providers:kubernetes")
     assert is_secret(provider.inputs["kubeconfig"])
     assert reveal(provider.inputs["kubeconfig"]) == dev.outputs["kubeconfig"]
-    pools = {p.urn for p in dev.of_type(NODE_POOL)}
-    assert pools <= set(provider.depends_on)
+    assert dev.one(NODE_POOL, "gke-system").urn in provider.depends_on
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_no_kubernetes_object_waits_for_the_gpu_pool(shape):
+    program = run_program(SHAPES[shape])
+    gpu_pool = program.one(NODE_POOL, "gke-gpu")
+    provider = program.one("pulumi:providers:kubernetes")
+    # Every Kubernetes object goes through this provider, and the engine creates the provider
+    # before them: what it waits for, they wait for.
+    assert program.waits_for(provider, program.one(NODE_POOL, "gke-system"))
+    assert not program.waits_for(provider, gpu_pool)
+    on_cluster = [r for r in program.resources if r.provider.startswith(provider.urn)]
+    assert on_cluster
+    for resource in on_cluster:
+        assert not program.waits_for(resource, gpu_pool), resource.name
+
+
+def test_the_autoscaler_removes_empty_nodes_sooner_than_by_default(dev):
+    cluster = dev.one(CLUSTER).inputs
+    assert cluster["clusterAutoscaling"] == {
+        "enabled": False,
+        "autoscalingProfile": "OPTIMIZE_UTILIZATION",
+    }
 
 
 def test_everything_is_parented_to_the_cluster_component(dev):
@@ -180,3 +206,16 @@ def test_a_zone_newer_than_the_catalog_is_accepted_when_vouched_for():
         }
     )
     assert program.one(NODE_POOL, "gke-gpu").inputs["nodeLocations"] == ["europe-west6-a"]
+
+
+def test_the_production_example_is_regional_protected_and_on_demand():
+    program = run_program(stack="prod")
+    cluster = program.one(CLUSTER).inputs
+    assert cluster["location"] == "europe-west6"
+    assert cluster["deletionProtection"] is True
+    system = program.one(NODE_POOL, "gke-system").inputs
+    assert system["nodeLocations"] == ["europe-west6-a", "europe-west6-b", "europe-west6-c"]
+    assert system["nodeConfig"]["spot"] is False
+    gpu = program.one(NODE_POOL, "gke-gpu").inputs
+    assert gpu["nodeConfig"]["spot"] is False
+    assert gpu["autoscaling"]["totalMinNodeCount"] == 0

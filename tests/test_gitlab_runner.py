@@ -9,6 +9,7 @@ import pytest
 from tests.charts import unread_values
 from tests.harness import (
     CREATED_RUNNER_TOKEN,
+    MIRROR,
     REPO,
     RUNNERS,
     TEST_GITLAB_PROJECT_ID,
@@ -105,7 +106,10 @@ def test_job_pods_go_to_gpu_nodes_with_the_gpu_limit(given_token):
 
 def test_job_pods_use_cmls_gpu_image_the_dvc_identity_and_wait_for_a_new_gpu_node(given_token):
     kubernetes = runner_config(given_token)["kubernetes"]
-    assert kubernetes["image"] == "iterativeai/cml:0-dvc3-base1-gpu"
+    assert kubernetes["image"] == f"{MIRROR}/docker-hub/iterativeai/cml:0-dvc3-base1-gpu"
+    assert kubernetes["helper_image"] == (
+        f"{MIRROR}/gitlab/gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-v${{CI_RUNNER_VERSION}}"
+    )
     assert kubernetes["service_account"] == "gl-gpu"
     account = given_token.one("kubernetes:core/v1:ServiceAccount", "gl-gpu").inputs["metadata"]
     assert account["annotations"]["iam.gke.io/gcp-service-account"].startswith(
@@ -128,14 +132,14 @@ def test_job_pods_are_not_privileged(given_token):
 
 def test_a_cpu_runner_has_no_gpu_patch_and_stays_on_the_system_pool():
     program = run_program(
-        {RUNNERS: [{"name": "gl-cpu", "platform": "gitlab", "gpus": 0}]},
+        {RUNNERS: [{"name": "gl-cpu", "platform": "gitlab", "gpus": 0, "cpu": "500m"}]},
         secrets={TOKENS: {"gl-cpu": RUNNER_TOKEN}},
     )
     (runner,) = tomllib.loads(
         reveal(program.one(RELEASE, "gl-cpu").inputs["values"])["runners"]["config"]
     )["runners"]
     assert runner["kubernetes"]["node_selector"] == {"gpu": "false"}
-    assert runner["kubernetes"]["image"] == "iterativeai/cml:0-dvc3-base1"
+    assert runner["kubernetes"]["image"] == f"{MIRROR}/docker-hub/iterativeai/cml:0-dvc3-base1"
     assert "pod_spec" not in runner["kubernetes"]
     assert "node_tolerations" not in runner["kubernetes"]
 

@@ -44,7 +44,7 @@ def test_each_runner_service_account_is_bound_by_workload_identity():
         {
             "gpu-runners:runners": [
                 {"name": "train-gpu", "gpus": 1},
-                {"name": "eval-cpu", "gpus": 0},
+                {"name": "eval-cpu", "gpus": 0, "cpu": "500m"},
             ]
         }
     )

@@ -329,3 +329,14 @@ def test_a_gitlab_toleration_by_key_alone_tolerates_any_value():
 
     runner = crafted(program, RELEASE, "gl-gpu", tolerate_key_only)
     assert violations(runner, "gpu-workloads-select-and-tolerate-gpu-nodes") == []
+
+
+def test_the_production_example_passes_every_mandatory_rule_and_is_warned_off_spot():
+    program = run_program(stack="prod")
+    for policy in POLICIES:
+        found = [v for r in program.resources for v in violations(r, policy.name)]
+        if policy.name == "gpu-pools-use-spot":
+            # Advisory: the production example chose on-demand GPUs on purpose.
+            assert len(found) == 1
+        else:
+            assert found == [], policy.name

@@ -8,7 +8,7 @@ from markdown_it import MarkdownIt
 from pulumi_policy import EnforcementLevel
 from pydantic.fields import FieldInfo
 
-from infra import apis, ci, cluster, identity
+from infra import apis, ci, cluster, identity, registry
 from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from policy.rules import POLICIES
@@ -93,7 +93,8 @@ def test_the_layout_names_every_module():
 
 
 def test_prerequisites_list_exactly_the_roles_the_components_need():
-    needed = {role for module in (apis, cluster, identity, ci) for role in module.DEPLOY_ROLES}
+    modules = (apis, cluster, identity, ci, registry)
+    needed = {role for module in modules for role in module.DEPLOY_ROLES}
     rows = table_with_header("Role", "What the first `pulumi up` does with it")
     assert {row[0].strip("`") for row in rows} == needed
 

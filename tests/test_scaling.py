@@ -145,7 +145,12 @@ def test_keda_is_installed_once_pinned_on_the_system_pool():
     assert release["repositoryOpts"] == {"repo": "https://kedacore.github.io/charts"}
     assert release["namespace"] == "keda"
     assert release["createNamespace"] is True
-    assert release["values"] == {"nodeSelector": {"gpu": "false"}}
+    assert release["values"]["nodeSelector"] == {"gpu": "false"}
+    # A third of the chart's default requests: the three pods fit a small system node.
+    requests = [pod["requests"]["cpu"] for pod in release["values"]["resources"].values()]
+    assert sorted(requests) == ["25m", "25m", "50m"]
+    # Its CRDs are chart templates: the release waits, so ScaledJobs find them.
+    assert "skipAwait" not in release
     assert len(program.of_type(SCALED_JOB)) == 2
 
 
@@ -205,7 +210,7 @@ def test_cml_cpu_and_cml_gitlab_runners_stay_always_by_default():
         {
             RUNNERS: [
                 {"name": "gl-cml", "platform": "gitlab", "engine": "cml"},
-                {"name": "gh-cpu", "gpus": 0},
+                {"name": "gh-cpu", "gpus": 0, "cpu": "500m"},
             ]
         }
     )

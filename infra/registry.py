@@ -1,0 +1,80 @@
+"""ImageMirror: Artifact Registry remote repositories that pull runner and job images through
+the cluster's own region."""
+
+from collections.abc import Mapping
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.options import child_options
+from infra.runner_base import Registries
+
+# Repository -> its upstream. Remote repositories cache what they pull, so a new node gets a
+# multi-gigabyte runner image from its own region instead of Docker Hub (with its anonymous pull
+# limits), and GKE image streaming works for them (GKE docs, "Use Image streaming to pull
+# container images": standard or remote Artifact Registry repositories).
+DOCKER_HUB = "docker-hub"
+UPSTREAMS: dict[str, dict] = {
+    DOCKER_HUB: {"docker_repository": {"public_repository": "DOCKER_HUB"}},
+    # Any registry by URI (`common_repository`, which replaces the deprecated
+    # docker_repository.custom_repository): actions-runner-controller's runner image, and
+    # GitLab Runner's helper image.
+    "ghcr": {"common_repository": {"uri": "https://ghcr.io"}},
+    "gitlab": {"common_repository": {"uri": "https://registry.gitlab.com"}},
+}
+READER = "roles/artifactregistry.reader"
+
+# Project roles the person running the first `pulumi up` needs for this component.
+DEPLOY_ROLES: dict[str, str] = {
+    "roles/artifactregistry.admin": "the image mirror's repositories, and who may read them",
+}
+
+
+class ImageMirror(pulumi.ComponentResource):
+    """A remote Docker repository per upstream registry, readable by the given members only."""
+
+    registries: Registries
+    """Where to pull Docker Hub, ghcr.io and registry.gitlab.com images through."""
+
+    def __init__(
+        self,
+        name: str,
+        project: str,
+        region: str,
+        readers: Mapping[str, pulumi.Input[str]],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        """`readers`: a name for each member (the node account) that pulls images."""
+        super().__init__("gpu-runners:index:ImageMirror", name, None, opts)
+        child = child_options(self, opts)
+        hosts = {}
+        for repository_id, upstream in UPSTREAMS.items():
+            repository = gcp.artifactregistry.Repository(
+                f"{name}-{repository_id}",
+                project=project,
+                location=region,
+                repository_id=repository_id,
+                format="DOCKER",
+                mode="REMOTE_REPOSITORY",
+                description=f"gpu-runners: pulls through to {repository_id}",
+                remote_repository_config={"description": repository_id, **upstream},
+                opts=child,
+            )
+            for reader, member in readers.items():
+                # On the repository, not the project: the nodes read these images only.
+                gcp.artifactregistry.RepositoryIamMember(
+                    f"{name}-{repository_id}-{reader}",
+                    project=project,
+                    location=region,
+                    repository=repository.repository_id,
+                    role=READER,
+                    member=member,
+                    opts=child,
+                )
+            hosts[repository_id] = pulumi.Output.concat(
+                region, "-docker.pkg.dev/", project, "/", repository.repository_id
+            )
+        self.registries = Registries(
+            docker_hub=hosts[DOCKER_HUB], ghcr=hosts["ghcr"], gitlab=hosts["gitlab"]
+        )
+        self.register_outputs({})

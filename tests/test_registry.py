@@ -1,0 +1,79 @@
+"""Runner and job images come through Artifact Registry in the cluster's region."""
+
+import json
+import re
+
+import pytest
+
+from tests.harness import MIRROR, TEST_PROJECT_ID, TOKENS, reveal, run_program
+from tests.stacks import SHAPES
+
+REPOSITORY = "gcp:artifactregistry/repository:Repository"
+REPOSITORY_READER = "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember"
+NODE_MEMBER = f"serviceAccount:mlops-kubernetes-nodes@{TEST_PROJECT_ID}.iam.gserviceaccount.com"
+IMAGE = re.compile(r'image(?:"|\b)\s*[:=]\s*\\?"([^"\\]+)')
+PUBLIC_REGISTRIES = ("docker.io/", "ghcr.io/", "registry.gitlab.com/", "iterativeai/cml")
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return run_program()
+
+
+def test_one_remote_repository_per_upstream_in_the_clusters_region(dev):
+    repositories = {r.inputs["repositoryId"]: r.inputs for r in dev.of_type(REPOSITORY)}
+    assert set(repositories) == {"docker-hub", "ghcr", "gitlab"}
+    for repository in repositories.values():
+        # The dev cluster is zonal (europe-west6-b); its region holds the mirror.
+        assert repository["location"] == "europe-west6"
+        assert repository["format"] == "DOCKER"
+        assert repository["mode"] == "REMOTE_REPOSITORY"
+    upstream = {k: v["remoteRepositoryConfig"] for k, v in repositories.items()}
+    assert upstream["docker-hub"]["dockerRepository"] == {"publicRepository": "DOCKER_HUB"}
+    assert upstream["ghcr"]["commonRepository"] == {"uri": "https://ghcr.io"}
+    assert upstream["gitlab"]["commonRepository"] == {"uri": "https://registry.gitlab.com"}
+
+
+def test_the_nodes_may_read_the_mirror_and_no_other_repository(dev):
+    grants = dev.of_type(REPOSITORY_READER)
+    assert {g.inputs["repository"] for g in grants} == {"docker-hub", "ghcr", "gitlab"}
+    for grant in grants:
+        assert grant.inputs["role"] == "roles/artifactregistry.reader"
+        assert grant.inputs["member"] == NODE_MEMBER
+    project_roles = {
+        r.inputs["role"]
+        for r in dev.of_type("gcp:projects/iAMMember:IAMMember")
+        if r.inputs["member"] == NODE_MEMBER
+    }
+    assert "roles/artifactregistry.reader" not in project_roles
+    # Image streaming with a custom node account needs it (GKE docs, "Use Image streaming").
+    assert "roles/serviceusage.serviceUsageConsumer" in project_roles
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_runner_and_job_image_comes_through_the_mirror(shape):
+    program = run_program(SHAPES[shape], secrets={TOKENS: _tokens(SHAPES[shape])})
+    images = []
+    for resource in program.resources:
+        # Pod specs' `"image": "..."`, and config.toml's `image = "..."` / `helper_image = ...`
+        # inside a chart value (JSON-escaped quotes there).
+        images += IMAGE.findall(json.dumps(reveal(resource.inputs)))
+    assert images, shape
+    for image in images:
+        assert image.startswith(f"{MIRROR}/"), image
+        assert not image.startswith(PUBLIC_REGISTRIES), image
+
+
+def test_the_runners_wait_for_the_mirror_and_its_grants(dev):
+    scaled_job = dev.one("kubernetes:keda.sh/v1alpha1:ScaledJob", "cml-runner")
+    image = scaled_job.inputs["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"{MIRROR}/docker-hub/iterativeai/cml:0-dvc3-base1-gpu"
+    assert dev.waits_for(scaled_job, dev.one(REPOSITORY, "images-docker-hub"))
+
+
+def _tokens(config: dict) -> dict:
+    """A token of the right kind for every runner: GitLab runners take a glrt- token."""
+    return {
+        r["name"]: "glrt-" + "r" * 24 if r.get("platform") == "gitlab" else "ghp_" + "x" * 36
+        for r in config.get("gpu-runners:runners", [{"name": "cml-runner"}])
+    }
