@@ -74,6 +74,7 @@ mirror = ImageMirror(
     project=settings.project,
     region=settings.cluster.region,
     readers={"nodes": cluster.node_member},
+    admins=ci_members,
     opts=after_apis,
 )
 

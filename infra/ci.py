@@ -29,8 +29,6 @@ DEPLOYER_ROLES: tuple[str, ...] = (
     # See that the APIs are on (enabling one is a laptop operation). The provider creates an
     # already enabled API without enabling it (resource_google_project_service.go, Create).
     "roles/serviceusage.serviceUsageViewer",
-    # The image mirror's repositories and their reader grants to the node account.
-    "roles/artifactregistry.admin",
 )
 
 # Project roles the person running the first `pulumi up` needs for this component.

@@ -1,5 +1,6 @@
 """GpuCluster: a GKE Standard cluster with a CPU system pool and a GPU node pool."""
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,12 @@ DEPLOY_ROLES: dict[str, str] = {
 # pulumi-gcp 10 builds on it, so a taint GKE adds shows in effectiveTaints, not as a diff.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
 AUTOSCALING_PROFILE = "OPTIMIZE_UTILIZATION"
+# GKE's kube-dns-autoscaler parameters, but one replica for a one-node system pool.
+KUBE_DNS_SCALING = {
+    "coresPerReplica": 256,
+    "nodesPerReplica": 16,
+    "preventSinglePointFailure": False,
+}
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _AUTH_PLUGIN_HINT = (
     "Install gke-gcloud-auth-plugin: gcloud components install gke-gcloud-auth-plugin "
@@ -253,6 +260,22 @@ class GpuCluster(pulumi.ComponentResource):
             # nodes by themselves, and `pulumi up` need not wait minutes for that pool.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[system_pool]),
         )
+        if settings.single_dns_replica:
+            # kube-dns-autoscaler keeps two kube-dns replicas once the cluster has two nodes
+            # (preventSinglePointFailure). A GPU node counts, but kube-dns does not tolerate
+            # its taint, so the second replica needs a second system node, which it then
+            # keeps for ever on a small pool. GKE documents editing this ConfigMap ("Scaling
+            # up kube-dns"), and its addon manager only creates it (EnsureExists).
+            k8s.core.v1.ConfigMapPatch(
+                f"{name}-kube-dns-autoscaler",
+                metadata={
+                    "name": "kube-dns-autoscaler",
+                    "namespace": "kube-system",
+                    "annotations": {"pulumi.com/patchForce": "true"},
+                },
+                data={"linear": json.dumps(KUBE_DNS_SCALING, separators=(",", ":"))},
+                opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
+            )
         self.register_outputs(
             {
                 "name": self.name,

@@ -1,7 +1,7 @@
 """ImageMirror: Artifact Registry remote repositories that pull runner and job images through
 the cluster's own region."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pulumi
 import pulumi_gcp as gcp
@@ -23,6 +23,7 @@ UPSTREAMS: dict[str, dict] = {
     "gitlab": {"common_repository": {"uri": "https://registry.gitlab.com"}},
 }
 READER = "roles/artifactregistry.reader"
+ADMIN = "roles/artifactregistry.admin"
 
 # Project roles the person running the first `pulumi up` needs for this component.
 DEPLOY_ROLES: dict[str, str] = {
@@ -42,9 +43,11 @@ class ImageMirror(pulumi.ComponentResource):
         project: str,
         region: str,
         readers: Mapping[str, pulumi.Input[str]],
+        admins: Sequence[pulumi.Input[str]] = (),
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        """`readers`: a name for each member (the node account) that pulls images."""
+        """`readers`: a name for each member (the node account) that pulls images; `admins`:
+        members (the CI deployer) that manage these repositories, and no other."""
         super().__init__("gpu-runners:index:ImageMirror", name, None, opts)
         child = child_options(self, opts)
         hosts = {}
@@ -60,8 +63,9 @@ class ImageMirror(pulumi.ComponentResource):
                 remote_repository_config={"description": repository_id, **upstream},
                 opts=child,
             )
-            for reader, member in readers.items():
-                # On the repository, not the project: the nodes read these images only.
+            # On the repository, not the project: the nodes read these images only, and CI
+            # manages these repositories only.
+            grants = [
                 gcp.artifactregistry.RepositoryIamMember(
                     f"{name}-{repository_id}-{reader}",
                     project=project,
@@ -71,9 +75,23 @@ class ImageMirror(pulumi.ComponentResource):
                     member=member,
                     opts=child,
                 )
-            hosts[repository_id] = pulumi.Output.concat(
-                region, "-docker.pkg.dev/", project, "/", repository.repository_id
-            )
+                for reader, member in readers.items()
+            ]
+            for index, member in enumerate(admins):
+                gcp.artifactregistry.RepositoryIamMember(
+                    f"{name}-{repository_id}-admin-{index}",
+                    project=project,
+                    location=region,
+                    repository=repository.repository_id,
+                    role=ADMIN,
+                    member=member,
+                    opts=child,
+                )
+            # A runner's image reference waits for the reader grants, so no pod is created
+            # before its node may pull.
+            hosts[repository_id] = pulumi.Output.all(
+                repository.repository_id, *[grant.id for grant in grants]
+            ).apply(lambda parts: f"{region}-docker.pkg.dev/{project}/{parts[0]}")
         self.registries = Registries(
             docker_hub=hosts[DOCKER_HUB], ghcr=hosts["ghcr"], gitlab=hosts["gitlab"]
         )

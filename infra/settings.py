@@ -206,6 +206,7 @@ class ClusterSettings(_Section):
     location: Location = "europe-west6"
     release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = "REGULAR"
     deletion_protection: bool = True
+    single_dns_replica: bool = False
 
     @property
     def region(self) -> str:

@@ -72,7 +72,6 @@ def test_deployer_roles_are_the_documented_ones_and_never_primitive(both):
         "roles/storage.admin",
         "roles/iam.workloadIdentityPoolViewer",
         "roles/serviceusage.serviceUsageViewer",
-        "roles/artifactregistry.admin",
         "roles/resourcemanager.projectIamAdmin",
     }
     assert not {"roles/owner", "roles/editor"} & set(grants)

@@ -1,5 +1,7 @@
 """What the dev stack creates on GCP: the cluster, its node account and its two pools."""
 
+import json
+
 import pytest
 import yaml
 
@@ -69,7 +71,7 @@ def test_system_pool_is_the_cpu_node_labelled_gpu_false(dev):
     assert node["labels"] == {"gpu": "false"}
     assert node["machineType"] == "e2-medium"
     assert node["spot"] is True
-    assert node["diskSizeGb"] == 30
+    assert node["diskSizeGb"] == 20
     assert "guestAccelerators" not in node
     assert "taints" not in node
     assert node["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
@@ -160,8 +162,17 @@ def test_everything_is_parented_to_the_cluster_component(dev):
         CLUSTER,
         NODE_POOL,
         "pulumi:providers:kubernetes",
+        "kubernetes:core/v1:ConfigMapPatch",
     }
     assert all(r.parent == component.urn for r in parts if r is not component)
+
+
+def test_a_one_node_system_pool_keeps_one_kube_dns_replica(dev):
+    patch = dev.one("kubernetes:core/v1:ConfigMapPatch").inputs
+    assert patch["metadata"]["name"] == "kube-dns-autoscaler"
+    assert patch["metadata"]["namespace"] == "kube-system"
+    assert json.loads(patch["data"]["linear"])["preventSinglePointFailure"] is False
+    assert run_program(stack="prod").of_type("kubernetes:core/v1:ConfigMapPatch") == []
 
 
 def test_a_regional_t4_spot_pool_across_zones():

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from tests.harness import MIRROR, TEST_PROJECT_ID, TOKENS, reveal, run_program
-from tests.stacks import SHAPES
+from tests.stacks import SHAPES, WITH_CI
 
 REPOSITORY = "gcp:artifactregistry/repository:Repository"
 REPOSITORY_READER = "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember"
@@ -69,6 +69,23 @@ def test_the_runners_wait_for_the_mirror_and_its_grants(dev):
     image = scaled_job.inputs["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]["image"]
     assert image == f"{MIRROR}/docker-hub/iterativeai/cml:0-dvc3-base1-gpu"
     assert dev.waits_for(scaled_job, dev.one(REPOSITORY, "images-docker-hub"))
+    # Otherwise the first pull can be refused while the grant is still on its way.
+    assert dev.waits_for(scaled_job, dev.one(REPOSITORY_READER, "images-docker-hub-nodes"))
+
+
+def test_ci_manages_the_three_repositories_and_no_other():
+    program = run_program(WITH_CI)
+    admins = [
+        g
+        for g in program.of_type(REPOSITORY_READER)
+        if g.inputs["role"] == "roles/artifactregistry.admin"
+    ]
+    assert {g.inputs["repository"] for g in admins} == {"docker-hub", "ghcr", "gitlab"}
+    assert all(
+        g.inputs["member"].startswith("serviceAccount:gpu-runners-ci-deployer@") for g in admins
+    )
+    project_roles = {r.inputs["role"] for r in program.of_type("gcp:projects/iAMMember:IAMMember")}
+    assert not any(role.startswith("roles/artifactregistry.") for role in project_roles)
 
 
 def _tokens(config: dict) -> dict:
