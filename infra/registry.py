@@ -65,33 +65,26 @@ class ImageMirror(pulumi.ComponentResource):
             )
             # On the repository, not the project: the nodes read these images only, and CI
             # manages these repositories only.
-            grants = [
-                gcp.artifactregistry.RepositoryIamMember(
-                    f"{name}-{repository_id}-{reader}",
+            members = [(reader, READER, member) for reader, member in readers.items()]
+            members += [(f"admin-{i}", ADMIN, member) for i, member in enumerate(admins)]
+            grants = {
+                role_name: gcp.artifactregistry.RepositoryIamMember(
+                    f"{name}-{repository_id}-{role_name}",
                     project=project,
                     location=region,
                     repository=repository.repository_id,
-                    role=READER,
+                    role=role,
                     member=member,
                     opts=child,
                 )
-                for reader, member in readers.items()
-            ]
-            for index, member in enumerate(admins):
-                gcp.artifactregistry.RepositoryIamMember(
-                    f"{name}-{repository_id}-admin-{index}",
-                    project=project,
-                    location=region,
-                    repository=repository.repository_id,
-                    role=ADMIN,
-                    member=member,
-                    opts=child,
-                )
+                for role_name, role, member in members
+            }
+            readable = [grants[reader].id for reader in readers]
             # A runner's image reference waits for the reader grants, so no pod is created
             # before its node may pull.
-            hosts[repository_id] = pulumi.Output.all(
-                repository.repository_id, *[grant.id for grant in grants]
-            ).apply(lambda parts: f"{region}-docker.pkg.dev/{project}/{parts[0]}")
+            hosts[repository_id] = pulumi.Output.all(repository.repository_id, *readable).apply(
+                lambda parts: f"{region}-docker.pkg.dev/{project}/{parts[0]}"
+            )
         self.registries = Registries(
             docker_hub=hosts[DOCKER_HUB], ghcr=hosts["ghcr"], gitlab=hosts["gitlab"]
         )
