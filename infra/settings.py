@@ -921,6 +921,27 @@ def _config_keys() -> list[str]:
     return sorted({*CONFIG.get(), *get_config_env()})
 
 
+def parse_sections(
+    namespace: str, given: dict[str, Any], problems: list[str]
+) -> tuple[dict[str, Any], list[RunnerSettings]]:
+    """The validated sections and runners of a stack's config (keys without the namespace),
+    with what is wrong appended to `problems`. Tokens and the project are not its business."""
+    context: dict[str, Any] = {"machines": {}}
+    parsed: dict[str, Any] = {}
+    for key, model in SECTIONS.items():
+        raw = given.get(key) or {}
+        parsed[key] = _parse(TypeAdapter(model), namespace, key, raw, context, problems)
+        if key == "cluster" and parsed[key]:
+            context["region"] = parsed[key].region
+        if key == "gpuPool" and parsed[key]:
+            context["gpus_per_node"] = parsed[key].gpus_per_node
+        if key in ("systemPool", "gpuPool") and parsed[key]:
+            context["machines"][key] = machines.machine(parsed[key].machine_type)
+    raw_runners = given.get(RUNNERS_KEY) or []
+    runners = _parse(_RUNNERS, namespace, RUNNERS_KEY, raw_runners, context, problems)
+    return parsed, runners or []
+
+
 def load() -> StackSettings:
     """Read and validate the stack's config, or raise one SettingsError listing every problem.
 
@@ -939,19 +960,8 @@ def load() -> StackSettings:
         text for k in keys if is_config_secret(k) for _, text in messages.strings_in(values[k], k)
     ]
     problems += _misplaced_token_problems(namespace, values)
-    context: dict[str, Any] = {"machines": {}}
-    parsed: dict[str, Any] = {}
-    for key, model in SECTIONS.items():
-        raw = given.get(key) or {}
-        parsed[key] = _parse(TypeAdapter(model), namespace, key, raw, context, problems)
-        if key == "cluster" and parsed[key]:
-            context["region"] = parsed[key].region
-        if key == "gpuPool" and parsed[key]:
-            context["gpus_per_node"] = parsed[key].gpus_per_node
-        if key in ("systemPool", "gpuPool") and parsed[key]:
-            context["machines"][key] = machines.machine(parsed[key].machine_type)
+    parsed, runners = parse_sections(namespace, given, problems)
     raw_runners = given.get(RUNNERS_KEY) or []
-    runners = _parse(_RUNNERS, namespace, RUNNERS_KEY, raw_runners, context, problems)
     tokens = given.get(TOKENS_KEY)
     problems += _runner_problems(
         namespace, _runner_names(raw_runners), _runner_engines(raw_runners), tokens

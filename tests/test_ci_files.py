@@ -269,3 +269,21 @@ def test_preview_and_up_run_the_policy_pack(workflow, gitlab):
         )
         assert any("--policy-pack policy" in line for line in gitlab[name]["script"]), name
     assert "policy/requirements.txt" in "\n".join(gitlab[".pulumi"]["before_script"])
+
+
+def test_the_preview_carries_a_cost_estimate_against_the_base_branch(workflow, gitlab):
+    steps = workflow["jobs"]["preview"]["steps"]
+    (estimate,) = [s for s in steps if s.get("name") == "Cost estimate"]
+    assert steps.index(estimate) > steps.index(
+        steps_using(workflow["jobs"]["preview"], "pulumi/actions")[0]
+    )
+    assert (
+        "python -m infra.estimate" in estimate["run"]
+        and "--base base-stack.yaml" in estimate["run"]
+    )
+    # One comment, updated by each run, found by its heading.
+    assert 'startswith("### Cost estimate")' in estimate["run"]
+    assert workflow["jobs"]["preview"]["permissions"]["pull-requests"] == "write"
+    script = "\n".join(gitlab["preview"]["script"])
+    assert "python -m infra.estimate" in script and "--base base-stack.yaml" in script
+    assert "estimate.md" in gitlab["preview"]["artifacts"]["paths"]

@@ -1,0 +1,193 @@
+"""What a stack costs, from its stack file and the price catalog: `python -m infra.estimate`.
+
+    python -m infra.estimate [Pulumi.<stack>.yaml] [--base <stack file of the base branch>]
+
+Prints a Markdown table: the month while idle, the worst month (every pool at its maximum),
+and for each GPU runner one hour of its node and one job of 10 and of 60 minutes. A price the
+catalog (infra/data/prices.yaml) lacks makes a figure "unpriced", never a guess.
+"""
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from infra import settings as stack_settings
+
+CATALOG = Path(__file__).parent / "data" / "prices.yaml"
+BOOT_DISK = "pd-balanced"  # GKE's default boot disk type; the pools do not set another.
+# The billed-minutes model of a job on a cold GPU node (README, "Per job"): the node is billed
+# from its boot (about 1 minute), through the driver install (2) and the image (1, streamed from
+# the mirror) and the runner's start (0.5), the job, then until the autoscaler removes it (at
+# most its default 10 minutes; OPTIMIZE_UTILIZATION removes nodes sooner, by no published
+# figure, so this is the upper bound).
+START_BILLED_MINUTES = 4.5
+TAIL_MINUTES = 10
+JOB_MINUTES = (10, 60)
+PLACEHOLDER_REPOSITORIES = {
+    "github": "https://github.com/estimate/placeholder",
+    "gitlab": "https://gitlab.com/estimate/placeholder",
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What the figures price (the pools' machines), and the figures."""
+
+    about: str
+    lines: list["Figure"]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One line of the estimate; None means unpriced."""
+
+    label: str
+    usd: float | None
+
+
+@cache
+def catalog() -> dict:
+    return yaml.safe_load(CATALOG.read_text())
+
+
+def node_hour(region: str, machine_type: str, spot: bool, disk_gb: int) -> float | None:
+    """One hour of a node: its machine, its boot disk and its external IP address."""
+    prices = catalog()["regions"].get(region)
+    machine = (prices or {}).get("machines", {}).get(machine_type)
+    if machine is None:
+        return None
+    disk = disk_gb * prices["disks"][BOOT_DISK] / catalog()["hours_per_month"]
+    return machine["spot" if spot else "on_demand"] + disk + prices["external_ip_per_hour"]
+
+
+def cluster_fee_month(location: str) -> float:
+    """The management fee; the free-tier credit pays one zonal cluster per billing account."""
+    gke = catalog()["gke"]
+    fee = gke["cluster_fee_per_hour"] * catalog()["hours_per_month"]
+    zonal = stack_settings.region_of(location) != location
+    return max(0.0, fee - gke["free_tier_credit_per_month"]) if zonal else fee
+
+
+def _sum(*parts: float | None) -> float | None:
+    return None if any(p is None for p in parts) else sum(parts)
+
+
+def _times(count: float, price: float | None) -> float | None:
+    return None if price is None else count * price
+
+
+def estimate(config: dict) -> Estimate:
+    """The estimate of a stack's config (the stack file's `config`, keys with namespace)."""
+    namespace = "gpu-runners"
+    given = {
+        key.removeprefix(f"{namespace}:"): value
+        for key, value in config.items()
+        if key.startswith(f"{namespace}:")
+    }
+    # A fresh stack file leaves repositories to `pulumi config set`; prices do not need them.
+    given["runners"] = [
+        {"repository": PLACEHOLDER_REPOSITORIES.get(r.get("platform", "github"), "")} | r
+        for r in given.get("runners") or []
+        if isinstance(r, dict)
+    ]
+    problems: list[str] = []
+    sections, runners = stack_settings.parse_sections(namespace, given, problems)
+    if problems:
+        raise stack_settings.SettingsError("\n".join(problems))
+    cluster, system, gpu = sections["cluster"], sections["systemPool"], sections["gpuPool"]
+    region, hours = cluster.region, catalog()["hours_per_month"]
+    system_hour = node_hour(region, system.machine_type, system.spot, system.disk_size_gb)
+    gpu_hour = node_hour(region, gpu.machine_type, gpu.spot, gpu.disk_size_gb)
+    fee = cluster_fee_month(cluster.location)
+    # Always runners with GPUs keep their nodes up: CML runners that wait for jobs.
+    waiting_gpus = sum(
+        r.replica_count * r.gpus
+        for r in runners
+        if r.gpus > 0 and r.scaling_mode == "always" and r.runner_engine == "cml"
+    )
+    idle_gpu_nodes = min(
+        gpu.max_nodes, max(gpu.min_nodes, math.ceil(waiting_gpus / gpu.gpus_per_node))
+    )
+    idle = _sum(
+        fee,
+        _times(system.min_nodes * hours, system_hour),
+        _times(idle_gpu_nodes * hours, gpu_hour),
+    )
+    worst = _sum(
+        fee,
+        _times(system.max_nodes * hours, system_hour),
+        _times(gpu.max_nodes * hours, gpu_hour),
+    )
+    lines = [
+        Figure("Month while idle", idle),
+        Figure("Worst month (every pool at its maximum, all month)", worst),
+    ]
+    for runner in (r for r in runners if r.gpus > 0):
+        lines.append(Figure(f"GPU node hour, runner {runner.name}", gpu_hour))
+        for minutes in JOB_MINUTES:
+            billed = START_BILLED_MINUTES + minutes + TAIL_MINUTES
+            lines.append(
+                Figure(
+                    f"{minutes}-minute job on a cold node, runner {runner.name} "
+                    f"({billed:g} GPU minutes billed)",
+                    _times(billed / 60, gpu_hour),
+                )
+            )
+    buying = {True: "Spot", False: "on demand"}
+    about = (
+        f"System pool: {system.machine_type}, {buying[system.spot]}. "
+        f"GPU pool: {gpu.machine_type}, {buying[gpu.spot]}."
+    )
+    return Estimate(about, lines)
+
+
+def _usd(value: float | None) -> str:
+    return "unpriced" if value is None else f"{value:,.2f}"
+
+
+def markdown(title: str, this: Estimate, base: Estimate | None = None) -> str:
+    """The figures as a Markdown table, beside the base branch's when given."""
+    heading = (
+        f"### Cost estimate: {title}\n\n{this.about} USD, list prices of "
+        f"{catalog()['as_of']} (infra/data/prices.yaml)."
+    )
+    if base is None:
+        rows = [f"| {f.label} | {_usd(f.usd)} |" for f in this.lines]
+        return "\n".join([heading, "", "| Figure | USD |", "|---|---|", *rows, ""])
+    before = {f.label: f.usd for f in base.lines}
+    rows = []
+    for figure in this.lines:
+        old = before.get(figure.label)
+        change = f"{figure.usd - old:+,.2f}" if figure.usd is not None and old is not None else "—"
+        was = _usd(old) if figure.label in before else "—"
+        rows.append(f"| {figure.label} | {was} | {_usd(figure.usd)} | {change} |")
+    table = ["| Figure | Base | This change | Difference |", "|---|---|---|---|", *rows]
+    return "\n".join([heading, "", *table, ""])
+
+
+def _config(path: Path) -> dict:
+    return (yaml.safe_load(path.read_text()) or {}).get("config", {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.estimate", description=__doc__)
+    parser.add_argument("stack_file", nargs="?", default="Pulumi.dev.yaml", type=Path)
+    parser.add_argument("--base", type=Path, help="the same stack file on the base branch")
+    args = parser.parse_args(argv)
+    try:
+        this = estimate(_config(args.stack_file))
+        base = estimate(_config(args.base)) if args.base and args.base.exists() else None
+    except stack_settings.SettingsError as error:
+        print(f"Cannot estimate {args.stack_file}:\n{error}", file=sys.stderr)
+        return 2
+    print(markdown(args.stack_file.name, this, base))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""`python -m infra.estimate`: the figures match ones computed by hand from the catalog."""
+
+import pytest
+import yaml
+
+from infra import estimate
+from tests.harness import REPO
+
+HOURS = 730
+# europe-west6 prices from infra/data/prices.yaml, written out so a wrong lookup shows.
+E2_MEDIUM_SPOT, E2_STANDARD_2 = 0.01725, 0.08778266
+G2_STANDARD_4, G2_STANDARD_4_SPOT = 0.975748092, 0.565076
+PD_BALANCED, IP = 0.13, 0.005
+
+
+def stack(name: str) -> dict:
+    return yaml.safe_load((REPO / f"Pulumi.{name}.yaml").read_text())["config"]
+
+
+def by_label(result: estimate.Estimate) -> dict[str, float | None]:
+    return {line.label.split(" (")[0]: line.usd for line in result.lines}
+
+
+def test_the_dev_stack_by_hand():
+    figures = by_label(estimate.estimate(stack("dev")))
+    system_month = (E2_MEDIUM_SPOT + IP) * HOURS + 20 * PD_BALANCED
+    gpu_hour = G2_STANDARD_4_SPOT + 100 * PD_BALANCED / HOURS + IP
+    # Zonal: the free-tier credit pays the cluster fee.
+    assert figures["Month while idle"] == pytest.approx(system_month)
+    assert round(figures["Month while idle"], 2) == 18.84
+    worst = 2 * system_month + gpu_hour * HOURS
+    assert figures["Worst month"] == pytest.approx(worst)
+    assert figures["GPU node hour, runner cml-runner"] == pytest.approx(gpu_hour)
+    job = "10-minute job on a cold node, runner cml-runner"
+    assert figures[job] == pytest.approx((4.5 + 10 + 10) / 60 * gpu_hour)
+    assert round(figures[job], 2) == 0.24
+
+
+def test_the_production_example_by_hand():
+    figures = by_label(estimate.estimate(stack("prod")))
+    system_month = (E2_STANDARD_2 + IP) * HOURS + 50 * PD_BALANCED
+    gpu_month = (G2_STANDARD_4 + IP) * HOURS + 100 * PD_BALANCED
+    # Regional: the fee, 0.10 an hour, is paid.
+    assert figures["Month while idle"] == pytest.approx(73 + system_month)
+    assert round(figures["Month while idle"], 2) == 147.23
+    assert figures["Worst month"] == pytest.approx(73 + 3 * system_month + 2 * gpu_month)
+
+
+def test_an_always_gpu_runner_keeps_its_node_in_the_idle_month():
+    config = stack("dev")
+    config["gpu-runners:runners"] = [{"name": "cml-runner", "mode": "always"}]
+    figures = by_label(estimate.estimate(config))
+    gpu_month = (G2_STANDARD_4_SPOT + IP) * HOURS + 100 * PD_BALANCED
+    system_month = (E2_MEDIUM_SPOT + IP) * HOURS + 20 * PD_BALANCED
+    assert figures["Month while idle"] == pytest.approx(system_month + gpu_month)
+
+
+def test_what_the_catalog_lacks_is_unpriced_never_guessed():
+    config = stack("dev") | {
+        "gpu-runners:cluster": {"location": "us-central1", "deletionProtection": False},
+        "gpu-runners:systemPool": {"zones": ["us-central1-a"]},
+        "gpu-runners:gpuPool": {
+            "acceleratorType": "nvidia-tesla-t4",
+            "machineType": "n1-standard-4",
+            "zones": ["us-central1-a"],
+        },
+    }
+    result = estimate.estimate(config)
+    assert all(line.usd is None for line in result.lines)
+    assert "| Month while idle | unpriced |" in estimate.markdown("x", result)
+
+
+def test_the_command_prints_a_table_and_the_change_against_the_base(capsys):
+    assert (
+        estimate.main([str(REPO / "Pulumi.prod.yaml"), "--base", str(REPO / "Pulumi.dev.yaml")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| Figure | Base | This change | Difference |" in out
+    assert "| Month while idle | 18.84 | 147.23 | +128.39 |" in out
+
+
+def test_a_bad_stack_file_is_refused_with_its_problem(tmp_path, capsys):
+    bad = tmp_path / "Pulumi.bad.yaml"
+    bad.write_text(yaml.safe_dump({"config": {"gpu-runners:systemPool": {"machineType": "x1"}}}))
+    assert estimate.main([str(bad)]) == 2
+    assert "gpu-runners:systemPool.machineType = 'x1'" in capsys.readouterr().err
+
+
+def test_the_readmes_idle_figures_are_the_estimates():
+    readme = (REPO / "README.md").read_text()
+    for name in ("dev", "prod"):
+        idle = by_label(estimate.estimate(stack(name)))["Month while idle"]
+        assert f"{idle:.2f}" in readme, name
