@@ -14,7 +14,8 @@ GITLAB_CI = REPO / ".gitlab-ci.yml"
 GITHUB_EXAMPLE = REPO / "examples/github/.github/workflows/mlops.yml"
 GITLAB_EXAMPLE = REPO / "examples/gitlab/.gitlab-ci.yml"
 GITHUB_ARC_EXAMPLE = REPO / "examples/github-arc/.github/workflows/mlops.yml"
-GITHUB_FILES = [GITHUB_WORKFLOW, GITHUB_EXAMPLE, GITHUB_ARC_EXAMPLE]
+GITHUB_RERUN = REPO / "examples/github/.github/workflows/rerun-lost-jobs.yml"
+GITHUB_FILES = [GITHUB_WORKFLOW, GITHUB_EXAMPLE, GITHUB_ARC_EXAMPLE, GITHUB_RERUN]
 GITLAB_FILES = [GITLAB_CI, GITLAB_EXAMPLE]
 ALL_FILES = GITHUB_FILES + GITLAB_FILES
 README_TEST_COMMAND = (
@@ -287,3 +288,13 @@ def test_the_preview_carries_a_cost_estimate_against_the_base_branch(workflow, g
     script = "\n".join(gitlab["preview"]["script"])
     assert "python -m infra.estimate" in script and "--base base-stack.yaml" in script
     assert "estimate.md" in gitlab["preview"]["artifacts"]["paths"]
+
+
+def test_the_rerun_workflow_runs_once_after_a_failed_mlops_run_with_the_least_permissions():
+    rerun = load(GITHUB_RERUN)
+    assert rerun["on"] == {"workflow_run": {"workflows": ["MLOps"], "types": ["completed"]}}
+    assert load(GITHUB_EXAMPLE)["name"] == "MLOps"
+    assert rerun["permissions"] == {"contents": "read", "checks": "read", "actions": "write"}
+    job = rerun["jobs"]["rerun"]
+    assert "conclusion == 'failure'" in job["if"] and "run_attempt == 1" in job["if"]
+    assert "python3 .github/scripts/rerun_lost_jobs.py" in run_text(job)
