@@ -1,238 +1,56 @@
-"""Runs the real __main__.py offline under Pulumi mocks and records every resource it registers."""
+"""The tests' way into infra/mock_engine.py: Pulumi.<stack>.yaml with per-test overrides."""
 
 import hashlib
-import json
-import runpy
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pulumi
 import yaml
-from pulumi.runtime import rpc
-from pulumi.runtime import settings as runtime_settings
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
-REPO = Path(__file__).resolve().parent.parent
-PROJECT = "gpu-runners"
+from infra.mock_engine import (
+    PROJECT,
+    REPO,
+    RUNNERS,
+    TOKENS,
+    Program,
+    Resource,
+    Run,
+    fill_quickstart_values,
+    finished_program,
+    is_secret,
+    reveal,
+    run_mocked,
+    run_stack,
+)
+from infra.mock_engine import STAND_IN_GITLAB_PROJECT_ID as TEST_GITLAB_PROJECT_ID
+from infra.mock_engine import STAND_IN_PROJECT_NUMBER as TEST_PROJECT_NUMBER
+from infra.mock_engine import STAND_IN_RUNNER_TOKEN as CREATED_RUNNER_TOKEN
+
+__all__ = [
+    "CREATED_RUNNER_TOKEN",
+    "PROJECT",
+    "REPO",
+    "RUNNERS",
+    "TEST_GITLAB_PROJECT_ID",
+    "TEST_PROJECT_NUMBER",
+    "TOKENS",
+    "Program",
+    "Resource",
+    "is_secret",
+    "reveal",
+]
+
 TEST_PROJECT_ID = "ml-team-sandbox"
-TEST_PROJECT_NUMBER = "123456789012"
-TEST_GITLAB_PROJECT_ID = "4242"
 # The dev stack's image mirror: Artifact Registry in the cluster's region.
 MIRROR = f"europe-west6-docker.pkg.dev/{TEST_PROJECT_ID}"
-# What GitLab would answer for a runner the stack creates: its authentication token.
-CREATED_RUNNER_TOKEN = "glrt-" + "c" * 24
 TEST_REPOSITORIES = {
     "github": "https://github.com/ml-team/churn-model",
     "gitlab": "https://gitlab.com/ml-team/churn-model",
 }
-RUNNERS = "gpu-runners:runners"
-TOKENS = "gpu-runners:runnerTokens"
-FAKE_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
-
-
-@dataclass(frozen=True)
-class Resource:
-    """One registration: type token, logical name, inputs (engine camelCase keys), options."""
-
-    type: str
-    name: str
-    inputs: dict[str, Any]
-    urn: str
-    parent: str
-    depends_on: tuple[str, ...]
-    provider: str
-    ignore_changes: tuple[str, ...]
-    protect: bool
-    alias_types: tuple[str, ...] = ()
-    """Earlier type tokens this resource answers to (aliases by type)."""
-    alias_parents: tuple[str, ...] = ()
-    """Parents (URNs) this resource had under an earlier owner (aliases by parent)."""
-    replace_on_changes: tuple[str, ...] = ()
-    delete_before_replace: bool = False
-
-
-@dataclass
-class Program:
-    """What one run of the program registered and exported."""
-
-    resources: list[Resource]
-    outputs: dict[str, Any] = field(default_factory=dict)
-    secret_outputs: set[str] = field(default_factory=set)
-
-    def of_type(self, type_: str) -> list[Resource]:
-        return [r for r in self.resources if r.type == type_]
-
-    def waits_for(self, resource: Resource, target: Resource) -> bool:
-        """Whether the engine creates `target` before `resource` (dependsOn, transitively)."""
-        by_urn = {r.urn: r for r in self.resources}
-        seen: set[str] = set()
-        pending = list(resource.depends_on)
-        while pending:
-            urn = pending.pop()
-            if urn == target.urn:
-                return True
-            if urn not in seen and urn in by_urn:
-                seen.add(urn)
-                pending.extend(by_urn[urn].depends_on)
-        return False
-
-    def one(self, type_: str, name: str | None = None) -> Resource:
-        """The single resource of a type (and name, when given); fails loudly otherwise."""
-        found = [r for r in self.of_type(type_) if name is None or r.name == name]
-        assert len(found) == 1, (
-            f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
-        )
-        return found[0]
-
-
-def is_secret(value: Any) -> bool:
-    """Whether a recorded input value is marked secret."""
-    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
-
-
-def reveal(value: Any) -> Any:
-    """A recorded input value with every secret marker removed."""
-    if is_secret(value):
-        return reveal(value["value"])
-    if isinstance(value, dict):
-        return {k: reveal(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [reveal(v) for v in value]
-    return value
-
-
-def _whole_numbers(value: Any) -> Any:
-    """The engine's wire format carries every number as a float; give integers back."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
-    return value
-
-
-def _computed_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Outputs the cloud would compute, for the types whose outputs the program reads."""
-    if type_ == "gcp:serviceaccount/account:Account":
-        email = f"{inputs['accountId']}@{inputs['project']}.iam.gserviceaccount.com"
-        return {
-            "email": email,
-            "member": f"serviceAccount:{email}",
-            "name": f"projects/{inputs['project']}/serviceAccounts/{email}",
-        }
-    if type_ == "gcp:iam/workloadIdentityPool:WorkloadIdentityPool":
-        pool = inputs["workloadIdentityPoolId"]
-        return {
-            "name": f"projects/{TEST_PROJECT_NUMBER}/locations/global/workloadIdentityPools/{pool}"
-        }
-    if type_ == "gcp:iam/workloadIdentityPoolProvider:WorkloadIdentityPoolProvider":
-        pool, provider = inputs["workloadIdentityPoolId"], inputs["workloadIdentityPoolProviderId"]
-        return {
-            "name": f"projects/{TEST_PROJECT_NUMBER}/locations/global/workloadIdentityPools/"
-            f"{pool}/providers/{provider}"
-        }
-    if type_ == "gcp:storage/bucket:Bucket":
-        return {"name": inputs.get("name", f"{name}-4f3a2b1")}
-    if type_ == "gitlab:index/userRunner:UserRunner":
-        return {"token": CREATED_RUNNER_TOKEN}
-    if type_ == "gcp:container/cluster:Cluster":
-        return {"endpoint": "203.0.113.10", "masterAuth": {"clusterCaCertificate": FAKE_CA}}
-    return {}
-
-
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Pulumi mocks that answer with the inputs plus what the cloud would compute."""
-
-    def __init__(self) -> None:
-        # Registrations run on a thread pool, so inputs are kept by (type, name).
-        self.inputs: dict[tuple[str, str], dict[str, Any]] = {}
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
-        self.inputs[(args.typ, args.name)] = _whole_numbers(dict(args.inputs))
-        return f"{args.name}-id", {
-            **args.inputs,
-            **_computed_state(args.typ, args.name, args.inputs),
-        }
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
-        """What a data source the program reads would answer: GitLab's project by its path."""
-        self.calls.append((args.token, dict(args.args)))
-        if args.token == "gitlab:index/getProject:getProject":
-            return {
-                "id": TEST_GITLAB_PROJECT_ID,
-                "pathWithNamespace": args.args["pathWithNamespace"],
-            }
-        return {}
-
-
-class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
-    """A mock resource monitor that keeps every registration with its inputs and options."""
-
-    def __init__(self, mocks: RecordingMocks, stack: str) -> None:
-        super().__init__(mocks)
-        self.recording_mocks = mocks
-        self.stack = stack
-        self.registered: list[Resource] = []
-
-    def make_urn(self, parent: str, type_: str, name: str) -> str:
-        # The SDK's own make_urn reads the stack from a context variable, which pulumi 3.231
-        # (the floor) does not carry into the threads that register resources, giving
-        # "urn:pulumi:stack::project::…"; the policy rules read the stack from the URN.
-        if parent:
-            type_ = parent.split("::")[2].split("$")[-1] + "$" + type_
-        return f"urn:pulumi:{self.stack}::{PROJECT}::{type_}::{name}"
-
-    def RegisterResource(self, request):
-        response = super().RegisterResource(request)
-        if request.type != "pulumi:pulumi:Stack":
-            self.registered.append(
-                Resource(
-                    type=request.type,
-                    name=request.name,
-                    inputs=self.recording_mocks.inputs.get((request.type, request.name), {}),
-                    urn=response.urn,
-                    parent=request.parent,
-                    depends_on=tuple(request.dependencies),
-                    provider=request.provider,
-                    ignore_changes=tuple(request.ignoreChanges),
-                    protect=request.protect,
-                    alias_types=tuple(a.spec.type for a in request.aliases if a.spec.type),
-                    alias_parents=tuple(
-                        a.spec.parentUrn for a in request.aliases if a.spec.parentUrn
-                    ),
-                    replace_on_changes=tuple(request.replaceOnChanges),
-                    delete_before_replace=request.deleteBeforeReplace,
-                )
-            )
-        return response
 
 
 def fake_token(runner: str) -> str:
     """A token-shaped stand-in for a runner's GitHub token, distinct per runner."""
     return "ghp_" + hashlib.sha256(runner.encode()).hexdigest()[:36]
-
-
-def _with_quickstart_values(config: dict[str, Any]) -> dict[str, Any]:
-    """Add what the README's quickstart asks the user to set: project, repositories, tokens."""
-    config.setdefault("gcp:project", TEST_PROJECT_ID)
-    runners = config.get(RUNNERS, [])
-    for runner in runners:
-        platform = runner.get("platform", "github")
-        default = TEST_REPOSITORIES.get(platform) if isinstance(platform, str) else None
-        runner.setdefault("repository", default or "https://example.org/x/y")
-        # A field a test sets to None is left out, as a user who never set it would.
-        for key in [k for k, v in runner.items() if v is None]:
-            del runner[key]
-    config.setdefault(
-        TOKENS,
-        {r["name"]: fake_token(r["name"]) for r in runners if isinstance(r.get("name"), str)},
-    )
-    return config
 
 
 def stack_config(
@@ -250,30 +68,15 @@ def stack_config(
         if isinstance(base, dict) and isinstance(value, dict):
             value = {k: v for k, v in (base | value).items() if v is not None}
         config[key] = value
-    config = _with_quickstart_values(config)
+    fill_quickstart_values(config, TEST_PROJECT_ID, TEST_REPOSITORIES, fake_token)
+    # A runner field a test sets to None is left out, as a user who never set it would.
+    for runner in config.get(RUNNERS, []):
+        if isinstance(runner, dict):
+            for key in [k for k, v in runner.items() if v is None]:
+                del runner[key]
     for key in without:
         config.pop(key, None)
     return config
-
-
-def _run_mocked(
-    program: Callable[[], Any], config: Mapping[str, Any], secret_keys: Iterable[str], stack: str
-) -> tuple[RecordingMonitor, BaseException | None]:
-    """Run a Pulumi program under recording mocks with the given config."""
-    monitor = RecordingMonitor(RecordingMocks(), stack)
-    runtime_settings.reset_options(project=PROJECT, stack=stack, preview=False)
-    pulumi.runtime.set_mocks(
-        monitor.recording_mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor
-    )
-    pulumi.runtime.set_all_config(
-        {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
-        list(secret_keys),
-    )
-    try:
-        _sync_await(run_pulumi_func(program))
-    except Exception as error:
-        return monitor, error
-    return monitor, None
 
 
 def _run(
@@ -281,34 +84,18 @@ def _run(
     secrets: Mapping[str, Any] | None,
     stack: str,
     without: Iterable[str],
-) -> tuple[RecordingMonitor, BaseException | None]:
+) -> Run:
     values = stack_config(stack, {**(config or {}), **(secrets or {})}, without)
     secret_keys = {*(secrets or {}), *({TOKENS} & values.keys() - set(config or {}))}
-    return _run_mocked(
-        lambda: runpy.run_path(str(REPO / "__main__.py"), run_name="__main__"),
-        values,
-        secret_keys,
-        stack,
-    )
-
-
-def _program(monitor: RecordingMonitor) -> Program:
-    """What a finished run registered and exported."""
-    program = Program(monitor.registered)
-    for name, value in runtime_settings.get_root_resource().outputs.items():
-        output = pulumi.Output.from_input(value)
-        program.outputs[name] = _sync_await(output.future())
-        if _sync_await(output.is_secret()):
-            program.secret_outputs.add(name)
-    return program
+    return run_stack(values, secret_keys, stack)
 
 
 def run_components(build: Callable[[], Any]) -> Program:
     """Run a function that builds components, outside the stack program, and record it."""
-    monitor, error = _run_mocked(build, {}, (), "components")
-    if error is not None:
-        raise error
-    return _program(monitor)
+    run = run_mocked(build, {}, (), "components")
+    if run.error is not None:
+        raise run.error
+    return finished_program(run)
 
 
 def run_program(
@@ -322,10 +109,10 @@ def run_program(
     config: overrides merged into Pulumi.<stack>.yaml; secrets: keys set as secret config;
     without: keys removed. Raises what the program raises.
     """
-    monitor, error = _run(config, secrets, stack, without)
-    if error is not None:
-        raise error
-    return _program(monitor)
+    run = _run(config, secrets, stack, without)
+    if run.error is not None:
+        raise run.error
+    return finished_program(run)
 
 
 def run_rejected_program(
@@ -335,6 +122,6 @@ def run_rejected_program(
     without: Iterable[str] = (),
 ) -> tuple[BaseException, list[Resource]]:
     """Run a stack that must fail; return the error and what was registered before it."""
-    monitor, error = _run(config, secrets, stack, without)
-    assert error is not None, "the program accepted a config it should have rejected"
-    return error, monitor.registered
+    run = _run(config, secrets, stack, without)
+    assert run.error is not None, "the program accepted a config it should have rejected"
+    return run.error, run.registered

@@ -112,11 +112,54 @@ def test_preview_runs_only_on_pull_requests_from_this_repository_and_comments(wo
     }
 
 
-def test_fork_pull_requests_get_a_clear_message_instead_of_a_preview(workflow):
-    notice = workflow["jobs"]["fork-notice"]
-    assert "head.repo.full_name != github.repository" in notice["if"]
-    assert "Pull requests from forks get no secrets" in run_text(notice)
-    assert notice["permissions"] == {}
+def test_fork_pull_requests_get_the_offline_plan_with_no_token_or_secret(workflow):
+    plan = workflow["jobs"]["plan"]
+    assert "head.repo.full_name != github.repository" in plan["if"]
+    assert plan["permissions"] == {"contents": "read"}
+    assert "secrets." not in yaml.safe_dump(plan)
+    assert "-r requirements.txt -r policy/requirements.txt" in run_text(plan)
+
+
+def run_ci_script(script: str, tmp_path, env: dict[str, str]) -> tuple[int, str]:
+    """Run a CI step's shell script from the repository root, with this interpreter as .venv's."""
+    result = subprocess.run(
+        ["bash", "-e", "-c", script.replace(".venv/bin/python", sys.executable)],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_the_github_plan_step_writes_the_plan_to_the_job_summary(workflow, tmp_path):
+    (step,) = [s for s in workflow["jobs"]["plan"]["steps"] if s.get("name") == "Offline plan"]
+    summary = tmp_path / "summary.md"
+    status, output = run_ci_script(
+        step["run"], tmp_path, {"PULUMI_STACK": "dev", "GITHUB_STEP_SUMMARY": str(summary)}
+    )
+    assert status == 0, output
+    assert summary.read_text().startswith("### Offline plan: Pulumi.dev.yaml (stack dev)")
+    assert "All 10 rules pass" in summary.read_text()
+
+
+def test_the_gitlab_plan_job_runs_for_fork_merge_requests_and_keeps_its_artifact(gitlab, tmp_path):
+    plan = gitlab["plan"]
+    assert rules(plan) == [
+        '$CI_PIPELINE_SOURCE == "merge_request_event" '
+        "&& $CI_MERGE_REQUEST_SOURCE_PROJECT_ID != $CI_MERGE_REQUEST_PROJECT_ID"
+    ]
+    assert "id_tokens" not in plan and plan.get("extends") != ".pulumi"
+    assert plan["artifacts"]["paths"] == ["plan.md"] and plan["artifacts"]["when"] == "always"
+    (line,) = [s for s in plan["script"] if "infra.plan" in s]
+    status, output = run_ci_script(
+        f"set -o pipefail\ncd {tmp_path}\n" + line.replace('"Pulumi.', f'"{REPO}/Pulumi.'),
+        tmp_path,
+        {"PULUMI_STACK": "dev", "PYTHONPATH": str(REPO)},
+    )
+    assert status == 0, output
+    assert (tmp_path / "plan.md").read_text().startswith("### Offline plan: Pulumi.dev.yaml")
 
 
 def test_up_runs_only_on_push_to_main(workflow):
@@ -168,11 +211,10 @@ def rules(job: dict) -> list[str]:
 def test_gitlab_preview_runs_only_for_merge_requests_from_this_project(gitlab):
     assert rules(gitlab["preview"]) == [
         '$CI_PIPELINE_SOURCE == "merge_request_event" '
-        "&& $CI_MERGE_REQUEST_SOURCE_PROJECT_ID == $CI_PROJECT_ID"
+        "&& $CI_MERGE_REQUEST_SOURCE_PROJECT_ID == $CI_MERGE_REQUEST_PROJECT_ID"
     ]
     assert any("pulumi preview" in line for line in gitlab["preview"]["script"])
     assert gitlab["preview"]["artifacts"]["expose_as"] == "pulumi preview"
-    assert "!= $CI_PROJECT_ID" in rules(gitlab["preview-skipped"])[0]
 
 
 def test_gitlab_up_runs_only_on_the_default_branch(gitlab):

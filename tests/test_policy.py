@@ -5,14 +5,9 @@ import dataclasses
 
 import pytest
 import yaml
-from pulumi_policy import (
-    EnforcementLevel,
-    PolicyCustomTimeouts,
-    PolicyResourceOptions,
-    ResourceValidationArgs,
-)
-from pulumi_policy.deserialize import deserialize_properties
+from pulumi_policy import EnforcementLevel
 
+from infra import plan
 from policy.rules import POLICIES
 from tests.harness import REPO, TOKENS, Resource, fake_token, run_program
 from tests.stacks import BOTH_ENGINES, GITLAB, SHAPES
@@ -22,26 +17,8 @@ RELEASE = "kubernetes:helm.sh/v3:Release"
 
 
 def violations(resource: Resource, policy_name: str) -> list[str]:
-    """Run one policy on one recorded resource, as the policy engine would."""
-    args = ResourceValidationArgs(
-        resource_type=resource.type,
-        props=deserialize_properties(resource.inputs, proxy_secrets=True),
-        urn=resource.urn,
-        name=resource.name,
-        opts=PolicyResourceOptions(
-            protect=resource.protect,
-            ignore_changes=list(resource.ignore_changes),
-            delete_before_replace=None,
-            aliases=[],
-            custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
-            additional_secret_outputs=[],
-            parent=resource.parent,
-        ),
-        provider=None,
-    )
-    found: list[str] = []
-    BY_NAME[policy_name].validate(args, lambda message, urn=None: found.append(message))
-    return found
+    """Run one policy on one recorded resource, as `python -m infra.plan` does."""
+    return plan.violations(resource, BY_NAME[policy_name])
 
 
 def crafted(program, type_: str, name: str, change, urn_stack: str | None = None) -> Resource:

@@ -1,0 +1,289 @@
+"""Runs the stack program offline under Pulumi mocks and records every resource it registers.
+
+The tests and `python -m infra.plan` both run `__main__.py` through this module: no cloud, no
+Pulumi CLI, no credentials. What only the cloud would compute (account e-mails, the project
+number, the cluster's endpoint, a GitLab project's ID, a created runner's token) is answered
+with the stand-ins below.
+"""
+
+import json
+import runpy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as runtime_settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT = "gpu-runners"
+RUNNERS = f"{PROJECT}:runners"
+TOKENS = f"{PROJECT}:runnerTokens"
+STAND_IN_PROJECT_NUMBER = "123456789012"
+STAND_IN_GITLAB_PROJECT_ID = "4242"
+# What GitLab would answer for a runner the stack creates: its authentication token.
+STAND_IN_RUNNER_TOKEN = "glrt-" + "c" * 24
+STAND_IN_ENDPOINT = "203.0.113.10"
+STAND_IN_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One registration: type token, logical name, inputs (engine camelCase keys), options."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    urn: str
+    parent: str
+    depends_on: tuple[str, ...]
+    provider: str
+    ignore_changes: tuple[str, ...]
+    protect: bool
+    alias_types: tuple[str, ...] = ()
+    """Earlier type tokens this resource answers to (aliases by type)."""
+    alias_parents: tuple[str, ...] = ()
+    """Parents (URNs) this resource had under an earlier owner (aliases by parent)."""
+    replace_on_changes: tuple[str, ...] = ()
+    delete_before_replace: bool = False
+
+
+@dataclass
+class Program:
+    """What one run of the program registered and exported."""
+
+    resources: list[Resource]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def waits_for(self, resource: Resource, target: Resource) -> bool:
+        """Whether the engine creates `target` before `resource` (dependsOn, transitively)."""
+        by_urn = {r.urn: r for r in self.resources}
+        seen: set[str] = set()
+        pending = list(resource.depends_on)
+        while pending:
+            urn = pending.pop()
+            if urn == target.urn:
+                return True
+            if urn not in seen and urn in by_urn:
+                seen.add(urn)
+                pending.extend(by_urn[urn].depends_on)
+        return False
+
+    def one(self, type_: str, name: str | None = None) -> Resource:
+        """The single resource of a type (and name, when given); fails loudly otherwise."""
+        found = [r for r in self.of_type(type_) if name is None or r.name == name]
+        assert len(found) == 1, (
+            f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
+        )
+        return found[0]
+
+
+def is_secret(value: Any) -> bool:
+    """Whether a recorded input value is marked secret."""
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+def reveal(value: Any) -> Any:
+    """A recorded input value with every secret marker removed."""
+    if is_secret(value):
+        return reveal(value["value"])
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+def _whole_numbers(value: Any) -> Any:
+    """The engine's wire format carries every number as a float; give integers back."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
+def _computed_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Outputs the cloud would compute, for the types whose outputs the program reads."""
+    if type_ == "gcp:serviceaccount/account:Account":
+        email = f"{inputs['accountId']}@{inputs['project']}.iam.gserviceaccount.com"
+        return {
+            "email": email,
+            "member": f"serviceAccount:{email}",
+            "name": f"projects/{inputs['project']}/serviceAccounts/{email}",
+        }
+    if type_ == "gcp:iam/workloadIdentityPool:WorkloadIdentityPool":
+        pool = inputs["workloadIdentityPoolId"]
+        return {
+            "name": f"projects/{STAND_IN_PROJECT_NUMBER}/locations/global/"
+            f"workloadIdentityPools/{pool}"
+        }
+    if type_ == "gcp:iam/workloadIdentityPoolProvider:WorkloadIdentityPoolProvider":
+        pool, provider = inputs["workloadIdentityPoolId"], inputs["workloadIdentityPoolProviderId"]
+        return {
+            "name": f"projects/{STAND_IN_PROJECT_NUMBER}/locations/global/workloadIdentityPools/"
+            f"{pool}/providers/{provider}"
+        }
+    if type_ == "gcp:storage/bucket:Bucket":
+        return {"name": inputs.get("name", f"{name}-4f3a2b1")}
+    if type_ == "gitlab:index/userRunner:UserRunner":
+        return {"token": STAND_IN_RUNNER_TOKEN}
+    if type_ == "gcp:container/cluster:Cluster":
+        return {"endpoint": STAND_IN_ENDPOINT, "masterAuth": {"clusterCaCertificate": STAND_IN_CA}}
+    return {}
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Pulumi mocks that answer with the inputs plus what the cloud would compute."""
+
+    def __init__(self) -> None:
+        # Registrations run on a thread pool, so inputs are kept by (type, name).
+        self.inputs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        self.inputs[(args.typ, args.name)] = _whole_numbers(dict(args.inputs))
+        return f"{args.name}-id", {
+            **args.inputs,
+            **_computed_state(args.typ, args.name, args.inputs),
+        }
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
+        """What a data source the program reads would answer: GitLab's project by its path."""
+        if args.token == "gitlab:index/getProject:getProject":
+            return {
+                "id": STAND_IN_GITLAB_PROJECT_ID,
+                "pathWithNamespace": args.args["pathWithNamespace"],
+            }
+        return {}
+
+
+class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
+    """A mock resource monitor that keeps every registration with its inputs and options."""
+
+    def __init__(self, mocks: RecordingMocks, stack: str) -> None:
+        super().__init__(mocks)
+        self.recording_mocks = mocks
+        self.stack = stack
+        self.registered: list[Resource] = []
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        # The SDK's own make_urn reads the stack from a context variable, which pulumi 3.231
+        # (the floor) does not carry into the threads that register resources, giving
+        # "urn:pulumi:stack::project::…"; the policy rules read the stack from the URN.
+        if parent:
+            type_ = parent.split("::")[2].split("$")[-1] + "$" + type_
+        return f"urn:pulumi:{self.stack}::{PROJECT}::{type_}::{name}"
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.registered.append(
+                Resource(
+                    type=request.type,
+                    name=request.name,
+                    inputs=self.recording_mocks.inputs.get((request.type, request.name), {}),
+                    urn=response.urn,
+                    parent=request.parent,
+                    depends_on=tuple(request.dependencies),
+                    provider=request.provider,
+                    ignore_changes=tuple(request.ignoreChanges),
+                    protect=request.protect,
+                    alias_types=tuple(a.spec.type for a in request.aliases if a.spec.type),
+                    alias_parents=tuple(
+                        a.spec.parentUrn for a in request.aliases if a.spec.parentUrn
+                    ),
+                    replace_on_changes=tuple(request.replaceOnChanges),
+                    delete_before_replace=request.deleteBeforeReplace,
+                )
+            )
+        return response
+
+
+@dataclass
+class Run:
+    """One offline run: what was registered, and the error that stopped it, if any."""
+
+    registered: list[Resource]
+    error: BaseException | None
+
+
+def run_mocked(
+    program: Callable[[], Any], config: Mapping[str, Any], secret_keys: Iterable[str], stack: str
+) -> Run:
+    """Run a Pulumi program under recording mocks with the given config."""
+    monitor = RecordingMonitor(RecordingMocks(), stack)
+    runtime_settings.reset_options(project=PROJECT, stack=stack, preview=False)
+    pulumi.runtime.set_mocks(
+        monitor.recording_mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor
+    )
+    pulumi.runtime.set_all_config(
+        {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
+        list(secret_keys),
+    )
+    try:
+        _sync_await(run_pulumi_func(program))
+    except Exception as error:
+        return Run(monitor.registered, error)
+    return Run(monitor.registered, None)
+
+
+def run_stack(config: Mapping[str, Any], secret_keys: Iterable[str], stack: str) -> Run:
+    """Run the stack program, `__main__.py`, as `pulumi up` would with this config."""
+    return run_mocked(
+        lambda: runpy.run_path(str(REPO / "__main__.py"), run_name="__main__"),
+        config,
+        secret_keys,
+        stack,
+    )
+
+
+def finished_program(run: Run) -> Program:
+    """What a run that ended without error registered and exported."""
+    program = Program(run.registered)
+    for name, value in runtime_settings.get_root_resource().outputs.items():
+        output = pulumi.Output.from_input(value)
+        program.outputs[name] = _sync_await(output.future())
+        if _sync_await(output.is_secret()):
+            program.secret_outputs.add(name)
+    return program
+
+
+def fill_quickstart_values(
+    config: dict[str, Any],
+    project: str,
+    repositories: Mapping[str, str],
+    token: Callable[[str], str],
+) -> list[str]:
+    """Set what the README's quickstart asks the user to set, where the config lacks it: the
+    project, each runner's repository (by platform) and the runners' tokens. Returns the keys
+    it set."""
+    filled = []
+    if "gcp:project" not in config:
+        config["gcp:project"] = project
+        filled.append("gcp:project")
+    runners = config.get(RUNNERS, [])
+    for index, runner in enumerate(runners if isinstance(runners, list) else []):
+        if not isinstance(runner, dict):
+            continue
+        if "repository" not in runner:
+            platform = runner.get("platform", "github")
+            default = repositories.get(platform) if isinstance(platform, str) else None
+            runner["repository"] = default or "https://example.org/x/y"
+            filled.append(f"{RUNNERS}[{index}].repository")
+    if TOKENS not in config:
+        names = [
+            r["name"] for r in runners if isinstance(r, dict) and isinstance(r.get("name"), str)
+        ]
+        config[TOKENS] = {name: token(name) for name in names}
+        filled.append(TOKENS)
+    return filled

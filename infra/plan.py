@@ -1,0 +1,281 @@
+"""What a stack file would create, offline and without secrets: `python -m infra.plan`.
+
+    python -m infra.plan [Pulumi.<stack>.yaml]
+
+Runs `__main__.py` under the mocks of infra/mock_engine.py, as the tests do, and prints as
+Markdown: the policy pack's verdicts, every resource that `pulumi up` would create on an empty
+project with its inputs, the Kubernetes manifests as YAML and each Helm release's values. It
+reads no secret: each encrypted value of the stack file becomes "[secret]" before the program
+sees it, so neither a secret nor its ciphertext can reach the output. For pull requests from
+forks, which have no cloud credentials and no passphrase.
+
+Exit status: 0, 1 when a mandatory policy is violated, 2 when the settings are refused.
+"""
+
+import argparse
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyCustomTimeouts,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+)
+from pulumi_policy.deserialize import deserialize_properties
+
+from infra import messages
+from infra.mock_engine import (
+    STAND_IN_ENDPOINT,
+    STAND_IN_GITLAB_PROJECT_ID,
+    STAND_IN_PROJECT_NUMBER,
+    TOKENS,
+    Resource,
+    fill_quickstart_values,
+    is_secret,
+    reveal,
+    run_stack,
+)
+from policy.rules import POLICIES
+
+PLACEHOLDER = messages.SECRET_SHOWN_AS
+STAND_IN_PROJECT = "your-project-id"
+STAND_IN_REPOSITORIES = {
+    "github": "https://github.com/your-org/your-repo",
+    "gitlab": "https://gitlab.com/your-group/your-project",
+}
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+USER_RUNNER = "gitlab:index/userRunner:UserRunner"
+
+
+@dataclass(frozen=True)
+class StackFile:
+    """A stack file's config with every encrypted value replaced by the placeholder."""
+
+    stack: str
+    config: dict[str, Any]
+    secret_keys: set[str]
+    stand_ins: list[str]
+    """Keys the file lacks that the plan fills in, as the quickstart would have."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One policy violation on one resource."""
+
+    level: EnforcementLevel
+    policy: str
+    resource: Resource
+    message: str
+
+
+def _masked(value: Any) -> tuple[Any, bool]:
+    """A config value with each `secure:` leaf replaced by the placeholder, and whether any was."""
+    if isinstance(value, dict) and set(value) == {"secure"}:
+        return PLACEHOLDER, True
+    if isinstance(value, dict):
+        pairs = {k: _masked(v) for k, v in value.items()}
+        return {k: v for k, (v, _) in pairs.items()}, any(s for _, s in pairs.values())
+    if isinstance(value, list):
+        items = [_masked(v) for v in value]
+        return [v for v, _ in items], any(s for _, s in items)
+    return value, False
+
+
+def read_stack_file(path: Path) -> StackFile:
+    """The stack's config as the program would get it, without decrypting anything."""
+    config, secret_keys = {}, set()
+    for key, value in ((yaml.safe_load(path.read_text()) or {}).get("config") or {}).items():
+        config[key], secret = _masked(value)
+        if secret:
+            secret_keys.add(key)
+    stand_ins = fill_quickstart_values(
+        config, STAND_IN_PROJECT, STAND_IN_REPOSITORIES, lambda _: PLACEHOLDER
+    )
+    if TOKENS in stand_ins:
+        secret_keys.add(TOKENS)
+    stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    return StackFile(stack, config, secret_keys, stand_ins)
+
+
+def violations(resource: Resource, policy: ResourceValidationPolicy) -> list[str]:
+    """Run one policy on one recorded resource, as the policy engine would."""
+    args = ResourceValidationArgs(
+        resource_type=resource.type,
+        props=deserialize_properties(resource.inputs, proxy_secrets=True),
+        urn=resource.urn,
+        name=resource.name,
+        opts=PolicyResourceOptions(
+            protect=resource.protect,
+            ignore_changes=list(resource.ignore_changes),
+            delete_before_replace=None,
+            aliases=[],
+            custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+            additional_secret_outputs=[],
+            parent=resource.parent,
+        ),
+        provider=None,
+    )
+    found: list[str] = []
+    policy.validate(args, lambda message, urn=None: found.append(message))
+    return found
+
+
+def verdicts(resources: Iterable[Resource]) -> list[Verdict]:
+    """Every violation of the policy pack's rules among the resources."""
+    return [
+        Verdict(policy.enforcement_level, policy.name, resource, message)
+        for resource in resources
+        for policy in POLICIES
+        for message in violations(resource, policy)
+    ]
+
+
+def shown(value: Any) -> Any:
+    """A recorded value as the plan prints it: every secret as the placeholder."""
+    if is_secret(value):
+        return PLACEHOLDER
+    if isinstance(value, dict):
+        return {k: shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shown(v) for v in value]
+    return value
+
+
+def manifest(resource: Resource) -> dict[str, Any]:
+    """A Kubernetes object's inputs as its manifest; a Secret's values hidden whatever they are."""
+    inputs = shown(resource.inputs)
+    if inputs.get("kind") == "Secret":
+        for field in ("data", "stringData"):
+            if isinstance(values := reveal(resource.inputs.get(field)), dict):
+                inputs[field] = dict.fromkeys(values, PLACEHOLDER)
+    return inputs
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """YAML with multi-line strings (config.toml, scripts) as literal blocks."""
+
+
+_BlockDumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    ),
+)
+
+
+def _yaml(value: Any) -> str:
+    return yaml.dump(value, Dumper=_BlockDumper, sort_keys=True, default_flow_style=False)
+
+
+def _is_kubernetes_object(resource: Resource) -> bool:
+    return resource.type.startswith("kubernetes:") and resource.type != HELM_RELEASE
+
+
+def _policy_section(found: list[Verdict], resources: list[Resource]) -> list[str]:
+    lines = ["### Policy pack", ""]
+    if not found:
+        lines.append(f"All {len(POLICIES)} rules pass on the {len(resources)} resources.")
+        return lines
+    lines += ["| Level | Rule | Resource | Message |", "|---|---|---|---|"]
+    for verdict in found:
+        message = verdict.message.replace("|", "\\|").replace("\n", " ")
+        lines.append(
+            f"| {verdict.level.value} | `{verdict.policy}` | `{verdict.resource.name}` "
+            f"| {message} |"
+        )
+    return lines
+
+
+def _resource_sections(resources: list[Resource]) -> list[str]:
+    lines = [f"### Resources ({len(resources)})", "", "| Type | Name |", "|---|---|"]
+    lines += [f"| `{r.type}` | `{r.name}` |" for r in resources]
+    lines += ["", "#### Google Cloud and GitLab resources", ""]
+    for resource in resources:
+        if resource.type.startswith(("gcp:", "gitlab:")):
+            lines += [
+                f"<details><summary><code>{resource.type}</code> {resource.name}</summary>",
+                "",
+                "```yaml",
+                _yaml(shown(resource.inputs)).rstrip(),
+                "```",
+                "</details>",
+            ]
+    manifests = [manifest(r) for r in resources if _is_kubernetes_object(r)]
+    lines += ["", "#### Kubernetes manifests", "", "```yaml"]
+    lines += [f"---\n{_yaml(m).rstrip()}" for m in manifests]
+    lines += ["```", "", "#### Helm releases", ""]
+    for release in (r for r in resources if r.type == HELM_RELEASE):
+        inputs = shown(release.inputs)
+        lines += [
+            f"<details><summary>{release.name}: chart <code>{inputs.get('chart')}</code> "
+            f"{inputs.get('version')}, namespace <code>{inputs.get('namespace')}</code>"
+            "</summary>",
+            "",
+            "```yaml",
+            _yaml(inputs.get("values") or {}).rstrip(),
+            "```",
+            "</details>",
+        ]
+    return lines
+
+
+def markdown(path: Path, stack_file: StackFile, resources: list[Resource]) -> str:
+    """The plan of a stack file whose program ran, as Markdown."""
+    found = verdicts(resources)
+    lines = [
+        f"### Offline plan: {path.name} (stack {stack_file.stack})",
+        "",
+        "No cloud was called: this is what `pulumi up` would create in an empty project, from "
+        f"the stack file alone. Secret values show as `{PLACEHOLDER}`. What only the cloud "
+        f"knows is a stand-in: project number {STAND_IN_PROJECT_NUMBER}, cluster endpoint "
+        f"{STAND_IN_ENDPOINT}, GitLab project ID {STAND_IN_GITLAB_PROJECT_ID}, the random "
+        "suffix of generated names.",
+    ]
+    if stack_file.stand_ins:
+        lines += [
+            "",
+            "Not in the stack file, so planned with stand-ins: "
+            + ", ".join(f"`{key}`" for key in stack_file.stand_ins)
+            + ".",
+        ]
+    if any(r.type == USER_RUNNER for r in resources):
+        lines += [
+            "",
+            "A secret token cannot be read here, so each `gitlab-runner` runner is planned with "
+            "a token that creates the runner (a `UserRunner`); with a runner authentication "
+            "token (`glrt-…`) in the stack file, no `UserRunner` is created.",
+        ]
+    lines += ["", *_policy_section(found, resources), "", *_resource_sections(resources)]
+    return "\n".join(lines) + "\n"
+
+
+def mandatory_violations(resources: Iterable[Resource]) -> list[Verdict]:
+    return [v for v in verdicts(resources) if v.level == EnforcementLevel.MANDATORY]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.plan", description=__doc__)
+    parser.add_argument("stack_file", nargs="?", default="Pulumi.dev.yaml", type=Path)
+    args = parser.parse_args(argv)
+    if not args.stack_file.is_file():
+        print(f"No stack file {args.stack_file}: give a Pulumi.<stack>.yaml", file=sys.stderr)
+        return 2
+    stack_file = read_stack_file(args.stack_file)
+    run = run_stack(stack_file.config, stack_file.secret_keys, stack_file.stack)
+    if run.error is not None:
+        print(f"### Offline plan: {args.stack_file.name}\n\nThe program stops:\n")
+        print(f"```\n{run.error}\n```")
+        return 2
+    resources = sorted(run.registered, key=lambda r: (r.type, r.name))
+    print(markdown(args.stack_file, stack_file, resources))
+    return 1 if mandatory_violations(resources) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

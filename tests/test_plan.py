@@ -1,0 +1,150 @@
+"""`python -m infra.plan`: what a fork's pull request sees, from the stack file alone."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra import plan
+from tests.harness import REPO, reveal, run_program
+
+CIPHERTEXTS = {
+    "gl-gpu": "v1:AAAAb3Jr0c2VjcmV0Z2w=:qZ8mXcY2tOoL0dP6n3Bf",
+    "gpu-arc": "v1:AAAAb3Jr0c2VjcmV0YXJj:Wk2pRr7sVv1gH9eJ4yTq",
+}
+
+
+def write_stack(tmp_path: Path, name: str, config: dict) -> Path:
+    path = tmp_path / f"Pulumi.{name}.yaml"
+    path.write_text(yaml.safe_dump({"encryptionsalt": "v1:c2FsdA==:v1:abc:def", "config": config}))
+    return path
+
+
+def dev_config() -> dict:
+    return yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())["config"]
+
+
+@pytest.fixture(scope="module")
+def fork_stack(tmp_path_factory) -> Path:
+    """A user's stack file as committed: project, repositories, two encrypted tokens."""
+    config = dev_config() | {
+        "gcp:project": "ml-team-sandbox",
+        "gpu-runners:runners": [
+            {
+                "name": "gl-gpu",
+                "platform": "gitlab",
+                "repository": "https://gitlab.com/ml-team/churn-model",
+                "labels": ["gpu"],
+            },
+            {
+                "name": "gpu-arc",
+                "engine": "arc",
+                "repository": "https://github.com/ml-team/churn-model",
+                "labels": ["gpu-arc"],
+            },
+        ],
+        "gpu-runners:runnerTokens": {
+            name: {"secure": ciphertext} for name, ciphertext in CIPHERTEXTS.items()
+        },
+    }
+    return write_stack(tmp_path_factory.mktemp("fork"), "fork", config)
+
+
+def run_plan(capsys, path: Path) -> tuple[int, str]:
+    status = plan.main([str(path)])
+    return status, capsys.readouterr().out
+
+
+def manifests_in(text: str) -> list[dict]:
+    """The YAML documents of the plan's Kubernetes manifests section."""
+    section = text.split("#### Kubernetes manifests", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    return [doc for doc in yaml.safe_load_all(block) if doc]
+
+
+def test_the_dev_stack_file_plans_with_stand_ins_for_what_the_quickstart_sets(capsys):
+    status, text = run_plan(capsys, REPO / "Pulumi.dev.yaml")
+    assert status == 0
+    assert text.startswith("### Offline plan: Pulumi.dev.yaml (stack dev)")
+    assert (
+        "planned with stand-ins: `gcp:project`, `gpu-runners:runners[0].repository`, "
+        "`gpu-runners:runnerTokens`." in text
+    )
+    assert "All 10 rules pass on the 40 resources." in text
+    assert "| `gcp:container/nodePool:NodePool` | `gke-gpu` |" in text
+    assert "project: your-project-id" in text
+
+
+def test_encrypted_values_show_as_placeholders_never_as_ciphertext(capsys, fork_stack):
+    status, text = run_plan(capsys, fork_stack)
+    assert status == 0
+    for ciphertext in CIPHERTEXTS.values():
+        assert ciphertext not in text and ciphertext.split(":")[1] not in text
+    assert "Not in the stack file" not in text
+    secrets = [m for m in manifests_in(text) if m["kind"] == "Secret"]
+    assert {m["metadata"]["name"]: m["stringData"] for m in secrets} == {
+        "gl-gpu-token": {"runner-registration-token": "[secret]", "runner-token": "[secret]"},
+        "gpu-arc-token": {"github_token": "[secret]"},
+    }
+
+
+def test_a_secret_token_plans_a_gitlab_runner_that_the_stack_creates_and_says_so(
+    capsys, fork_stack
+):
+    _, text = run_plan(capsys, fork_stack)
+    assert "| `gitlab:index/userRunner:UserRunner` | `gl-gpu` |" in text
+    assert "each `gitlab-runner` runner is planned with a token that creates the runner" in text
+
+
+def test_the_manifests_are_those_the_program_registers(capsys, fork_stack):
+    """The plan and the tests run the same engine: the same objects, with secrets hidden."""
+    _, text = run_plan(capsys, fork_stack)
+    config = yaml.safe_load(fork_stack.read_text())["config"]
+    program = run_program(
+        config={k: v for k, v in config.items() if k != "gpu-runners:runnerTokens"},
+        secrets={"gpu-runners:runnerTokens": {"gl-gpu": "plan-test", "gpu-arc": "plan-test"}},
+    )
+    registered = [
+        reveal(r.inputs)
+        for r in program.resources
+        if r.type.startswith("kubernetes:") and r.type != plan.HELM_RELEASE
+    ]
+    planned = manifests_in(text)
+    assert len(planned) == len(registered)
+    for manifest in planned:
+        if manifest["kind"] == "Secret":
+            continue
+        assert manifest in registered, manifest["metadata"]["name"]
+
+
+def test_helm_values_are_shown_with_multi_line_config_as_a_block(capsys, fork_stack):
+    _, text = run_plan(capsys, fork_stack)
+    assert "gl-gpu: chart <code>gitlab-runner</code> 0.86.0, namespace <code>gl-gpu</code>" in text
+    assert "  config: |\n    [[runners]]" in text
+
+
+def test_a_mandatory_violation_is_listed_and_fails_the_plan(capsys, tmp_path):
+    config = yaml.safe_load((REPO / "Pulumi.prod.yaml").read_text())["config"]
+    config["gcp:project"] = "ml-team-prod"
+    config["gpu-runners:cluster"]["deletionProtection"] = False
+    status, text = run_plan(capsys, write_stack(tmp_path, "prod", config))
+    assert status == 1
+    assert (
+        "| mandatory | `prod-clusters-have-deletion-protection` | `gke` | Cluster 'gke' in "
+        "stack 'prod' has deletion protection off" in text
+    )
+
+
+def test_refused_settings_stop_the_plan_with_the_settings_error(capsys, fork_stack, tmp_path):
+    config = yaml.safe_load(fork_stack.read_text())["config"]
+    config["gpu-runners:gpuPool"]["maxNodes"] = -1
+    status, text = run_plan(capsys, write_stack(tmp_path, "broken", config))
+    assert status == 2
+    assert "gpu-runners:gpuPool.maxNodes" in text and "-1" in text
+    assert not any(ciphertext in text for ciphertext in CIPHERTEXTS.values())
+
+
+def test_a_missing_stack_file_is_named(capsys, tmp_path):
+    assert plan.main([str(tmp_path / "Pulumi.nope.yaml")]) == 2
+    assert "No stack file " in capsys.readouterr().err
