@@ -182,7 +182,14 @@ def _policy_section(found: list[Verdict], resources: list[Resource]) -> list[str
     if not found:
         lines.append(f"All {len(POLICIES)} rules pass on the {len(resources)} resources.")
         return lines
-    lines += ["| Level | Rule | Resource | Message |", "|---|---|---|---|"]
+    mandatory = sum(v.level == EnforcementLevel.MANDATORY for v in found)
+    lines += [
+        f"{mandatory} mandatory and {len(found) - mandatory} advisory violations of the "
+        f"{len(POLICIES)} rules, on the {len(resources)} resources:",
+        "",
+        "| Level | Rule | Resource | Message |",
+        "|---|---|---|---|",
+    ]
     for verdict in found:
         message = verdict.message.replace("|", "\\|").replace("\n", " ")
         lines.append(

@@ -120,12 +120,12 @@ def test_fork_pull_requests_get_the_offline_plan_with_no_token_or_secret(workflo
     assert "-r requirements.txt -r policy/requirements.txt" in run_text(plan)
 
 
-def run_ci_script(script: str, tmp_path, env: dict[str, str]) -> tuple[int, str]:
-    """Run a CI step's shell script from the repository root, with this interpreter as .venv's."""
+def run_ci_script(script: str, workdir, env: dict[str, str]) -> tuple[int, str]:
+    """Run a CI step's shell script in `workdir`, with this interpreter as .venv's."""
     result = subprocess.run(
         ["bash", "-e", "-c", script.replace(".venv/bin/python", sys.executable)],
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", **env},
+        cwd=workdir,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -133,18 +133,32 @@ def run_ci_script(script: str, tmp_path, env: dict[str, str]) -> tuple[int, str]
     return result.returncode, result.stdout + result.stderr
 
 
-def test_the_github_plan_step_writes_the_plan_to_the_job_summary(workflow, tmp_path):
+def stack_files(tmp_path, prod_deletion_protection: bool = True):
+    """A checkout's stack files: the dev stack, and the prod stack as given."""
+    (tmp_path / "Pulumi.dev.yaml").write_text((REPO / "Pulumi.dev.yaml").read_text())
+    prod = yaml.safe_load((REPO / "Pulumi.prod.yaml").read_text())
+    prod["config"]["gpu-runners:cluster"]["deletionProtection"] = prod_deletion_protection
+    (tmp_path / "Pulumi.prod.yaml").write_text(yaml.safe_dump(prod))
+    return tmp_path
+
+
+def test_the_github_plan_step_plans_every_stack_file_into_the_job_summary(workflow, tmp_path):
     (step,) = [s for s in workflow["jobs"]["plan"]["steps"] if s.get("name") == "Offline plan"]
     summary = tmp_path / "summary.md"
     status, output = run_ci_script(
-        step["run"], tmp_path, {"PULUMI_STACK": "dev", "GITHUB_STEP_SUMMARY": str(summary)}
+        step["run"], stack_files(tmp_path), {"GITHUB_STEP_SUMMARY": str(summary)}
     )
     assert status == 0, output
-    assert summary.read_text().startswith("### Offline plan: Pulumi.dev.yaml (stack dev)")
-    assert "All 10 rules pass" in summary.read_text()
+    text = summary.read_text()
+    assert "### Offline plan: Pulumi.dev.yaml (stack dev)" in text
+    assert "### Offline plan: Pulumi.prod.yaml (stack prod)" in text
+    assert "All 10 rules pass on the 40 resources." in text
+    assert "0 mandatory and 1 advisory violations of the 10 rules, on the 39 resources:" in text
 
 
-def test_the_gitlab_plan_job_runs_for_fork_merge_requests_and_keeps_its_artifact(gitlab, tmp_path):
+def test_the_gitlab_plan_job_runs_for_fork_merge_requests_and_keeps_a_failing_plan(
+    gitlab, tmp_path
+):
     plan = gitlab["plan"]
     assert rules(plan) == [
         '$CI_PIPELINE_SOURCE == "merge_request_event" '
@@ -152,14 +166,12 @@ def test_the_gitlab_plan_job_runs_for_fork_merge_requests_and_keeps_its_artifact
     ]
     assert "id_tokens" not in plan and plan.get("extends") != ".pulumi"
     assert plan["artifacts"]["paths"] == ["plan.md"] and plan["artifacts"]["when"] == "always"
-    (line,) = [s for s in plan["script"] if "infra.plan" in s]
-    status, output = run_ci_script(
-        f"set -o pipefail\ncd {tmp_path}\n" + line.replace('"Pulumi.', f'"{REPO}/Pulumi.'),
-        tmp_path,
-        {"PULUMI_STACK": "dev", "PYTHONPATH": str(REPO)},
-    )
-    assert status == 0, output
-    assert (tmp_path / "plan.md").read_text().startswith("### Offline plan: Pulumi.dev.yaml")
+    (script,) = [s for s in plan["script"] if "infra.plan" in s]
+    status, output = run_ci_script(script, stack_files(tmp_path, False), {})
+    assert status == 1, output
+    text = (tmp_path / "plan.md").read_text()
+    assert "### Offline plan: Pulumi.dev.yaml (stack dev)" in text
+    assert "| mandatory | `prod-clusters-have-deletion-protection` |" in text
 
 
 def test_up_runs_only_on_push_to_main(workflow):
@@ -335,8 +347,14 @@ def test_the_preview_carries_a_cost_estimate_against_the_base_branch(workflow, g
 def test_the_rerun_workflow_runs_once_after_a_failed_mlops_run_with_the_least_permissions():
     rerun = load(GITHUB_RERUN)
     assert rerun["on"] == {"workflow_run": {"workflows": ["MLOps"], "types": ["completed"]}}
-    assert load(GITHUB_EXAMPLE)["name"] == "MLOps"
-    assert rerun["permissions"] == {"contents": "read", "checks": "read", "actions": "write"}
+    assert load(GITHUB_EXAMPLE)["name"] == load(GITHUB_ARC_EXAMPLE)["name"] == "MLOps"
+    assert rerun["permissions"] == {"contents": "read", "actions": "write"}
     job = rerun["jobs"]["rerun"]
-    assert "conclusion == 'failure'" in job["if"] and "run_attempt == 1" in job["if"]
+    condition = " ".join(job["if"].split())
+    assert condition == (
+        "(github.event.workflow_run.conclusion == 'failure' "
+        "|| github.event.workflow_run.conclusion == 'cancelled') "
+        "&& github.event.workflow_run.run_attempt == 1 "
+        "&& github.event.workflow_run.head_repository.full_name == github.repository"
+    )
     assert "python3 .github/scripts/rerun_lost_jobs.py" in run_text(job)
