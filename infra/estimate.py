@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from infra import settings as stack_settings
+from infra.stack_file import StackFileError, read_config
 
 CATALOG = Path(__file__).parent / "data" / "prices.yaml"
 BOOT_DISK = "pd-balanced"  # GKE's default boot disk type; the pools do not set another.
@@ -171,7 +172,8 @@ def markdown(title: str, this: Estimate, base: Estimate | None = None) -> str:
 
 
 def _config(path: Path) -> dict:
-    return (yaml.safe_load(path.read_text()) or {}).get("config", {})
+    """The stack file's config, secrets as placeholders: no figure needs one."""
+    return read_config(path).values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         this = estimate(_config(args.stack_file))
         base = estimate(_config(args.base)) if args.base and args.base.exists() else None
-    except stack_settings.SettingsError as error:
+    except (stack_settings.SettingsError, StackFileError) as error:
         print(f"Cannot estimate {args.stack_file}:\n{error}", file=sys.stderr)
         return 2
     print(markdown(args.stack_file.name, this, base))

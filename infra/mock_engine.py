@@ -9,8 +9,7 @@ with the stand-ins below.
 import json
 import runpy
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -19,8 +18,8 @@ from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-REPO = Path(__file__).resolve().parent.parent
-PROJECT = "gpu-runners"
+from infra.stack_file import PROJECT, REPO
+
 RUNNERS = f"{PROJECT}:runners"
 TOKENS = f"{PROJECT}:runnerTokens"
 STAND_IN_PROJECT_NUMBER = "123456789012"
@@ -50,40 +49,6 @@ class Resource:
     """Parents (URNs) this resource had under an earlier owner (aliases by parent)."""
     replace_on_changes: tuple[str, ...] = ()
     delete_before_replace: bool = False
-
-
-@dataclass
-class Program:
-    """What one run of the program registered and exported."""
-
-    resources: list[Resource]
-    outputs: dict[str, Any] = field(default_factory=dict)
-    secret_outputs: set[str] = field(default_factory=set)
-
-    def of_type(self, type_: str) -> list[Resource]:
-        return [r for r in self.resources if r.type == type_]
-
-    def waits_for(self, resource: Resource, target: Resource) -> bool:
-        """Whether the engine creates `target` before `resource` (dependsOn, transitively)."""
-        by_urn = {r.urn: r for r in self.resources}
-        seen: set[str] = set()
-        pending = list(resource.depends_on)
-        while pending:
-            urn = pending.pop()
-            if urn == target.urn:
-                return True
-            if urn not in seen and urn in by_urn:
-                seen.add(urn)
-                pending.extend(by_urn[urn].depends_on)
-        return False
-
-    def one(self, type_: str, name: str | None = None) -> Resource:
-        """The single resource of a type (and name, when given); fails loudly otherwise."""
-        found = [r for r in self.of_type(type_) if name is None or r.name == name]
-        assert len(found) == 1, (
-            f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
-        )
-        return found[0]
 
 
 def is_secret(value: Any) -> bool:
@@ -245,17 +210,6 @@ def run_stack(config: Mapping[str, Any], secret_keys: Iterable[str], stack: str)
         secret_keys,
         stack,
     )
-
-
-def finished_program(run: Run) -> Program:
-    """What a run that ended without error registered and exported."""
-    program = Program(run.registered)
-    for name, value in runtime_settings.get_root_resource().outputs.items():
-        output = pulumi.Output.from_input(value)
-        program.outputs[name] = _sync_await(output.future())
-        if _sync_await(output.is_secret()):
-            program.secret_outputs.add(name)
-    return program
 
 
 def fill_quickstart_values(

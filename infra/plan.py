@@ -9,7 +9,8 @@ reads no secret: each encrypted value of the stack file becomes "[secret]" befor
 sees it, so neither a secret nor its ciphertext can reach the output. For pull requests from
 forks, which have no cloud credentials and no passphrase.
 
-Exit status: 0, 1 when a mandatory policy is violated, 2 when the settings are refused.
+Exit status: 0; 1 when a mandatory policy is violated; 2 when the stack file cannot be read
+or the program stops (refused settings, say), with the reason in place of the plan.
 """
 
 import argparse
@@ -29,7 +30,6 @@ from pulumi_policy import (
 )
 from pulumi_policy.deserialize import deserialize_properties
 
-from infra import messages
 from infra.mock_engine import (
     STAND_IN_ENDPOINT,
     STAND_IN_GITLAB_PROJECT_ID,
@@ -41,20 +41,19 @@ from infra.mock_engine import (
     reveal,
     run_stack,
 )
-from policy.rules import POLICIES
+from infra.stack_file import PLACEHOLDER, StackFileError, read_config
+from policy.rules import HELM_RELEASE, POLICIES
 
-PLACEHOLDER = messages.SECRET_SHOWN_AS
 STAND_IN_PROJECT = "your-project-id"
 STAND_IN_REPOSITORIES = {
     "github": "https://github.com/your-org/your-repo",
     "gitlab": "https://gitlab.com/your-group/your-project",
 }
-HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 USER_RUNNER = "gitlab:index/userRunner:UserRunner"
 
 
 @dataclass(frozen=True)
-class StackFile:
+class PlannedStack:
     """A stack file's config with every encrypted value replaced by the placeholder."""
 
     stack: str
@@ -74,33 +73,20 @@ class Verdict:
     message: str
 
 
-def _masked(value: Any) -> tuple[Any, bool]:
-    """A config value with each `secure:` leaf replaced by the placeholder, and whether any was."""
-    if isinstance(value, dict) and set(value) == {"secure"}:
-        return PLACEHOLDER, True
-    if isinstance(value, dict):
-        pairs = {k: _masked(v) for k, v in value.items()}
-        return {k: v for k, (v, _) in pairs.items()}, any(s for _, s in pairs.values())
-    if isinstance(value, list):
-        items = [_masked(v) for v in value]
-        return [v for v, _ in items], any(s for _, s in items)
-    return value, False
-
-
-def read_stack_file(path: Path) -> StackFile:
+def read_stack_file(path: Path) -> PlannedStack:
     """The stack's config as the program would get it, without decrypting anything."""
-    config, secret_keys = {}, set()
-    for key, value in ((yaml.safe_load(path.read_text()) or {}).get("config") or {}).items():
-        config[key], secret = _masked(value)
-        if secret:
-            secret_keys.add(key)
+    config = read_config(path)
+    values, secret_keys = dict(config.values), set(config.secret_keys)
+    if values.get(TOKENS) == PLACEHOLDER:
+        # One secret for all tokens (set without --path): its runners cannot be read here.
+        del values[TOKENS]
     stand_ins = fill_quickstart_values(
-        config, STAND_IN_PROJECT, STAND_IN_REPOSITORIES, lambda _: PLACEHOLDER
+        values, STAND_IN_PROJECT, STAND_IN_REPOSITORIES, lambda _: PLACEHOLDER
     )
     if TOKENS in stand_ins:
         secret_keys.add(TOKENS)
     stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
-    return StackFile(stack, config, secret_keys, stand_ins)
+    return PlannedStack(stack, values, secret_keys, stand_ins)
 
 
 def violations(resource: Resource, policy: ResourceValidationPolicy) -> list[str]:
@@ -173,7 +159,7 @@ def _yaml(value: Any) -> str:
     return yaml.dump(value, Dumper=_BlockDumper, sort_keys=True, default_flow_style=False)
 
 
-def _is_kubernetes_object(resource: Resource) -> bool:
+def is_kubernetes_object(resource: Resource) -> bool:
     return resource.type.startswith("kubernetes:") and resource.type != HELM_RELEASE
 
 
@@ -183,8 +169,9 @@ def _policy_section(found: list[Verdict], resources: list[Resource]) -> list[str
         lines.append(f"All {len(POLICIES)} rules pass on the {len(resources)} resources.")
         return lines
     mandatory = sum(v.level == EnforcementLevel.MANDATORY for v in found)
+    advisory = sum(v.level == EnforcementLevel.ADVISORY for v in found)
     lines += [
-        f"{mandatory} mandatory and {len(found) - mandatory} advisory violations of the "
+        f"{mandatory} mandatory and {advisory} advisory violations of the "
         f"{len(POLICIES)} rules, on the {len(resources)} resources:",
         "",
         "| Level | Rule | Resource | Message |",
@@ -213,7 +200,7 @@ def _resource_sections(resources: list[Resource]) -> list[str]:
                 "```",
                 "</details>",
             ]
-    manifests = [manifest(r) for r in resources if _is_kubernetes_object(r)]
+    manifests = [manifest(r) for r in resources if is_kubernetes_object(r)]
     lines += ["", "#### Kubernetes manifests", "", "```yaml"]
     lines += [f"---\n{_yaml(m).rstrip()}" for m in manifests]
     lines += ["```", "", "#### Helm releases", ""]
@@ -232,9 +219,10 @@ def _resource_sections(resources: list[Resource]) -> list[str]:
     return lines
 
 
-def markdown(path: Path, stack_file: StackFile, resources: list[Resource]) -> str:
-    """The plan of a stack file whose program ran, as Markdown."""
-    found = verdicts(resources)
+def markdown(
+    path: Path, stack_file: PlannedStack, resources: list[Resource], found: list[Verdict]
+) -> str:
+    """The plan of a stack file whose program ran, with the policy pack's verdicts, as Markdown."""
     lines = [
         f"### Offline plan: {path.name} (stack {stack_file.stack})",
         "",
@@ -247,7 +235,7 @@ def markdown(path: Path, stack_file: StackFile, resources: list[Resource]) -> st
     if stack_file.stand_ins:
         lines += [
             "",
-            "Not in the stack file, so planned with stand-ins: "
+            "Not in the stack file or not readable here, so planned with stand-ins: "
             + ", ".join(f"`{key}`" for key in stack_file.stand_ins)
             + ".",
         ]
@@ -262,26 +250,27 @@ def markdown(path: Path, stack_file: StackFile, resources: list[Resource]) -> st
     return "\n".join(lines) + "\n"
 
 
-def mandatory_violations(resources: Iterable[Resource]) -> list[Verdict]:
-    return [v for v in verdicts(resources) if v.level == EnforcementLevel.MANDATORY]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.plan", description=__doc__)
     parser.add_argument("stack_file", nargs="?", default="Pulumi.dev.yaml", type=Path)
     args = parser.parse_args(argv)
+    heading = f"### Offline plan: {args.stack_file.name}"
     if not args.stack_file.is_file():
-        print(f"No stack file {args.stack_file}: give a Pulumi.<stack>.yaml", file=sys.stderr)
+        print(f"{heading}\n\nNo such stack file: give a Pulumi.<stack>.yaml.")
         return 2
-    stack_file = read_stack_file(args.stack_file)
+    try:
+        stack_file = read_stack_file(args.stack_file)
+    except StackFileError as error:
+        print(f"{heading}\n\nThe stack file cannot be read: {error}")
+        return 2
     run = run_stack(stack_file.config, stack_file.secret_keys, stack_file.stack)
     if run.error is not None:
-        print(f"### Offline plan: {args.stack_file.name}\n\nThe program stops:\n")
-        print(f"```\n{run.error}\n```")
+        print(f"{heading}\n\nThe program stops:\n\n```\n{run.error}\n```")
         return 2
     resources = sorted(run.registered, key=lambda r: (r.type, r.name))
-    print(markdown(args.stack_file, stack_file, resources))
-    return 1 if mandatory_violations(resources) else 0
+    found = verdicts(resources)
+    print(markdown(args.stack_file, stack_file, resources, found))
+    return 1 if any(v.level == EnforcementLevel.MANDATORY for v in found) else 0
 
 
 if __name__ == "__main__":

@@ -2,20 +2,21 @@
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+import pulumi
+from pulumi.runtime import settings as runtime_settings
+from pulumi.runtime.sync_await import _sync_await
 
 from infra.mock_engine import (
     PROJECT,
     REPO,
     RUNNERS,
     TOKENS,
-    Program,
     Resource,
     Run,
     fill_quickstart_values,
-    finished_program,
     is_secret,
     reveal,
     run_mocked,
@@ -24,6 +25,7 @@ from infra.mock_engine import (
 from infra.mock_engine import STAND_IN_GITLAB_PROJECT_ID as TEST_GITLAB_PROJECT_ID
 from infra.mock_engine import STAND_IN_PROJECT_NUMBER as TEST_PROJECT_NUMBER
 from infra.mock_engine import STAND_IN_RUNNER_TOKEN as CREATED_RUNNER_TOKEN
+from infra.stack_file import read_config
 
 __all__ = [
     "CREATED_RUNNER_TOKEN",
@@ -33,7 +35,6 @@ __all__ = [
     "TEST_GITLAB_PROJECT_ID",
     "TEST_PROJECT_NUMBER",
     "TOKENS",
-    "Program",
     "Resource",
     "is_secret",
     "reveal",
@@ -46,6 +47,51 @@ TEST_REPOSITORIES = {
     "github": "https://github.com/ml-team/churn-model",
     "gitlab": "https://gitlab.com/ml-team/churn-model",
 }
+
+
+@dataclass
+class Program:
+    """What one run of the program registered and exported."""
+
+    resources: list[Resource]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def waits_for(self, resource: Resource, target: Resource) -> bool:
+        """Whether the engine creates `target` before `resource` (dependsOn, transitively)."""
+        by_urn = {r.urn: r for r in self.resources}
+        seen: set[str] = set()
+        pending = list(resource.depends_on)
+        while pending:
+            urn = pending.pop()
+            if urn == target.urn:
+                return True
+            if urn not in seen and urn in by_urn:
+                seen.add(urn)
+                pending.extend(by_urn[urn].depends_on)
+        return False
+
+    def one(self, type_: str, name: str | None = None) -> Resource:
+        """The single resource of a type (and name, when given); fails loudly otherwise."""
+        found = [r for r in self.of_type(type_) if name is None or r.name == name]
+        assert len(found) == 1, (
+            f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
+        )
+        return found[0]
+
+
+def finished_program(run: Run) -> Program:
+    """What a run that ended without error registered and exported."""
+    program = Program(run.registered)
+    for name, value in runtime_settings.get_root_resource().outputs.items():
+        output = pulumi.Output.from_input(value)
+        program.outputs[name] = _sync_await(output.future())
+        if _sync_await(output.is_secret()):
+            program.secret_outputs.add(name)
+    return program
 
 
 def fake_token(runner: str) -> str:
@@ -62,7 +108,7 @@ def stack_config(
     test names only the fields it changes; a field overridden with None is removed. Keys in
     `without` are removed after the quickstart's values are added.
     """
-    config = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
+    config = read_config(REPO / f"Pulumi.{stack}.yaml").values
     for key, value in overrides.items():
         base = config.get(key)
         if isinstance(base, dict) and isinstance(value, dict):

@@ -87,6 +87,17 @@ def test_a_bad_stack_file_is_refused_with_its_problem(tmp_path, capsys):
     assert "gpu-runners:systemPool.machineType = 'x1'" in capsys.readouterr().err
 
 
+def test_an_encrypted_value_is_never_shown_even_when_refused(tmp_path, capsys):
+    ciphertext = "v1:AAAAc2FsdA==:Y2x1c3Rlci1uYW1lLWNpcGhlcg=="
+    config = stack("dev")
+    config["gpu-runners:cluster"]["name"] = {"secure": ciphertext}
+    path = tmp_path / "Pulumi.dev.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    estimate.main([str(path)])
+    captured = capsys.readouterr()
+    assert ciphertext.split(":")[2] not in captured.out + captured.err
+
+
 def test_the_readmes_idle_figures_are_the_estimates():
     readme = (REPO / "README.md").read_text()
     for name in ("dev", "prod"):

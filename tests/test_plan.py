@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from infra import plan
+from infra.stack_file import read_config
 from tests.harness import REPO, reveal, run_program
 
 CIPHERTEXTS = {
@@ -22,7 +23,7 @@ def write_stack(tmp_path: Path, name: str, config: dict) -> Path:
 
 
 def dev_config() -> dict:
-    return yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())["config"]
+    return read_config(REPO / "Pulumi.dev.yaml").values
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +106,7 @@ def test_the_manifests_are_those_the_program_registers(capsys, fork_stack):
         config={k: v for k, v in config.items() if k != "gpu-runners:runnerTokens"},
         secrets={"gpu-runners:runnerTokens": {"gl-gpu": "plan-test", "gpu-arc": "plan-test"}},
     )
-    registered = [
-        reveal(r.inputs)
-        for r in program.resources
-        if r.type.startswith("kubernetes:") and r.type != plan.HELM_RELEASE
-    ]
+    registered = [reveal(r.inputs) for r in program.resources if plan.is_kubernetes_object(r)]
     planned = manifests_in(text)
     assert len(planned) == len(registered)
     for manifest in planned:
@@ -146,5 +143,95 @@ def test_refused_settings_stop_the_plan_with_the_settings_error(capsys, fork_sta
 
 
 def test_a_missing_stack_file_is_named(capsys, tmp_path):
-    assert plan.main([str(tmp_path / "Pulumi.nope.yaml")]) == 2
-    assert "No stack file " in capsys.readouterr().err
+    status, text = run_plan(capsys, tmp_path / "Pulumi.nope.yaml")
+    assert status == 2
+    assert "No such stack file: give a Pulumi.<stack>.yaml." in text
+
+
+CIPHERTEXT = "v1:AAAAc2VjcmV0c2FsdA==:bGVha2VkLWNpcGhlcnRleHQ="
+
+
+def fork_config(fork_stack: Path) -> dict:
+    return yaml.safe_load(fork_stack.read_text())["config"]
+
+
+@pytest.mark.parametrize(
+    "place",
+    ["runner label", "node selector", "cluster name", "CI repository", "whole key", "list item"],
+)
+def test_ciphertext_anywhere_in_the_stack_file_never_reaches_the_output(
+    capfd, tmp_path, fork_stack, place
+):
+    config = fork_config(fork_stack)
+    secure = {"secure": CIPHERTEXT}
+    runner = config["gpu-runners:runners"][1]
+    if place == "runner label":
+        runner["labels"] = ["gpu-arc", secure]
+    elif place == "node selector":
+        runner["nodeSelector"] = {"gpu": "true", "pool": secure}
+    elif place == "cluster name":
+        config["gpu-runners:cluster"]["name"] = secure
+    elif place == "CI repository":
+        config["gpu-runners:ci"] = {"githubRepository": secure}
+    elif place == "whole key":
+        config["gpu-runners:gpuPool"] = secure
+    else:
+        config["gpu-runners:gpuPool"]["zones"] = [secure]
+    plan.main([str(write_stack(tmp_path, "leak", config))])
+    captured = capfd.readouterr()
+    assert CIPHERTEXT.split(":")[1] not in captured.out + captured.err
+
+
+def test_a_stack_file_that_is_not_yaml_is_refused_without_quoting_it(capfd, tmp_path):
+    path = tmp_path / "Pulumi.bad.yaml"
+    path.write_text(
+        f"config:\n  gpu-runners:runnerTokens:\n    cml-runner: {{secure: {CIPHERTEXT}\n"
+    )
+    status = plan.main([str(path)])
+    captured = capfd.readouterr()
+    assert status == 2
+    assert "Pulumi.bad.yaml is not valid YAML at line" in captured.out
+    assert CIPHERTEXT.split(":")[1] not in captured.out + captured.err
+
+
+def test_keys_read_as_pulumi_reads_them(capsys, tmp_path):
+    """No namespace means the project's; `<ns>:config:<key>` is the old spelling of a key."""
+    config = yaml.safe_load((REPO / "Pulumi.prod.yaml").read_text())["config"]
+    cluster = config.pop("gpu-runners:cluster")
+    config["cluster"] = cluster | {"deletionProtection": False}
+    config["gpu-runners:config:gpuPool"] = config.pop("gpu-runners:gpuPool")
+    status, text = run_plan(capsys, write_stack(tmp_path, "prod", config))
+    assert status == 1
+    assert "| mandatory | `prod-clusters-have-deletion-protection` | `gke` |" in text
+
+
+def test_yaml_1_2_scalars_stay_strings_as_pulumi_reads_them(capsys, tmp_path, fork_stack):
+    """`on` is a string to Pulumi (YAML 1.2), not the boolean PyYAML's YAML 1.1 makes it."""
+    config = fork_config(fork_stack)
+    config["gpu-runners:runners"][1]["labels"] = ["gpu-arc", "LABEL_ON"]
+    path = write_stack(tmp_path, "labels", config)
+    path.write_text(path.read_text().replace("- LABEL_ON", "- on"))
+    status, text = run_plan(capsys, path)
+    assert status == 0, text
+    assert "scaleSetLabels:\n- gpu-arc\n- 'on'\n" in text
+
+
+def test_a_secret_github_app_is_planned(capsys, tmp_path, fork_stack):
+    config = fork_config(fork_stack)
+    config["gpu-runners:runnerTokens"]["gpu-arc"] = {
+        field: {"secure": CIPHERTEXT} for field in ("appId", "installationId", "privateKey")
+    }
+    status, text = run_plan(capsys, write_stack(tmp_path, "app", config))
+    assert status == 0, text
+    (secret,) = [m for m in manifests_in(text) if m["metadata"]["name"] == "gpu-arc-token"]
+    assert secret["stringData"] == dict.fromkeys(
+        ["github_app_id", "github_app_installation_id", "github_app_private_key"], "[secret]"
+    )
+
+
+def test_tokens_set_as_one_secret_are_planned_with_stand_ins(capsys, tmp_path, fork_stack):
+    config = fork_config(fork_stack)
+    config["gpu-runners:runnerTokens"] = {"secure": CIPHERTEXT}
+    status, text = run_plan(capsys, write_stack(tmp_path, "whole", config))
+    assert status == 0, text
+    assert "not readable here, so planned with stand-ins: `gpu-runners:runnerTokens`." in text

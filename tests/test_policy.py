@@ -8,12 +8,12 @@ import yaml
 from pulumi_policy import EnforcementLevel
 
 from infra import plan
+from policy.rules import HELM_RELEASE as RELEASE
 from policy.rules import POLICIES
 from tests.harness import REPO, TOKENS, Resource, fake_token, run_program
 from tests.stacks import BOTH_ENGINES, GITLAB, SHAPES
 
 BY_NAME = {policy.name: policy for policy in POLICIES}
-RELEASE = "kubernetes:helm.sh/v3:Release"
 
 
 def violations(resource: Resource, policy_name: str) -> list[str]:

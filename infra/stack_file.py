@@ -1,0 +1,104 @@
+"""A stack file's config as the Pulumi CLI would hand it to the program, without decrypting it.
+
+What the CLI does (pulumi/pulumi, sdk/go/common): it reads the file as YAML 1.2 with
+gopkg.in/yaml.v3, so `no` and `on` stay strings and a date stays text; a key without a
+namespace belongs to the project (workspace/loaders.go, stackConfigNamespacedWithProject); the
+old form `<namespace>:config:<key>` still means `<namespace>:<key>` (config/key.go); a value is
+secure only when it is a map whose one key `secure` holds a string (config/object.go). Here
+each secure value becomes a placeholder, so the ciphertext never reaches the program.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra import messages
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["name"]
+PLACEHOLDER = messages.SECRET_SHOWN_AS
+# A secret GitHub App's fields, unreadable here, as values of the right shape (the program
+# checks them) that it still treats as secrets.
+_SHAPED_PLACEHOLDERS = {
+    "appId": "0",
+    "installationId": "0",
+    "privateKey": f"-----BEGIN PRIVATE KEY-----\n{PLACEHOLDER}\n-----END PRIVATE KEY-----\n",
+}
+
+
+class StackFileError(Exception):
+    """A stack file that cannot be read; the message never quotes the file's text."""
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans and no timestamps, as yaml.v3 reads."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, pattern) for tag, pattern in resolvers if not tag.endswith((":bool", ":timestamp"))
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """The config, each secure value a placeholder, and the keys that held one."""
+
+    values: dict[str, Any]
+    secret_keys: set[str]
+
+
+def _is_secure(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"secure"} and isinstance(value["secure"], str)
+
+
+def _masked(value: Any, field: str = "") -> tuple[Any, bool]:
+    """A value with each secure value replaced by a placeholder, and whether any was."""
+    if _is_secure(value):
+        return _SHAPED_PLACEHOLDERS.get(field, PLACEHOLDER), True
+    if isinstance(value, dict):
+        pairs = {k: _masked(v, str(k)) for k, v in value.items()}
+        return {k: v for k, (v, _) in pairs.items()}, any(s for _, s in pairs.values())
+    if isinstance(value, list):
+        items = [_masked(v) for v in value]
+        return [v for v, _ in items], any(s for _, s in items)
+    return value, False
+
+
+def _full_key(key: str) -> str:
+    if ":" not in key:
+        return f"{PROJECT}:{key}"
+    namespace, _, rest = key.partition(":")
+    return f"{namespace}:{rest.removeprefix('config:')}"
+
+
+def read_config(path: Path) -> StackConfig:
+    """The config of a Pulumi.<stack>.yaml, or StackFileError naming what is wrong."""
+    try:
+        document = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise StackFileError(f"{path.name} is not valid YAML{where}: {error.problem}") from None
+    except yaml.YAMLError:
+        raise StackFileError(f"{path.name} is not valid YAML") from None
+    config = (document or {}).get("config") if isinstance(document, dict | None) else None
+    if document is not None and not isinstance(document, dict):
+        raise StackFileError(f"{path.name} is not a stack file: it holds no mapping")
+    if not isinstance(config or {}, dict):
+        raise StackFileError(f"{path.name}: config should be a mapping of keys to values")
+    values, secret_keys = {}, set()
+    for key, value in (config or {}).items():
+        full = _full_key(str(key))
+        values[full], secret = _masked(value)
+        if secret:
+            secret_keys.add(full)
+    return StackConfig(values, secret_keys)
