@@ -20,8 +20,6 @@ from pulumi.runtime.sync_await import _sync_await
 
 from infra.stack_file import PROJECT, REPO
 
-RUNNERS = f"{PROJECT}:runners"
-TOKENS = f"{PROJECT}:runnerTokens"
 STAND_IN_PROJECT_NUMBER = "123456789012"
 STAND_IN_GITLAB_PROJECT_ID = "4242"
 # What GitLab would answer for a runner the stack creates: its authentication token.
@@ -210,34 +208,3 @@ def run_stack(config: Mapping[str, Any], secret_keys: Iterable[str], stack: str)
         secret_keys,
         stack,
     )
-
-
-def fill_quickstart_values(
-    config: dict[str, Any],
-    project: str,
-    repositories: Mapping[str, str],
-    token: Callable[[str], str],
-) -> list[str]:
-    """Set what the README's quickstart asks the user to set, where the config lacks it: the
-    project, each runner's repository (by platform) and the runners' tokens. Returns the keys
-    it set."""
-    filled = []
-    if "gcp:project" not in config:
-        config["gcp:project"] = project
-        filled.append("gcp:project")
-    runners = config.get(RUNNERS, [])
-    for index, runner in enumerate(runners if isinstance(runners, list) else []):
-        if not isinstance(runner, dict):
-            continue
-        if "repository" not in runner:
-            platform = runner.get("platform", "github")
-            default = repositories.get(platform) if isinstance(platform, str) else None
-            runner["repository"] = default or "https://example.org/x/y"
-            filled.append(f"{RUNNERS}[{index}].repository")
-    if TOKENS not in config:
-        names = [
-            r["name"] for r in runners if isinstance(r, dict) and isinstance(r.get("name"), str)
-        ]
-        config[TOKENS] = {name: token(name) for name in names}
-        filled.append(TOKENS)
-    return filled

@@ -34,14 +34,18 @@ from infra.mock_engine import (
     STAND_IN_ENDPOINT,
     STAND_IN_GITLAB_PROJECT_ID,
     STAND_IN_PROJECT_NUMBER,
-    TOKENS,
     Resource,
-    fill_quickstart_values,
     is_secret,
     reveal,
     run_stack,
 )
-from infra.stack_file import PLACEHOLDER, StackFileError, read_config
+from infra.stack_file import (
+    PLACEHOLDER,
+    TOKENS,
+    StackFileError,
+    fill_quickstart_values,
+    read_config,
+)
 from policy.rules import HELM_RELEASE, POLICIES
 
 STAND_IN_PROJECT = "your-project-id"
@@ -60,7 +64,7 @@ class PlannedStack:
     config: dict[str, Any]
     secret_keys: set[str]
     stand_ins: list[str]
-    """Keys the file lacks that the plan fills in, as the quickstart would have."""
+    """Keys the file lacks, or holds as one unreadable secret, that the plan fills in."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ each secure value becomes a placeholder, so the ciphertext never reaches the pro
 """
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from infra import messages
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["name"]
+RUNNERS = f"{PROJECT}:runners"
+TOKENS = f"{PROJECT}:runnerTokens"
 PLACEHOLDER = messages.SECRET_SHOWN_AS
 # A secret GitHub App's fields, unreadable here, as values of the right shape (the program
 # checks them) that it still treats as secrets.
@@ -102,3 +105,34 @@ def read_config(path: Path) -> StackConfig:
         if secret:
             secret_keys.add(full)
     return StackConfig(values, secret_keys)
+
+
+def fill_quickstart_values(
+    config: dict[str, Any],
+    project: str,
+    repositories: Mapping[str, str],
+    token: Callable[[str], str],
+) -> list[str]:
+    """Set what the README's quickstart asks the user to set, where the config lacks it: the
+    project, each runner's repository (by platform) and the runners' tokens. Returns the keys
+    it set."""
+    filled = []
+    if "gcp:project" not in config:
+        config["gcp:project"] = project
+        filled.append("gcp:project")
+    runners = config.get(RUNNERS, [])
+    for index, runner in enumerate(runners if isinstance(runners, list) else []):
+        if not isinstance(runner, dict):
+            continue
+        if "repository" not in runner:
+            platform = runner.get("platform", "github")
+            default = repositories.get(platform) if isinstance(platform, str) else None
+            runner["repository"] = default or "https://example.org/x/y"
+            filled.append(f"{RUNNERS}[{index}].repository")
+    if TOKENS not in config:
+        names = [
+            r["name"] for r in runners if isinstance(r, dict) and isinstance(r.get("name"), str)
+        ]
+        config[TOKENS] = {name: token(name) for name in names}
+        filled.append(TOKENS)
+    return filled

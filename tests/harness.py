@@ -12,11 +12,8 @@ from pulumi.runtime.sync_await import _sync_await
 from infra.mock_engine import (
     PROJECT,
     REPO,
-    RUNNERS,
-    TOKENS,
     Resource,
     Run,
-    fill_quickstart_values,
     is_secret,
     reveal,
     run_mocked,
@@ -25,7 +22,7 @@ from infra.mock_engine import (
 from infra.mock_engine import STAND_IN_GITLAB_PROJECT_ID as TEST_GITLAB_PROJECT_ID
 from infra.mock_engine import STAND_IN_PROJECT_NUMBER as TEST_PROJECT_NUMBER
 from infra.mock_engine import STAND_IN_RUNNER_TOKEN as CREATED_RUNNER_TOKEN
-from infra.stack_file import read_config
+from infra.stack_file import RUNNERS, TOKENS, fill_quickstart_values, read_config
 
 __all__ = [
     "CREATED_RUNNER_TOKEN",
