@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from infra import settings as stack_settings
-from infra.stack_file import StackFileError, read_config
+from infra.stack_file import PROJECT, StackFileError, read_config
 
 CATALOG = Path(__file__).parent / "data" / "prices.yaml"
 BOOT_DISK = "pd-balanced"  # GKE's default boot disk type; the pools do not set another.
@@ -84,7 +84,7 @@ def _times(count: float, price: float | None) -> float | None:
 
 def estimate(config: dict) -> Estimate:
     """The estimate of a stack's config (the stack file's `config`, keys with namespace)."""
-    namespace = "gpu-runners"
+    namespace = PROJECT
     given = {
         key.removeprefix(f"{namespace}:"): value
         for key, value in config.items()
