@@ -18,13 +18,16 @@ STACK_APIS: dict[str, str] = {
     "container.googleapis.com": "the GKE cluster and its node pools",
     "containerfilesystem.googleapis.com": "image streaming on the nodes (GKE image streaming)",
     "iam.googleapis.com": "the node, runner and deployer service accounts and their IAM",
+    # GKE's metadata server hands a Workload Identity pod its Google token through this API;
+    # with it off the pod gets "IAM Service Account Credentials API has not been used in
+    # project …" (GKE docs, "Use Workload Identity Federation for GKE", before you begin;
+    # google/kctf#194). CI also acts as the deployer through it.
+    "iamcredentials.googleapis.com": "runner pods' (and CI's) short-lived Google tokens",
     "storage.googleapis.com": "the DVC bucket",
 }
 # Only with CI access: google-github-actions/auth and GitLab's credential configuration
-# exchange the job's OIDC token at sts.googleapis.com, then act as the deployer through
-# iamcredentials.googleapis.com.
+# exchange the job's OIDC token at sts.googleapis.com.
 CI_APIS: dict[str, str] = {
-    "iamcredentials.googleapis.com": "CI acts as the deployer account (short-lived tokens)",
     "sts.googleapis.com": "CI exchanges its OIDC token for a Google token",
 }
 

@@ -14,7 +14,7 @@ def enabled(program) -> dict[str, dict]:
     return {s.inputs["service"]: s.inputs for s in program.of_type(SERVICE)}
 
 
-def test_dev_stack_enables_what_the_cluster_bucket_and_accounts_need():
+def test_dev_stack_enables_what_the_cluster_bucket_accounts_and_runner_pods_need():
     apis = enabled(run_program())
     assert set(apis) == {
         "cloudresourcemanager.googleapis.com",
@@ -23,6 +23,8 @@ def test_dev_stack_enables_what_the_cluster_bucket_and_accounts_need():
         "container.googleapis.com",
         "containerfilesystem.googleapis.com",
         "iam.googleapis.com",
+        # Workload Identity: runner pods get their Google token through it, CI or not.
+        "iamcredentials.googleapis.com",
         "storage.googleapis.com",
     }
     assert set(apis) == set(STACK_APIS)
@@ -32,9 +34,9 @@ def test_dev_stack_enables_what_the_cluster_bucket_and_accounts_need():
         assert api["disableOnDestroy"] is False
 
 
-def test_ci_access_adds_the_token_exchange_apis():
+def test_ci_access_adds_the_token_exchange_api():
     apis = enabled(run_program(WITH_CI))
-    assert {"sts.googleapis.com", "iamcredentials.googleapis.com"} <= set(apis)
+    assert set(apis) - set(enabled(run_program())) == {"sts.googleapis.com"}
     assert set(apis) == set(STACK_APIS) | set(CI_APIS)
 
 
