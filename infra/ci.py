@@ -22,6 +22,8 @@ DEPLOYER_ROLES: tuple[str, ...] = (
     # The cluster, its node pools, and the Kubernetes objects in it (namespaces, Secrets,
     # Deployments, and the CRDs and RBAC of add-ons such as KEDA).
     "roles/container.admin",
+    # Read the node pools' instance groups (see COMPUTE_READS in infra/cluster.py).
+    "roles/compute.viewer",
     # The DVC bucket and its IAM, and the Pulumi state bucket.
     "roles/storage.admin",
     # Read this pool and its providers; changing them is a laptop (owner) operation.

@@ -25,10 +25,23 @@ NODE_ROLES: tuple[str, ...] = (
     "roles/serviceusage.serviceUsageConsumer",
 )
 
+# After creating or updating a node pool, and whenever it reads the cluster (every refresh and
+# preview), the provider reads each pool's managed instance groups through the Compute API
+# with the caller's own credentials (terraform-provider-google, resource_container_node_pool.go
+# and resource_container_cluster.go, the instance group URLs of each pool), and
+# roles/container.admin holds no compute.* permission: "403 Required
+# 'compute.instanceGroupManagers.get'" (MinaProtocol/coda-automation#428). Compute Viewer is
+# the smallest predefined role with it, and is read-only.
+COMPUTE_READS = (
+    "read the node pools' instance groups, as the provider does after every pool change and "
+    "on every read of the cluster"
+)
+
 # Project roles the person running the first `pulumi up` needs for this component.
 DEPLOY_ROLES: dict[str, str] = {
     "roles/container.admin": "the cluster, its node pools, and every Kubernetes object in it "
     "(namespaces, Secrets, workloads, and the CRDs and RBAC of the charts it installs)",
+    "roles/compute.viewer": COMPUTE_READS,
     "roles/iam.serviceAccountAdmin": "the node account, and who may use it",
     "roles/iam.serviceAccountUser": "create the cluster and pools running as the node "
     "account, which the same run creates (so it is granted on the project)",

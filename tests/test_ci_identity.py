@@ -69,6 +69,8 @@ def test_deployer_roles_are_the_documented_ones_and_never_primitive(both):
     grants = deployer_grants(both)
     assert set(grants) == {
         "roles/container.admin",
+        # The provider reads each node pool's instance groups after every change.
+        "roles/compute.viewer",
         "roles/storage.admin",
         "roles/iam.workloadIdentityPoolViewer",
         "roles/serviceusage.serviceUsageViewer",
