@@ -56,7 +56,7 @@ identity = RunnerIdentity(
     RunnerIdentityArgs(
         project=settings.project,
         workload_pool=cluster.workload_pool,
-        account_base=settings.cluster.name,
+        cluster_name=settings.cluster.name,
         bucket_location=settings.cluster.region,
         existing_bucket=settings.dvc_remote.bucket,
         force_destroy_bucket=settings.dvc_remote.force_destroy,
@@ -73,6 +73,7 @@ mirror = ImageMirror(
     "images",
     project=settings.project,
     region=settings.cluster.region,
+    cluster_name=settings.cluster.name,
     readers={"nodes": cluster.node_member},
     admins=ci_members,
     opts=after_apis,

@@ -7,7 +7,8 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.cluster import NODE_ROLES
-from infra.iam import grant_project_roles, service_account_id
+from infra.iam import grant_project_roles
+from infra.names import deployer_account_id
 from infra.options import child_options
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
@@ -81,7 +82,7 @@ class CiDeployer(pulumi.ComponentResource):
         deployer = gcp.serviceaccount.Account(
             name,
             project=args.project,
-            account_id=service_account_id(args.pool_id, "deployer"),
+            account_id=deployer_account_id(args.pool_id),
             display_name="CI deployer: pulumi preview/up/destroy of gpu-runners",
             opts=child,
         )

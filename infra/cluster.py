@@ -9,7 +9,8 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import yaml
 
-from infra.iam import grant_ci_account_role, grant_project_roles, service_account_id
+from infra.iam import grant_ci_account_role, grant_project_roles
+from infra.names import node_account_id
 from infra.options import child_options
 from infra.settings import ClusterSettings, GpuPoolSettings, SystemPoolSettings
 
@@ -57,11 +58,14 @@ DEPLOY_ROLES: dict[str, str] = {
 # pulumi-gcp 10 builds on it, so a taint GKE adds shows in effectiveTaints, not as a diff.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
 AUTOSCALING_PROFILE = "OPTIMIZE_UTILIZATION"
-# GKE's kube-dns-autoscaler parameters, but one replica for a one-node system pool.
-KUBE_DNS_SCALING = {
+# kube-dns-autoscaler's parameters as GKE starts it (`--default-params` of its
+# cluster-proportional-autoscaler; the Kubernetes docs' dns-horizontal-autoscaler.yaml carries
+# the same four keys), from which the autoscaler creates its ConfigMap when there is none.
+GKE_KUBE_DNS_SCALING = {
     "coresPerReplica": 256,
     "nodesPerReplica": 16,
-    "preventSinglePointFailure": False,
+    "preventSinglePointFailure": True,
+    "includeUnschedulableNodes": True,
 }
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _AUTH_PLUGIN_HINT = (
@@ -145,7 +149,7 @@ class GpuCluster(pulumi.ComponentResource):
         node_sa = gcp.serviceaccount.Account(
             f"{name}-nodes",
             project=args.project,
-            account_id=service_account_id(settings.name, "nodes"),
+            account_id=node_account_id(settings.name),
             display_name=f"GKE nodes of {settings.name}",
             opts=child,
         )
@@ -273,22 +277,26 @@ class GpuCluster(pulumi.ComponentResource):
             # nodes by themselves, and `pulumi up` need not wait minutes for that pool.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[system_pool]),
         )
-        if settings.single_dns_replica:
-            # kube-dns-autoscaler keeps two kube-dns replicas once the cluster has two nodes
-            # (preventSinglePointFailure). A GPU node counts, but kube-dns does not tolerate
-            # its taint, so the second replica needs a second system node, which it then
-            # keeps for ever on a small pool. GKE documents editing this ConfigMap ("Scaling
-            # up kube-dns"), and its addon manager only creates it (EnsureExists).
-            k8s.core.v1.ConfigMapPatch(
-                f"{name}-kube-dns-autoscaler",
-                metadata={
-                    "name": "kube-dns-autoscaler",
-                    "namespace": "kube-system",
-                    "annotations": {"pulumi.com/patchForce": "true"},
-                },
-                data={"linear": json.dumps(KUBE_DNS_SCALING, separators=(",", ":"))},
-                opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
-            )
+        # With `single_dns_replica`: kube-dns-autoscaler keeps two kube-dns replicas once the
+        # cluster has two nodes (preventSinglePointFailure). A GPU node counts, but kube-dns
+        # does not tolerate its taint, so the second replica needs a second system node, which
+        # it then keeps for ever on a small pool.
+        # The patch stays when the setting is switched off, holding GKE's own parameters again:
+        # deleting it would give up its one key, and the autoscaler, which re-creates the
+        # ConfigMap only when the whole object is missing, would then stop scaling with
+        # "invalid configMap format" (kubernetes-sigs/cluster-proportional-autoscaler,
+        # autoscaler_server.go syncConfigWithServer, plugin.go EnsureController). For the same
+        # reason it is never deleted (retain_on_delete): a destroy deletes the cluster anyway.
+        k8s.core.v1.ConfigMapPatch(
+            f"{name}-kube-dns-autoscaler",
+            metadata={
+                "name": "kube-dns-autoscaler",
+                "namespace": "kube-system",
+                "annotations": {"pulumi.com/patchForce": "true"},
+            },
+            data={"linear": json.dumps(kube_dns_scaling(settings.single_dns_replica))},
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, retain_on_delete=True),
+        )
         self.register_outputs(
             {
                 "name": self.name,
@@ -298,6 +306,11 @@ class GpuCluster(pulumi.ComponentResource):
                 "nodeServiceAccount": self.node_service_account,
             }
         )
+
+
+def kube_dns_scaling(single_replica: bool) -> dict:
+    """kube-dns-autoscaler's linear parameters: GKE's, or one replica for a one-node pool."""
+    return GKE_KUBE_DNS_SCALING | {"preventSinglePointFailure": not single_replica}
 
 
 def _node_config(

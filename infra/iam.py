@@ -1,15 +1,9 @@
-"""Small IAM building blocks the components share: service account IDs and project grants."""
+"""Small IAM building blocks the components share: project and service account grants."""
 
 from collections.abc import Iterable, Sequence
 
 import pulumi
 import pulumi_gcp as gcp
-
-
-def service_account_id(base: str, suffix: str) -> str:
-    """A service account ID (6 to 30 characters) made from a resource name and a suffix."""
-    head = base[: 29 - len(suffix)].rstrip("-")
-    return f"{head}-{suffix}"
 
 
 def grant_project_roles(

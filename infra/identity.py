@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.iam import grant_ci_account_role, service_account_id
+from infra.iam import grant_ci_account_role
+from infra.names import runner_account_id
 from infra.options import child_options
 
 # Read, write, list and delete objects: what `dvc pull`, `dvc push` and `dvc status -c` do. It
@@ -38,8 +39,8 @@ class RunnerIdentityArgs:
     workload_pool: pulumi.Input[str]
     """The cluster's Workload Identity pool; take it from the cluster, so that the bindings
     wait for it (GKE creates the pool with the first cluster that enables Workload Identity)."""
-    account_base: str
-    """Start of the Google service account ID, e.g. the cluster name."""
+    cluster_name: str
+    """The cluster the runners run on, which names the runner account and the DVC bucket."""
     bucket_location: str
     """Where to create the DVC bucket (a region), when no existing bucket is named."""
     existing_bucket: str | None
@@ -69,7 +70,7 @@ class RunnerIdentity(pulumi.ComponentResource):
         account = gcp.serviceaccount.Account(
             name,
             project=args.project,
-            account_id=service_account_id(args.account_base, "runner"),
+            account_id=runner_account_id(args.cluster_name),
             display_name="CI runner pods (DVC remote access)",
             opts=child,
         )
@@ -78,7 +79,7 @@ class RunnerIdentity(pulumi.ComponentResource):
             bucket_name: pulumi.Input[str] = args.existing_bucket
         else:
             bucket_name = gcp.storage.Bucket(
-                f"{args.account_base}-dvc",
+                f"{args.cluster_name}-dvc",
                 project=args.project,
                 location=args.bucket_location.upper(),
                 uniform_bucket_level_access=True,

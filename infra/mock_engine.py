@@ -47,6 +47,7 @@ class Resource:
     """Parents (URNs) this resource had under an earlier owner (aliases by parent)."""
     replace_on_changes: tuple[str, ...] = ()
     delete_before_replace: bool = False
+    retain_on_delete: bool = False
 
 
 def is_secret(value: Any) -> bool:
@@ -167,6 +168,7 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
                     ),
                     replace_on_changes=tuple(request.replaceOnChanges),
                     delete_before_replace=request.deleteBeforeReplace,
+                    retain_on_delete=request.retainOnDelete,
                 )
             )
         return response

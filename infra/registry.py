@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 import pulumi
 import pulumi_gcp as gcp
 
+from infra.names import repository_id
 from infra.options import child_options
 from infra.runner_base import Registries
 
@@ -20,7 +21,13 @@ UPSTREAMS: dict[str, dict] = {
     # docker_repository.custom_repository): actions-runner-controller's runner image, and
     # GitLab Runner's helper image.
     "ghcr": {"common_repository": {"uri": "https://ghcr.io"}},
-    "gitlab": {"common_repository": {"uri": "https://registry.gitlab.com"}},
+    # registry.gitlab.com is not among the upstreams Artifact Registry knows, and creating the
+    # repository fails with "Failed to validate remote upstream"
+    # (terraform-provider-google#20803); the check is skipped, not the pulls.
+    "gitlab": {
+        "common_repository": {"uri": "https://registry.gitlab.com"},
+        "disable_upstream_validation": True,
+    },
 }
 READER = "roles/artifactregistry.reader"
 ADMIN = "roles/artifactregistry.admin"
@@ -42,47 +49,55 @@ class ImageMirror(pulumi.ComponentResource):
         name: str,
         project: str,
         region: str,
+        cluster_name: str,
         readers: Mapping[str, pulumi.Input[str]],
         admins: Sequence[pulumi.Input[str]] = (),
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        """`readers`: a name for each member (the node account) that pulls images; `admins`:
-        members (the CI deployer) that manage these repositories, and no other."""
+        """`cluster_name` names the repositories, so that stacks of other clusters in the
+        project keep their own; `readers`: a name for each member (the node account) that pulls
+        images; `admins`: members (the CI deployer) that manage these repositories, and no
+        other. With admins, the repositories and the admins' grants are protected: a
+        `destroy --exclude-protected` by such a member keeps them, since creating a repository
+        takes a right on the project that it does not have."""
         super().__init__("gpu-runners:index:ImageMirror", name, None, opts)
         child = child_options(self, opts)
+        kept_for_admins = child_options(self, opts, protect=bool(admins))
         hosts = {}
-        for repository_id, upstream in UPSTREAMS.items():
+        for upstream_name, upstream in UPSTREAMS.items():
             repository = gcp.artifactregistry.Repository(
-                f"{name}-{repository_id}",
+                f"{name}-{upstream_name}",
                 project=project,
                 location=region,
-                repository_id=repository_id,
+                repository_id=repository_id(cluster_name, upstream_name),
                 format="DOCKER",
                 mode="REMOTE_REPOSITORY",
-                description=f"gpu-runners: pulls through to {repository_id}",
-                remote_repository_config={"description": repository_id, **upstream},
-                opts=child,
+                description=f"gpu-runners ({cluster_name}): pulls through to {upstream_name}",
+                remote_repository_config={"description": upstream_name, **upstream},
+                opts=kept_for_admins,
             )
             # On the repository, not the project: the nodes read these images only, and CI
             # manages these repositories only.
-            members = [(reader, READER, member) for reader, member in readers.items()]
-            members += [(f"admin-{i}", ADMIN, member) for i, member in enumerate(admins)]
+            members = [(reader, READER, member, child) for reader, member in readers.items()]
+            members += [
+                (f"admin-{i}", ADMIN, member, kept_for_admins) for i, member in enumerate(admins)
+            ]
             grants = {
                 role_name: gcp.artifactregistry.RepositoryIamMember(
-                    f"{name}-{repository_id}-{role_name}",
+                    f"{name}-{upstream_name}-{role_name}",
                     project=project,
                     location=region,
                     repository=repository.repository_id,
                     role=role,
                     member=member,
-                    opts=child,
+                    opts=options,
                 )
-                for role_name, role, member in members
+                for role_name, role, member, options in members
             }
             readable = [grants[reader].id for reader in readers]
             # A runner's image reference waits for the reader grants, so no pod is created
             # before its node may pull.
-            hosts[repository_id] = pulumi.Output.all(repository.repository_id, *readable).apply(
+            hosts[upstream_name] = pulumi.Output.all(repository.repository_id, *readable).apply(
                 lambda parts: f"{region}-docker.pkg.dev/{project}/{parts[0]}"
             )
         self.registries = Registries(

@@ -27,7 +27,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from infra import arc, cml_runner, gpu, keda, machines, messages, runner_base
+from infra import arc, cml_runner, gpu, keda, machines, messages, names, registry, runner_base
+from infra import stack_file as stack_files
 from infra.arc_runner import GithubApp
 from infra.gitlab_runner import CreateRunner
 
@@ -71,6 +72,8 @@ GITLAB_RUNNER_TOKEN_PREFIX = "glrt-"
 GITLAB_REGISTRATION_PREFIX = "GR1348941"
 
 GPU_LABEL = "gpu"
+# Where the project's stack files are: beside Pulumi.yaml.
+STACK_FILE_DIR = stack_files.REPO
 _REGION_CATALOG = Path(__file__).parent / "data" / "regions.yaml"
 
 
@@ -942,8 +945,56 @@ def parse_sections(
     return parsed, runners or []
 
 
+def _project_unique_ids(cluster: ClusterSettings, ci: CiSettings) -> dict[str, tuple[str, str]]:
+    return names.project_unique_ids(
+        cluster.name,
+        cluster.location,
+        cluster.region,
+        registry.UPSTREAMS,
+        ci.pool_id if ci.enabled else None,
+    )
+
+
+def _shared_project_problems(
+    namespace: str, project: str | None, parsed: dict[str, Any], stack_file_dir: Path
+) -> list[str]:
+    """A resource ID this stack would take that another stack file of the same project takes
+    too: the second `pulumi up` would fail half-way with "already exists", or worse, manage
+    the first stack's resource."""
+    if not (project and parsed["cluster"] and parsed["ci"]):
+        return []
+    ours = _project_unique_ids(parsed["cluster"], parsed["ci"])
+    problems = []
+    for path in sorted(stack_file_dir.glob("Pulumi.*.yaml")):
+        if path.name == f"Pulumi.{pulumi.get_stack()}.yaml":
+            continue
+        try:
+            other = stack_files.read_config(path).values
+        except stack_files.StackFileError:
+            continue  # that stack reports its own file when it runs
+        if other.get("gcp:project") != project:
+            continue
+        given = {k.removeprefix(f"{namespace}:"): v for k, v in other.items()}
+        theirs, _ = parse_sections(namespace, given, [])
+        if not (theirs["cluster"] and theirs["ci"]):
+            continue
+        shared = ours.keys() & _project_unique_ids(theirs["cluster"], theirs["ci"]).keys()
+        for key in sorted({ours[i][0] for i in shared}):
+            value = parsed["cluster"].name if key == "cluster.name" else parsed["ci"].pool_id
+            what = ", ".join(ours[i][1] for i in sorted(shared) if ours[i][0] == key)
+            problems.append(
+                f"{namespace}:{key} = {value!r}: {path.name} deploys to the same project "
+                f"({project}) with the same {key}, so both stacks would take the {what}; "
+                f"allowed: a {key} that no other stack of this project uses"
+            )
+    return problems
+
+
 def load() -> StackSettings:
     """Read and validate the stack's config, or raise one SettingsError listing every problem.
+
+    The project's other stack files (in STACK_FILE_DIR) are read too, for IDs two stacks of
+    one project cannot share.
 
     No message shows a value read from a secret config key, nor anything that looks like a
     GitHub or GitLab token, wherever it was put.
@@ -966,6 +1017,7 @@ def load() -> StackSettings:
     problems += _runner_problems(
         namespace, _runner_names(raw_runners), _runner_engines(raw_runners), tokens
     )
+    problems += _shared_project_problems(namespace, project, parsed, STACK_FILE_DIR)
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
         raise SettingsError(

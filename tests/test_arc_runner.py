@@ -154,7 +154,7 @@ def test_the_runner_pod_lands_on_a_gpu_and_acts_as_the_runner_account(arc):
     spec = template["spec"]
     (runner,) = spec["containers"]
     assert runner["name"] == "runner"
-    assert runner["image"] == f"{MIRROR}/ghcr/actions/actions-runner:2.338.0"
+    assert runner["image"] == f"{MIRROR}/mlops-kubernetes-ghcr/actions/actions-runner:2.338.0"
     assert runner["command"] == ["/home/runner/run.sh"]
     assert spec["nodeSelector"] == {"gpu": "true"}
     assert spec["tolerations"] == [

@@ -4,6 +4,7 @@ as a deployer that holds no primitive role and cannot raise its own rights."""
 import pytest
 
 from infra.cluster import NODE_ROLES
+from infra.registry import UPSTREAMS
 from tests.harness import TEST_PROJECT_ID, TEST_PROJECT_NUMBER, run_program, run_rejected_program
 from tests.stacks import WITH_CI
 
@@ -129,8 +130,10 @@ def test_ci_access_is_protected_so_a_ci_destroy_keeps_it(both):
     ]
     assert {r.name for r in deployer_rights} == {"gke-nodes-user-0", "runner-identity-admin-0"}
     assert all(r.protect for r in deployer_rights)
+    # And so are the image mirror's repositories with CI's grants on them (tests/test_registry).
+    mirror = {f"images-{upstream}{grant}" for upstream in UPSTREAMS for grant in ("", "-admin-0")}
     protected = {r.name for r in both.resources if r.protect}
-    assert protected == {r.name for r in [*parts, *deployer_rights]}
+    assert protected == {r.name for r in [*parts, *deployer_rights]} | mirror
 
 
 def test_a_github_url_instead_of_owner_and_repo_is_rejected():

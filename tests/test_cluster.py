@@ -167,12 +167,40 @@ def test_everything_is_parented_to_the_cluster_component(dev):
     assert all(r.parent == component.urn for r in parts if r is not component)
 
 
-def test_a_one_node_system_pool_keeps_one_kube_dns_replica(dev):
-    patch = dev.one("kubernetes:core/v1:ConfigMapPatch").inputs
+# What GKE's kube-dns-autoscaler starts with (its --default-params).
+GKE_KUBE_DNS_LINEAR = {
+    "coresPerReplica": 256,
+    "nodesPerReplica": 16,
+    "preventSinglePointFailure": True,
+    "includeUnschedulableNodes": True,
+}
+
+
+def kube_dns_patch(program):
+    return program.one("kubernetes:core/v1:ConfigMapPatch", "gke-kube-dns-autoscaler")
+
+
+def test_a_one_node_system_pool_keeps_one_kube_dns_replica_and_gkes_other_parameters(dev):
+    patch = kube_dns_patch(dev).inputs
     assert patch["metadata"]["name"] == "kube-dns-autoscaler"
     assert patch["metadata"]["namespace"] == "kube-system"
-    assert json.loads(patch["data"]["linear"])["preventSinglePointFailure"] is False
-    assert run_program(stack="prod").of_type("kubernetes:core/v1:ConfigMapPatch") == []
+    assert json.loads(patch["data"]["linear"]) == GKE_KUBE_DNS_LINEAR | {
+        "preventSinglePointFailure": False
+    }
+
+
+def test_switching_single_dns_replica_off_gives_gke_its_parameters_back_without_a_delete(dev):
+    # A deleted patch would give up `linear`, and the autoscaler then stops scaling kube-dns
+    # ("invalid configMap format"): the same patch is updated to GKE's parameters instead,
+    # and never deleted.
+    off = run_program({"gpu-runners:cluster": {"singleDnsReplica": False}})
+    before, after = kube_dns_patch(dev), kube_dns_patch(off)
+    assert (after.type, after.urn) == (before.type, before.urn)
+    assert json.loads(after.inputs["data"]["linear"]) == GKE_KUBE_DNS_LINEAR
+    assert before.retain_on_delete and after.retain_on_delete
+    assert json.loads(kube_dns_patch(run_program(stack="prod")).inputs["data"]["linear"]) == (
+        GKE_KUBE_DNS_LINEAR
+    )
 
 
 def test_a_regional_t4_spot_pool_across_zones():

@@ -65,7 +65,9 @@ def test_dev_runner_is_the_chapters_runner_pinned_to_the_gpu_nodes(dev):
     ]
     expected = {"cpu": "1", "memory": "2000Mi", "nvidia.com/gpu": "1"}
     assert runner["resources"] == {"requests": expected, "limits": expected}
-    assert runner["image"] == f"{MIRROR}/docker-hub/iterativeai/cml:0-dvc3-base1-gpu"
+    assert (
+        runner["image"] == f"{MIRROR}/mlops-kubernetes-docker-hub/iterativeai/cml:0-dvc3-base1-gpu"
+    )
 
 
 def test_runner_takes_one_job_registers_under_its_pod_name_and_waits_an_hour(always):
@@ -170,7 +172,7 @@ def test_gitlab_cpu_runner_next_to_github_gpu_runner(two):
     assert "--labels=cml-cpu" in cpu["args"]
     assert cpu["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
     assert cpu["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
-    assert cpu["image"] == f"{MIRROR}/docker-hub/iterativeai/cml:0-dvc3-base1"
+    assert cpu["image"] == f"{MIRROR}/mlops-kubernetes-docker-hub/iterativeai/cml:0-dvc3-base1"
     cpu_pod = pod_spec(two, "lint-cpu")
     assert cpu_pod["nodeSelector"] == {"gpu": "false"}
     assert "tolerations" not in cpu_pod

@@ -106,9 +106,12 @@ def test_job_pods_go_to_gpu_nodes_with_the_gpu_limit(given_token):
 
 def test_job_pods_use_cmls_gpu_image_the_dvc_identity_and_wait_for_a_new_gpu_node(given_token):
     kubernetes = runner_config(given_token)["kubernetes"]
-    assert kubernetes["image"] == f"{MIRROR}/docker-hub/iterativeai/cml:0-dvc3-base1-gpu"
+    assert (
+        kubernetes["image"]
+        == f"{MIRROR}/mlops-kubernetes-docker-hub/iterativeai/cml:0-dvc3-base1-gpu"
+    )
     assert kubernetes["helper_image"] == (
-        f"{MIRROR}/gitlab/gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-v${{CI_RUNNER_VERSION}}"
+        f"{MIRROR}/mlops-kubernetes-gitlab/gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-v${{CI_RUNNER_VERSION}}"
     )
     assert kubernetes["service_account"] == "gl-gpu"
     account = given_token.one("kubernetes:core/v1:ServiceAccount", "gl-gpu").inputs["metadata"]
@@ -139,7 +142,10 @@ def test_a_cpu_runner_has_no_gpu_patch_and_stays_on_the_system_pool():
         reveal(program.one(RELEASE, "gl-cpu").inputs["values"])["runners"]["config"]
     )["runners"]
     assert runner["kubernetes"]["node_selector"] == {"gpu": "false"}
-    assert runner["kubernetes"]["image"] == f"{MIRROR}/docker-hub/iterativeai/cml:0-dvc3-base1"
+    assert (
+        runner["kubernetes"]["image"]
+        == f"{MIRROR}/mlops-kubernetes-docker-hub/iterativeai/cml:0-dvc3-base1"
+    )
     assert "pod_spec" not in runner["kubernetes"]
     assert "node_tolerations" not in runner["kubernetes"]
 

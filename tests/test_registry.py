@@ -20,9 +20,17 @@ def dev():
     return run_program()
 
 
+REPOSITORIES = {
+    "docker-hub": "mlops-kubernetes-docker-hub",
+    "ghcr": "mlops-kubernetes-ghcr",
+    "gitlab": "mlops-kubernetes-gitlab",
+}
+
+
 def test_one_remote_repository_per_upstream_in_the_clusters_region(dev):
-    repositories = {r.inputs["repositoryId"]: r.inputs for r in dev.of_type(REPOSITORY)}
-    assert set(repositories) == {"docker-hub", "ghcr", "gitlab"}
+    repositories = {r.name.removeprefix("images-"): r.inputs for r in dev.of_type(REPOSITORY)}
+    # Named after the cluster: another stack's cluster in the project has its own.
+    assert {k: v["repositoryId"] for k, v in repositories.items()} == REPOSITORIES
     for repository in repositories.values():
         # The dev cluster is zonal (europe-west6-b); its region holds the mirror.
         assert repository["location"] == "europe-west6"
@@ -32,11 +40,14 @@ def test_one_remote_repository_per_upstream_in_the_clusters_region(dev):
     assert upstream["docker-hub"]["dockerRepository"] == {"publicRepository": "DOCKER_HUB"}
     assert upstream["ghcr"]["commonRepository"] == {"uri": "https://ghcr.io"}
     assert upstream["gitlab"]["commonRepository"] == {"uri": "https://registry.gitlab.com"}
+    # Not a listed upstream: creation would fail its validation (terraform-provider-google#20803).
+    assert upstream["gitlab"]["disableUpstreamValidation"] is True
+    assert "disableUpstreamValidation" not in upstream["ghcr"]
 
 
 def test_the_nodes_may_read_the_mirror_and_no_other_repository(dev):
     grants = dev.of_type(REPOSITORY_READER)
-    assert {g.inputs["repository"] for g in grants} == {"docker-hub", "ghcr", "gitlab"}
+    assert {g.inputs["repository"] for g in grants} == set(REPOSITORIES.values())
     for grant in grants:
         assert grant.inputs["role"] == "roles/artifactregistry.reader"
         assert grant.inputs["member"] == NODE_MEMBER
@@ -67,7 +78,7 @@ def test_every_runner_and_job_image_comes_through_the_mirror(shape):
 def test_the_runners_wait_for_the_mirror_and_its_grants(dev):
     scaled_job = dev.one("kubernetes:keda.sh/v1alpha1:ScaledJob", "cml-runner")
     image = scaled_job.inputs["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]["image"]
-    assert image == f"{MIRROR}/docker-hub/iterativeai/cml:0-dvc3-base1-gpu"
+    assert image == f"{MIRROR}/mlops-kubernetes-docker-hub/iterativeai/cml:0-dvc3-base1-gpu"
     assert dev.waits_for(scaled_job, dev.one(REPOSITORY, "images-docker-hub"))
     # Otherwise the first pull can be refused while the grant is still on its way.
     assert dev.waits_for(scaled_job, dev.one(REPOSITORY_READER, "images-docker-hub-nodes"))
@@ -80,12 +91,28 @@ def test_ci_manages_the_three_repositories_and_no_other():
         for g in program.of_type(REPOSITORY_READER)
         if g.inputs["role"] == "roles/artifactregistry.admin"
     ]
-    assert {g.inputs["repository"] for g in admins} == {"docker-hub", "ghcr", "gitlab"}
+    assert {g.inputs["repository"] for g in admins} == set(REPOSITORIES.values())
     assert all(
         g.inputs["member"].startswith("serviceAccount:gpu-runners-ci-deployer@") for g in admins
     )
     project_roles = {r.inputs["role"] for r in program.of_type("gcp:projects/iAMMember:IAMMember")}
     assert not any(role.startswith("roles/artifactregistry.") for role in project_roles)
+
+
+def test_with_ci_the_repositories_and_cis_grants_on_them_survive_a_ci_destroy():
+    # CI cannot create a repository (that takes a right on the project), so its
+    # `destroy --exclude-protected` must keep them, and its own admin grants with them.
+    program = run_program(WITH_CI)
+    kept = [r for r in program.of_type(REPOSITORY_READER) if r.name.endswith("-admin-0")]
+    assert len(kept) == 3
+    assert all(r.protect for r in [*program.of_type(REPOSITORY), *kept])
+    # The nodes' read grants are CI's to remove and give again.
+    readers = [r for r in program.of_type(REPOSITORY_READER) if r.name.endswith("-nodes")]
+    assert len(readers) == 3 and not any(r.protect for r in readers)
+
+
+def test_without_ci_nothing_in_the_mirror_is_protected(dev):
+    assert not any(r.protect for r in [*dev.of_type(REPOSITORY), *dev.of_type(REPOSITORY_READER)])
 
 
 def _tokens(config: dict) -> dict:

@@ -1,0 +1,125 @@
+"""Two stacks in one Google Cloud project: no ID that must be unique in the project is shared,
+and a stack file that would share one is refused before anything is created."""
+
+import pytest
+import yaml
+
+from infra import names, settings
+from infra.registry import UPSTREAMS
+from tests.harness import REPO, TEST_PROJECT_ID, run_program, run_rejected_program
+from tests.stacks import WITH_CI
+
+
+def project_unique_ids(program) -> set[str]:
+    """The IDs the program gives resources whose ID is unique in their project, in the form
+    infra/names.py writes them."""
+    ids = set()
+    for resource in program.resources:
+        inputs = resource.inputs
+        if resource.type == "gcp:serviceaccount/account:Account":
+            ids.add(f"serviceAccounts/{inputs['accountId']}")
+        elif resource.type == "gcp:artifactregistry/repository:Repository":
+            ids.add(f"repositories/{inputs['location']}/{inputs['repositoryId']}")
+        elif resource.type == "gcp:iam/workloadIdentityPool:WorkloadIdentityPool":
+            ids.add(f"workloadIdentityPools/{inputs['workloadIdentityPoolId']}")
+        elif resource.type == "gcp:container/cluster:Cluster":
+            ids.add(f"clusters/{inputs['location']}/{inputs['name']}")
+    return ids
+
+
+def declared_ids(stack: str, overrides: dict) -> set[str]:
+    parsed = settings.parse_sections(
+        "gpu-runners", {"cluster": stack_section(stack, "cluster"), **overrides}, []
+    )[0]
+    ci = parsed["ci"]
+    return set(
+        names.project_unique_ids(
+            parsed["cluster"].name,
+            parsed["cluster"].location,
+            parsed["cluster"].region,
+            UPSTREAMS,
+            ci.pool_id if ci.enabled else None,
+        )
+    )
+
+
+def stack_section(stack: str, key: str) -> dict:
+    return yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"][
+        f"gpu-runners:{key}"
+    ]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_names_py_declares_every_project_unique_id_the_program_takes(stack):
+    # So the refusal below compares what the components really create.
+    program = run_program(WITH_CI, stack=stack)
+    assert project_unique_ids(program) == declared_ids(stack, {"ci": WITH_CI["gpu-runners:ci"]})
+
+
+def test_the_dev_and_prod_stacks_can_share_a_project():
+    dev, prod = run_program(stack="dev"), run_program(stack="prod")
+    assert dev.one("gcp:container/cluster:Cluster").inputs["project"] == TEST_PROJECT_ID
+    assert prod.one("gcp:container/cluster:Cluster").inputs["project"] == TEST_PROJECT_ID
+    assert project_unique_ids(dev) & project_unique_ids(prod) == set()
+    # Every stack-scoped ID carries the cluster's name.
+    assert all("mlops-kubernetes-prod" in i for i in project_unique_ids(prod))
+
+
+def write_stack_file(directory, stack: str, config: dict) -> None:
+    (directory / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": config}))
+
+
+@pytest.fixture
+def stack_file_dir(tmp_path, monkeypatch):
+    """The project's stack files, as a test writes them."""
+    monkeypatch.setattr(settings, "STACK_FILE_DIR", tmp_path)
+    return tmp_path
+
+
+def test_a_second_stack_with_the_same_cluster_name_in_the_same_project_is_refused(
+    stack_file_dir,
+):
+    write_stack_file(
+        stack_file_dir,
+        "staging",
+        {"gcp:project": TEST_PROJECT_ID, "gpu-runners:cluster": {"name": "mlops-kubernetes"}},
+    )
+    error, registered = run_rejected_program()
+    assert registered == []
+    message = str(error)
+    assert (
+        "gpu-runners:cluster.name = 'mlops-kubernetes': Pulumi.staging.yaml deploys to the "
+        f"same project ({TEST_PROJECT_ID}) with the same cluster.name, so both stacks would "
+        "take the Artifact Registry repository mlops-kubernetes-docker-hub" in message
+    )
+    assert "service account mlops-kubernetes-nodes" in message
+    assert "allowed: a cluster.name that no other stack of this project uses" in message
+
+
+def test_two_stacks_with_ci_access_need_their_own_pool(stack_file_dir):
+    write_stack_file(
+        stack_file_dir,
+        "prod",
+        {
+            "gcp:project": TEST_PROJECT_ID,
+            "gpu-runners:cluster": {"name": "mlops-prod"},
+            "gpu-runners:ci": {"githubRepository": "ml-team/gpu-runners"},
+        },
+    )
+    error, registered = run_rejected_program(WITH_CI)
+    assert registered == []
+    assert (
+        "gpu-runners:ci.poolId = 'gpu-runners-ci': Pulumi.prod.yaml deploys to the same project"
+        in str(error)
+    )
+    assert "Workload Identity pool gpu-runners-ci" in str(error)
+    assert "cluster.name" not in str(error)
+    # Its own pool ID, and the stack goes ahead.
+    run_program({"gpu-runners:ci": {**WITH_CI["gpu-runners:ci"], "poolId": "dev-ci"}})
+
+
+def test_stacks_of_other_projects_and_the_stacks_own_file_are_no_collision(stack_file_dir):
+    write_stack_file(stack_file_dir, "other", {"gcp:project": "someone-elses-project"})
+    write_stack_file(stack_file_dir, "dev", {"gcp:project": TEST_PROJECT_ID})
+    (stack_file_dir / "Pulumi.broken.yaml").write_text("config: [unclosed\n")
+    assert run_program().of_type("gcp:container/cluster:Cluster")
