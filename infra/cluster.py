@@ -14,25 +14,26 @@ from infra.names import node_account_id
 from infra.options import child_options
 from infra.settings import ClusterSettings, GpuPoolSettings, SystemPoolSettings
 
-# What a node needs and nothing more: write logs and metrics, read its own metadata for
-# monitoring, and use the project's APIs, which image streaming needs of a custom node account
-# (GKE docs, "Use Image streaming", requirements). It reads images from the stack's mirror
-# repositories only, granted on them (infra/registry.py).
+# What a node needs and nothing more. Kubernetes Engine Default Node Service Account is the role
+# GKE asks of a custom node account ("Configure GKE node service accounts": "At a minimum, these
+# node service accounts must have" it): write logs, metrics and autoscaling metrics, six
+# permissions in all. Image streaming also needs Service Usage Consumer of a custom node account
+# (GKE docs, "Use Image streaming", requirements). The nodes read images from the stack's
+# mirror repositories only, granted on them (infra/registry.py).
 NODE_ROLES: tuple[str, ...] = (
-    "roles/logging.logWriter",
-    "roles/monitoring.metricWriter",
-    "roles/monitoring.viewer",
-    "roles/stackdriver.resourceMetadata.writer",
+    "roles/container.defaultNodeServiceAccount",
     "roles/serviceusage.serviceUsageConsumer",
 )
 
-# After creating or updating a node pool, and whenever it reads the cluster (every refresh and
-# preview), the provider reads each pool's managed instance groups through the Compute API
-# with the caller's own credentials (terraform-provider-google, resource_container_node_pool.go
-# and resource_container_cluster.go, the instance group URLs of each pool), and
-# roles/container.admin holds no compute.* permission: "403 Required
-# 'compute.instanceGroupManagers.get'" (MinaProtocol/coda-automation#428). Compute Viewer is
-# the smallest predefined role with it, and is read-only.
+# After creating or updating a node pool, and whenever it reads the cluster or a pool (every
+# refresh), the provider lists the pools' managed instance groups through the Compute API with
+# the caller's own credentials (terraform-provider-google-beta, which pulumi-gcp wraps:
+# resource_container_node_pool.go flattenNodePool, instanceGroupManagerCache.refreshIfNeeded,
+# InstanceGroupManagers.List since 7.3, .Get before; resource_container_cluster.go
+# resourceContainerClusterRead -> flattenClusterNodePools -> flattenNodePool). Container Admin
+# holds no compute.* permission: "403 Required 'compute.instanceGroupManagers.get'"
+# (MinaProtocol/coda-automation#428). Compute Viewer is a predefined, read-only role with both
+# (gcloud's reference for `compute instance-groups managed list-instances` names it).
 COMPUTE_READS = (
     "read the node pools' instance groups, as the provider does after every pool change and "
     "on every read of the cluster"

@@ -21,9 +21,11 @@ UPSTREAMS: dict[str, dict] = {
     # docker_repository.custom_repository): actions-runner-controller's runner image, and
     # GitLab Runner's helper image.
     "ghcr": {"common_repository": {"uri": "https://ghcr.io"}},
-    # registry.gitlab.com is not among the upstreams Artifact Registry knows, and creating the
-    # repository fails with "Failed to validate remote upstream"
-    # (terraform-provider-google#20803); the check is skipped, not the pulls.
+    # Artifact Registry validates a remote repository's upstream when it creates one ("Failed to
+    # validate remote upstream", terraform-provider-google#20803; the validation came with
+    # disable_upstream_validation, #17589). Its remote-repository page lists Docker Hub and
+    # ghcr.io among the upstreams, not registry.gitlab.com, so that check is skipped for it
+    # (provider 5.26+); pulls are not affected.
     "gitlab": {
         "common_repository": {"uri": "https://registry.gitlab.com"},
         "disable_upstream_validation": True,

@@ -47,11 +47,9 @@ def test_deletion_protection_is_on_unless_switched_off():
 def test_nodes_run_as_a_dedicated_account_with_only_node_roles(dev):
     assert dev.one(ACCOUNT, "gke-nodes").inputs["accountId"] == "mlops-kubernetes-nodes"
     grants = {m.inputs["role"]: m.inputs for m in dev.of_type(IAM_MEMBER)}
+    # GKE's role for custom node accounts, and what image streaming needs besides.
     assert set(grants) == {
-        "roles/logging.logWriter",
-        "roles/monitoring.metricWriter",
-        "roles/monitoring.viewer",
-        "roles/stackdriver.resourceMetadata.writer",
+        "roles/container.defaultNodeServiceAccount",
         "roles/serviceusage.serviceUsageConsumer",
     }
     for grant in grants.values():

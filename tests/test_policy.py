@@ -170,12 +170,12 @@ def test_a_primitive_role_is_refused(dev, role):
     grant = crafted(
         dev,
         "gcp:projects/iAMMember:IAMMember",
-        "gke-nodes-logging.logWriter",
+        "gke-nodes-container.defaultNodeServiceAccount",
         lambda inputs: inputs.update(role=role),
     )
     (message,) = violations(grant, "no-primitive-roles")
     assert message == (
-        f"IAMMember 'gke-nodes-logging.logWriter' grants {role}; grant the narrow predefined "
+        f"IAMMember 'gke-nodes-container.defaultNodeServiceAccount' grants {role}; grant the narrow predefined "
         "roles the member needs instead."
     )
 
