@@ -434,7 +434,8 @@ def _check_fits_memory(memory: str, info: ValidationInfo) -> str:
         left = int(machines.allocatable_memory(node) / machines.MIB)
         raise _invalid(
             f"more than one {pool} node leaves to pods ({left}Mi of its {node.memory_gib:g} GiB, "
-            f"after GKE's reservation); the pod would never schedule. Allowed: at most {left}Mi, "
+            "after GKE's and image streaming's reservations); the pod would never schedule. "
+            f"Allowed: at most {left}Mi, "
             f"or a larger {pool}.machineType"
         )
     return memory

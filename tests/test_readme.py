@@ -8,7 +8,7 @@ from markdown_it import MarkdownIt
 from pulumi_policy import EnforcementLevel
 from pydantic.fields import FieldInfo
 
-from infra import apis, ci, cluster, identity, registry
+from infra import apis, ci, cluster, identity, machines, registry
 from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from policy.rules import POLICIES
@@ -132,3 +132,11 @@ def test_the_own_cluster_example_passes_the_policy_pack():
         for name in mandatory
     }
     assert {key: found[key] for key in found if found[key]} == {}
+
+
+def test_the_memory_a_node_leaves_to_pods_is_what_the_settings_check():
+    shown = re.findall(r"an? `([a-z0-9-]+)` (?:leaves )?(\d+)Mi of its", README)
+    assert len(shown) == 2
+    for machine_type, mib in shown:
+        node = machines.machine(machine_type)
+        assert int(mib) == int(machines.allocatable_memory(node) / machines.MIB), machine_type

@@ -130,7 +130,14 @@ CANNOT_WORK = {
     "more memory than a GPU node leaves to pods": (
         runner(memory="32Gi"),
         "gpu-runners:runners[0].memory = '32Gi'",
-        "Allowed: at most 13621Mi, or a larger gpuPool.machineType",
+        # 16 GiB less GKE's reservation (2662 Mi), image streaming's (1065 Mi) and 100 Mi.
+        "(12556Mi of its 16 GiB, after GKE's and image streaming's reservations); the pod "
+        "would never schedule. Allowed: at most 12556Mi, or a larger gpuPool.machineType",
+    ),
+    "memory that fits a GPU node only without image streaming's reservation": (
+        runner(memory="13000Mi"),
+        "gpu-runners:runners[0].memory = '13000Mi'",
+        "Allowed: at most 12556Mi",
     ),
     "more memory than a system node leaves to pods": (
         runner(gpus=0, memory="7Gi"),
