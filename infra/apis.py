@@ -3,6 +3,7 @@
 from collections.abc import Mapping
 
 import pulumi
+import pulumi_command as command
 import pulumi_gcp as gcp
 
 # The provider reads every enabled service back through Cloud Resource Manager
@@ -31,6 +32,16 @@ CI_APIS: dict[str, str] = {
     "sts.googleapis.com": "CI exchanges its OIDC token for a Google token",
 }
 
+# Enabling an API is eventually consistent. The provider waits for the operation and for the
+# service to be listed, yet "service activation is not guaranteed by the time the
+# google_project_service resource is done provisioning" and calls made at once may fail with
+# "Error 403: <Service> API has not been used in project <Project> before or it is disabled"
+# (terraform-provider-google, guides/google_project_service, "Newly activated service
+# errors"); no retry covers that error (transport/error_retry_predicates.go). So, as that guide
+# suggests, everything else waits a while after the APIs are enabled: on the first `up`, and
+# again whenever the stack enables one more.
+SETTLE_SECONDS = 60
+
 # Project roles the person running the first `pulumi up` needs for this component.
 DEPLOY_ROLES: dict[str, str] = {
     "roles/serviceusage.serviceUsageAdmin": "enable the APIs the stack uses",
@@ -38,7 +49,8 @@ DEPLOY_ROLES: dict[str, str] = {
 
 
 class ProjectApis(pulumi.ComponentResource):
-    """One `gcp.projects.Service` per API; `pulumi destroy` leaves the APIs on."""
+    """One `gcp.projects.Service` per API, then a wait while they settle; `pulumi destroy`
+    leaves the APIs on. What depends on this component waits for both."""
 
     def __init__(
         self,
@@ -61,7 +73,15 @@ class ProjectApis(pulumi.ComponentResource):
             )
 
         resource_manager = enable(RESOURCE_MANAGER_API, [])
-        self.services = [resource_manager] + [
+        services = [resource_manager] + [
             enable(api, [resource_manager]) for api in sorted(apis) if api != RESOURCE_MANAGER_API
         ]
+        # Runs on the machine running `pulumi up` (a laptop or CI), never on preview; a
+        # changed list of APIs replaces it, so it waits again.
+        command.local.Command(
+            f"{name}-settle",
+            create=f"sleep {SETTLE_SECONDS}",
+            triggers=sorted(apis),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=services),
+        )
         self.register_outputs({})

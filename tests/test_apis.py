@@ -3,11 +3,12 @@ disables them."""
 
 import pytest
 
-from infra.apis import CI_APIS, RESOURCE_MANAGER_API, STACK_APIS
+from infra.apis import CI_APIS, RESOURCE_MANAGER_API, SETTLE_SECONDS, STACK_APIS
 from tests.harness import TEST_PROJECT_ID, run_program
-from tests.stacks import SHAPES, WITH_CI
+from tests.stacks import SHAPES, TWO_RUNNERS, WITH_CI
 
 SERVICE = "gcp:projects/service:Service"
+SETTLE = "command:local:Command"
 
 
 def enabled(program) -> dict[str, dict]:
@@ -53,3 +54,18 @@ def test_every_google_cloud_resource_waits_for_every_api(shape):
         elif resource.type.startswith("gcp:"):
             late = [s.inputs["service"] for s in services if not program.waits_for(resource, s)]
             assert late == [], resource.name
+            assert program.waits_for(resource, program.one(SETTLE)), resource.name
+
+
+def test_the_stack_waits_a_minute_after_enabling_apis_and_again_when_it_enables_more():
+    # A newly enabled API may refuse calls for a while (the provider's "Newly activated
+    # service errors" guide), and nothing retries that error.
+    dev, with_ci = run_program(), run_program(WITH_CI)
+    settle = dev.one(SETTLE).inputs
+    assert settle["create"] == f"sleep {SETTLE_SECONDS}"
+    assert all(dev.waits_for(dev.one(SETTLE), s) for s in dev.of_type(SERVICE))
+    # Its triggers replace it, so it runs again, when the list of APIs changes, and only then.
+    assert settle["triggers"] == sorted(STACK_APIS)
+    assert with_ci.one(SETTLE).inputs["triggers"] == sorted(STACK_APIS | CI_APIS)
+    more_runners = run_program(TWO_RUNNERS).one(SETTLE).inputs
+    assert more_runners == settle

@@ -43,8 +43,9 @@ NEEDS: dict[str, set[str]] = {
     },
     "pulumi:providers:kubernetes": {"roles/container.admin"},
 }
-# Not Google Cloud: the components themselves, and GitLab's API (the runner token's rights).
-NOT_GOOGLE = ("gpu-runners:", "pulumi:providers:gitlab", "gitlab:")
+# Not Google Cloud: the components themselves, GitLab's API (the runner token's rights), and
+# the wait after enabling APIs, which runs on the deploying machine.
+NOT_GOOGLE = ("gpu-runners:", "pulumi:providers:gitlab", "gitlab:", "command:local:Command")
 DEPLOYER = "serviceAccount:gpu-runners-ci-deployer@"
 
 
