@@ -175,8 +175,8 @@ def test_a_primitive_role_is_refused(dev, role):
     )
     (message,) = violations(grant, "no-primitive-roles")
     assert message == (
-        f"IAMMember 'gke-nodes-container.defaultNodeServiceAccount' grants {role}; grant the narrow predefined "
-        "roles the member needs instead."
+        f"IAMMember 'gke-nodes-container.defaultNodeServiceAccount' grants {role}; grant the "
+        "narrow predefined roles the member needs instead."
     )
 
 

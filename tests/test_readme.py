@@ -12,7 +12,8 @@ from infra import apis, ci, cluster, identity, machines, registry
 from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from policy.rules import POLICIES
-from tests.harness import REPO, run_components
+from tests.harness import REPO, run_components, run_program
+from tests.stacks import WITH_CI
 from tests.test_policy import violations
 
 README = (REPO / "README.md").read_text()
@@ -140,3 +141,28 @@ def test_the_memory_a_node_leaves_to_pods_is_what_the_settings_check():
     for machine_type, mib in shown:
         node = machines.machine(machine_type)
         assert int(mib) == int(machines.allocatable_memory(node) / machines.MIB), machine_type
+
+
+LIFECYCLE = (REPO / "docs" / "lifecycle.md").read_text()
+
+
+def test_the_upgrade_notes_unprotect_the_grant_the_program_really_has():
+    grant = run_program(WITH_CI).one("gcp:projects/iAMMember:IAMMember", "ci-grant-node-roles")
+    (urn,) = re.findall(r"pulumi state unprotect '([^']+)'", LIFECYCLE)
+    assert urn == grant.urn.replace("urn:pulumi:dev::", "urn:pulumi:<stack>::")
+    assert grant.protect
+
+
+def test_the_lifecycle_page_names_the_memory_the_settings_check():
+    (mib, machine_type) = re.findall(r"\((\d+)Mi on a `([a-z0-9-]+)`\)", LIFECYCLE)[0]
+    node = machines.machine(machine_type)
+    assert int(mib) == int(machines.allocatable_memory(node) / machines.MIB)
+
+
+def test_the_lifecycle_page_names_only_roles_the_code_grants_or_documents():
+    known = {
+        role for module in (apis, cluster, identity, ci, registry) for role in module.DEPLOY_ROLES
+    }
+    known |= {*DEPLOYER_ROLES, *cluster.NODE_ROLES}
+    named = set(re.findall(r"roles/[A-Za-z.]+[A-Za-z]", LIFECYCLE))
+    assert named <= known
