@@ -1,12 +1,13 @@
 """The IDs of a stack's resources that must be unique in their Google Cloud project.
 
-Every one of them derives from `cluster.name` (and `ci.poolId` for CI access), so two stacks
-with different cluster names can share a project. The components name their resources with
-these functions, and the settings refuse a second stack file of the same project whose IDs
-would collide (infra/settings.py), before anything is created.
+Every one of them derives from `cluster.name`, the runners' names, and `ci.poolId` for CI
+access, so two stacks that differ in those can share a project. The components name their
+resources with these functions, and the settings refuse a second stack file of the same project
+whose IDs would collide (infra/settings.py), before anything is created.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 
 def service_account_id(base: str, suffix: str) -> str:
@@ -32,33 +33,53 @@ def repository_id(cluster_name: str, upstream: str) -> str:
     return f"{cluster_name}-{upstream}"
 
 
+@dataclass(frozen=True)
+class ProjectId:
+    """Where a project-unique ID comes from: a config key and its value."""
+
+    key: str
+    """The config key, without the namespace: `cluster.name`, `runners[0].name`."""
+    value: str
+    what: str
+    """What takes the ID, for a message: `service account mlops-kubernetes-nodes`."""
+
+
 def project_unique_ids(
     cluster_name: str,
     cluster_location: str,
     region: str,
     upstreams: Iterable[str],
     ci_pool_id: str | None,
-) -> dict[str, tuple[str, str]]:
-    """Each project-unique ID a stack takes -> (the config key it derives from, what it is)."""
+    runner_names: Sequence[str],
+) -> dict[str, ProjectId]:
+    """Each ID a stack takes that no other stack of its project may take."""
+    cluster = ("cluster.name", cluster_name)
     ids = {
-        f"clusters/{cluster_location}/{cluster_name}": ("cluster.name", f"cluster {cluster_name}"),
-        **{
-            f"serviceAccounts/{account}": ("cluster.name", f"service account {account}")
-            for account in (node_account_id(cluster_name), runner_account_id(cluster_name))
-        },
-        **{
-            f"repositories/{region}/{repository}": (
-                "cluster.name",
-                f"Artifact Registry repository {repository}",
-            )
-            for repository in (repository_id(cluster_name, u) for u in upstreams)
-        },
+        f"clusters/{cluster_location}/{cluster_name}": ProjectId(
+            *cluster, f"cluster {cluster_name}"
+        )
     }
+    for account in (node_account_id(cluster_name), runner_account_id(cluster_name)):
+        ids[f"serviceAccounts/{account}"] = ProjectId(*cluster, f"service account {account}")
+    for upstream in upstreams:
+        repository = repository_id(cluster_name, upstream)
+        ids[f"repositories/{region}/{repository}"] = ProjectId(
+            *cluster, f"Artifact Registry repository {repository}"
+        )
+    # A runner's namespace and Kubernetes service account are both named after it, and GKE
+    # gives every cluster of a project one Workload Identity pool, <project>.svc.id.goog, in
+    # which namespace/account is the identity: the same pair in another stack's cluster could
+    # act as this stack's runner account (GKE docs, Workload Identity Federation for GKE,
+    # "identity sameness").
+    for index, runner in enumerate(runner_names):
+        ids[f"workloadIdentity/{runner}/{runner}"] = ProjectId(
+            f"runners[{index}].name", runner, f"Workload Identity member [{runner}/{runner}]"
+        )
     if ci_pool_id:
         deployer = deployer_account_id(ci_pool_id)
-        ids[f"workloadIdentityPools/{ci_pool_id}"] = (
-            "ci.poolId",
-            f"Workload Identity pool {ci_pool_id}",
+        pool = ("ci.poolId", ci_pool_id)
+        ids[f"workloadIdentityPools/{ci_pool_id}"] = ProjectId(
+            *pool, f"Workload Identity pool {ci_pool_id}"
         )
-        ids[f"serviceAccounts/{deployer}"] = ("ci.poolId", f"service account {deployer}")
+        ids[f"serviceAccounts/{deployer}"] = ProjectId(*pool, f"service account {deployer}")
     return ids

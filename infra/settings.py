@@ -946,28 +946,37 @@ def parse_sections(
     return parsed, runners or []
 
 
-def _project_unique_ids(cluster: ClusterSettings, ci: CiSettings) -> dict[str, tuple[str, str]]:
+def _project_unique_ids(
+    sections: dict[str, Any], runners: list[RunnerSettings]
+) -> dict[str, names.ProjectId]:
+    cluster, ci = sections["cluster"], sections["ci"]
     return names.project_unique_ids(
         cluster.name,
         cluster.location,
         cluster.region,
         registry.UPSTREAMS,
         ci.pool_id if ci.enabled else None,
+        [runner.name for runner in runners],
     )
 
 
 def _shared_project_problems(
-    namespace: str, project: str | None, parsed: dict[str, Any], stack_file_dir: Path
+    namespace: str,
+    project: str | None,
+    parsed: dict[str, Any],
+    runners: list[RunnerSettings],
+    stack_file_dir: Path,
 ) -> list[str]:
-    """A resource ID this stack would take that another stack file of the same project takes
-    too: the second `pulumi up` would fail half-way with "already exists", or worse, manage
-    the first stack's resource."""
+    """An ID this stack would take that another stack file of the same project takes too: one
+    of the two stacks would fail half-way with "already exists", or manage, or act as, what
+    belongs to the other."""
     if not (project and parsed["cluster"] and parsed["ci"]):
         return []
-    ours = _project_unique_ids(parsed["cluster"], parsed["ci"])
+    ours = _project_unique_ids(parsed, runners)
+    this_file = f"Pulumi.{pulumi.get_stack()}.yaml"
     problems = []
     for path in sorted(stack_file_dir.glob("Pulumi.*.yaml")):
-        if path.name == f"Pulumi.{pulumi.get_stack()}.yaml":
+        if path.name == this_file:
             continue
         try:
             other = stack_files.read_config(path).values
@@ -976,17 +985,18 @@ def _shared_project_problems(
         if other.get("gcp:project") != project:
             continue
         given = {k.removeprefix(f"{namespace}:"): v for k, v in other.items()}
-        theirs, _ = parse_sections(namespace, given, [])
+        theirs, their_runners = parse_sections(namespace, given, [])
         if not (theirs["cluster"] and theirs["ci"]):
             continue
-        shared = ours.keys() & _project_unique_ids(theirs["cluster"], theirs["ci"]).keys()
-        for key in sorted({ours[i][0] for i in shared}):
-            value = parsed["cluster"].name if key == "cluster.name" else parsed["ci"].pool_id
-            what = ", ".join(ours[i][1] for i in sorted(shared) if ours[i][0] == key)
+        shared = ours.keys() & _project_unique_ids(theirs, their_runners).keys()
+        for key, value in sorted({(ours[i].key, ours[i].value) for i in shared}):
+            what = ", ".join(ours[i].what for i in sorted(shared) if ours[i].key == key)
             problems.append(
                 f"{namespace}:{key} = {value!r}: {path.name} deploys to the same project "
-                f"({project}) with the same {key}, so both stacks would take the {what}; "
-                f"allowed: a {key} that no other stack of this project uses"
+                f"({project}) with the same value, so both stacks would take the {what}; "
+                f"allowed: a value no other stack of this project uses. Change it in whichever "
+                f"of {this_file} and {path.name} is not deployed yet: in a deployed stack a "
+                "new value replaces what it names"
             )
     return problems
 
@@ -1018,7 +1028,7 @@ def load() -> StackSettings:
     problems += _runner_problems(
         namespace, _runner_names(raw_runners), _runner_engines(raw_runners), tokens
     )
-    problems += _shared_project_problems(namespace, project, parsed, STACK_FILE_DIR)
+    problems += _shared_project_problems(namespace, project, parsed, runners, STACK_FILE_DIR)
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
         raise SettingsError(

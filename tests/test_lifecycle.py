@@ -2,11 +2,16 @@
 would lose to a replacement (the cluster, its pools, the accounts, the mirror, the bucket) keeps
 its name and identity, and nothing protected disappears (`pulumi up` would stop there)."""
 
+import json
+import re
+
 import pytest
 
-from tests.harness import Program, Resource, run_program
+from infra.registry import UPSTREAMS
+from tests.harness import REPO, Program, Resource, reveal, run_program
 from tests.stacks import BOTH_ENGINES, TWO_RUNNERS, WITH_CI
 
+LIFECYCLE = (REPO / "docs" / "lifecycle.md").read_text()
 # Type -> the inputs that name the resource in the cloud or force its replacement.
 IDENTITY: dict[str, tuple[str, ...]] = {
     "gcp:container/cluster:Cluster": ("name", "location", "project"),
@@ -49,11 +54,60 @@ def test_a_change_keeps_the_cluster_pools_accounts_mirror_and_bucket(dev, change
         assert identity(after_lasting[urn]) == identity(resource), resource.name
 
 
-@pytest.mark.parametrize("change", TRANSITIONS)
+def protected_lost(before: Program, after: Program) -> set[str]:
+    """Protected resources of `before` that `after` no longer has: `pulumi up` stops at them."""
+    kept = {r.urn for r in after.resources}
+    return {r.name for r in before.resources if r.protect and r.urn not in kept}
+
+
+@pytest.mark.parametrize("change", [c for c in TRANSITIONS if c != "CI access added"])
 def test_going_back_keeps_what_is_protected(change):
-    # From B back to A: a protected resource B has must still be in A, or `pulumi up` stops.
+    # From B back to A, on a stack with CI access, whose parts are protected.
     with_change = run_program({**WITH_CI, **TRANSITIONS[change]})
-    without = {r.urn: r for r in run_program(WITH_CI).resources}
-    lost = [r.name for r in with_change.resources if r.protect and r.urn not in without]
-    assert lost == []
-    assert all(without[r.urn].protect for r in with_change.resources if r.protect)
+    without = run_program(WITH_CI)
+    assert protected_lost(with_change, without) == set()
+    protected = {r.urn for r in without.resources if r.protect}
+    assert {r.urn for r in with_change.resources if r.protect} <= protected
+
+
+def test_removing_ci_access_meets_protected_resources_as_the_lifecycle_page_says(dev):
+    lost = protected_lost(run_program(WITH_CI), dev)
+    # CI's access, its grants on the node and runner accounts and on the mirror.
+    assert {"ci", "ci-grant-node-roles", "gke-nodes-user-0", "runner-identity-admin-0"} <= lost
+    assert {f"images-{upstream}-admin-0" for upstream in UPSTREAMS} <= lost
+    # Without CI nothing is protected, so unprotecting all of it loses nothing the stack keeps.
+    assert not any(r.protect for r in dev.resources)
+    row = next(line for line in LIFECYCLE.splitlines() if line.startswith("| Remove CI access"))
+    assert "pulumi state unprotect --all" in row
+
+
+def test_upgrading_from_the_previous_version_meets_what_the_upgrade_notes_say():
+    previous = json.loads((REPO / "tests/data/upgrade/4bd629f-dev-with-ci.json").read_text())
+    now = {r.urn: r for r in run_program(WITH_CI).resources}
+    replaced, removed = set(), set()
+    for old in previous:
+        name, new = old["urn"].rsplit("::", 1)[1], now.get(old["urn"])
+        if new is None:
+            removed.add(name)
+        elif {key: reveal(new.inputs.get(key)) for key in old["inputs"]} != old["inputs"]:
+            replaced.add(name)
+    # The notes: repositories named after the cluster (and the grants on them), the node
+    # account's four older roles gone, and CI's conditional grant, whose condition changed.
+    mirror = {f"images-{u}{grant}" for u in UPSTREAMS for grant in ("", "-nodes", "-admin-0")}
+    assert replaced == mirror | {"ci-grant-node-roles"}
+    assert removed == {
+        "gke-nodes-logging.logWriter",
+        "gke-nodes-monitoring.metricWriter",
+        "gke-nodes-monitoring.viewer",
+        "gke-nodes-stackdriver.resourceMetadata.writer",
+    }
+    # Pulumi refuses to replace or delete what was protected: the notes unprotect exactly that.
+    blocked = {
+        old["urn"]
+        for old in previous
+        if old["protect"] and old["urn"].rsplit("::", 1)[1] in replaced | removed
+    }
+    unprotected = re.findall(r"pulumi state unprotect '([^']+)'", LIFECYCLE)
+    assert {urn.replace("urn:pulumi:dev::", "urn:pulumi:<stack>::") for urn in blocked} == set(
+        unprotected
+    )

@@ -12,8 +12,7 @@ from infra import apis, ci, cluster, identity, machines, registry
 from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from policy.rules import POLICIES
-from tests.harness import REPO, run_components, run_program
-from tests.stacks import WITH_CI
+from tests.harness import REPO, run_components
 from tests.test_policy import violations
 
 README = (REPO / "README.md").read_text()
@@ -144,13 +143,6 @@ def test_the_memory_a_node_leaves_to_pods_is_what_the_settings_check():
 
 
 LIFECYCLE = (REPO / "docs" / "lifecycle.md").read_text()
-
-
-def test_the_upgrade_notes_unprotect_the_grant_the_program_really_has():
-    grant = run_program(WITH_CI).one("gcp:projects/iAMMember:IAMMember", "ci-grant-node-roles")
-    (urn,) = re.findall(r"pulumi state unprotect '([^']+)'", LIFECYCLE)
-    assert urn == grant.urn.replace("urn:pulumi:dev::", "urn:pulumi:<stack>::")
-    assert grant.protect
 
 
 def test_the_lifecycle_page_names_the_memory_the_settings_check():

@@ -6,13 +6,16 @@ import yaml
 
 from infra import names, settings
 from infra.registry import UPSTREAMS
-from tests.harness import REPO, TEST_PROJECT_ID, run_program, run_rejected_program
+from tests.harness import TEST_PROJECT_ID, run_program, run_rejected_program, stack_config
 from tests.stacks import WITH_CI
+
+WI_BINDING = "gcp:serviceaccount/iAMMember:IAMMember"
 
 
 def project_unique_ids(program) -> set[str]:
-    """The IDs the program gives resources whose ID is unique in their project, in the form
-    infra/names.py writes them."""
+    """The IDs the program gives resources whose ID is unique in their project, and the
+    Kubernetes identities it lets act as a Google account, in the form infra/names.py writes
+    them."""
     ids = set()
     for resource in program.resources:
         inputs = resource.inputs
@@ -24,13 +27,20 @@ def project_unique_ids(program) -> set[str]:
             ids.add(f"workloadIdentityPools/{inputs['workloadIdentityPoolId']}")
         elif resource.type == "gcp:container/cluster:Cluster":
             ids.add(f"clusters/{inputs['location']}/{inputs['name']}")
+        elif (
+            resource.type == WI_BINDING
+            and inputs["role"] == "roles/iam.workloadIdentityUser"
+            and inputs["member"].startswith("serviceAccount:")
+        ):
+            identity = inputs["member"].split("[", 1)[1].rstrip("]")
+            ids.add(f"workloadIdentity/{identity}")
     return ids
 
 
 def declared_ids(stack: str, overrides: dict) -> set[str]:
-    parsed = settings.parse_sections(
-        "gpu-runners", {"cluster": stack_section(stack, "cluster"), **overrides}, []
-    )[0]
+    config = stack_config(stack, overrides, ())
+    given = {k.removeprefix("gpu-runners:"): v for k, v in config.items()}
+    parsed, runners = settings.parse_sections("gpu-runners", given, [])
     ci = parsed["ci"]
     return set(
         names.project_unique_ids(
@@ -39,21 +49,16 @@ def declared_ids(stack: str, overrides: dict) -> set[str]:
             parsed["cluster"].region,
             UPSTREAMS,
             ci.pool_id if ci.enabled else None,
+            [runner.name for runner in runners],
         )
     )
-
-
-def stack_section(stack: str, key: str) -> dict:
-    return yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"][
-        f"gpu-runners:{key}"
-    ]
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_names_py_declares_every_project_unique_id_the_program_takes(stack):
     # So the refusal below compares what the components really create.
     program = run_program(WITH_CI, stack=stack)
-    assert project_unique_ids(program) == declared_ids(stack, {"ci": WITH_CI["gpu-runners:ci"]})
+    assert project_unique_ids(program) == declared_ids(stack, WITH_CI)
 
 
 def test_the_dev_and_prod_stacks_can_share_a_project():
@@ -61,8 +66,18 @@ def test_the_dev_and_prod_stacks_can_share_a_project():
     assert dev.one("gcp:container/cluster:Cluster").inputs["project"] == TEST_PROJECT_ID
     assert prod.one("gcp:container/cluster:Cluster").inputs["project"] == TEST_PROJECT_ID
     assert project_unique_ids(dev) & project_unique_ids(prod) == set()
-    # Every stack-scoped ID carries the cluster's name.
-    assert all("mlops-kubernetes-prod" in i for i in project_unique_ids(prod))
+
+
+def test_no_runner_of_one_stack_may_act_as_the_other_stacks_runner_account():
+    def bound(program) -> set[str]:
+        return {
+            r.inputs["member"]
+            for r in program.of_type(WI_BINDING)
+            if r.inputs["role"] == "roles/iam.workloadIdentityUser"
+        }
+
+    # One Workload Identity pool per project: a member names no cluster.
+    assert bound(run_program(stack="dev")).isdisjoint(bound(run_program(stack="prod")))
 
 
 def write_stack_file(directory, stack: str, config: dict) -> None:
@@ -82,18 +97,47 @@ def test_a_second_stack_with_the_same_cluster_name_in_the_same_project_is_refuse
     write_stack_file(
         stack_file_dir,
         "staging",
-        {"gcp:project": TEST_PROJECT_ID, "gpu-runners:cluster": {"name": "mlops-kubernetes"}},
+        {
+            "gcp:project": TEST_PROJECT_ID,
+            "gpu-runners:cluster": {"name": "mlops-kubernetes"},
+            "gpu-runners:runners": [
+                {"name": "staging-runner", "repository": "https://github.com/a/b"}
+            ],
+        },
     )
     error, registered = run_rejected_program()
     assert registered == []
     message = str(error)
     assert (
-        "gpu-runners:cluster.name = 'mlops-kubernetes': Pulumi.staging.yaml deploys to the "
-        f"same project ({TEST_PROJECT_ID}) with the same cluster.name, so both stacks would "
-        "take the Artifact Registry repository mlops-kubernetes-docker-hub" in message
+        "gpu-runners:cluster.name = 'mlops-kubernetes': Pulumi.staging.yaml deploys to the same "
+        f"project ({TEST_PROJECT_ID}) with the same value, so both stacks would take the "
+        "Artifact Registry repository mlops-kubernetes-docker-hub" in message
     )
     assert "service account mlops-kubernetes-nodes" in message
-    assert "allowed: a cluster.name that no other stack of this project uses" in message
+    assert "allowed: a value no other stack of this project uses" in message
+    # Which of the two should change: the one not deployed yet.
+    assert "whichever of Pulumi.dev.yaml and Pulumi.staging.yaml is not deployed yet" in message
+    assert "runners[0].name" not in message
+
+
+def test_a_runner_name_another_stack_of_the_project_uses_is_refused(stack_file_dir):
+    write_stack_file(
+        stack_file_dir,
+        "prod",
+        {
+            "gcp:project": TEST_PROJECT_ID,
+            "gpu-runners:cluster": {"name": "mlops-prod"},
+            "gpu-runners:runners": [{"name": "cml-runner", "repository": "https://github.com/a/b"}],
+        },
+    )
+    error, registered = run_rejected_program()
+    assert registered == []
+    assert (
+        "gpu-runners:runners[0].name = 'cml-runner': Pulumi.prod.yaml deploys to the same "
+        f"project ({TEST_PROJECT_ID}) with the same value, so both stacks would take the "
+        "Workload Identity member [cml-runner/cml-runner]" in str(error)
+    )
+    assert "cluster.name" not in str(error)
 
 
 def test_two_stacks_with_ci_access_need_their_own_pool(stack_file_dir):
