@@ -106,13 +106,14 @@ class ArcRunner(pulumi.ComponentResource):
             },
             "template": _pod_template(args, labels, objects),
         }
+        # ARC merges the container named `listener` into the listener it builds.
+        listener: dict = {
+            "terminationGracePeriodSeconds": arc.LISTENER_GRACE_SECONDS,
+            "containers": [{"name": "listener", "resources": arc.LISTENER_RESOURCES}],
+        }
         if args.listener_node_selector is not None:
-            values["listenerTemplate"] = {
-                "spec": {
-                    "nodeSelector": dict(args.listener_node_selector),
-                    "containers": [{"name": "listener"}],
-                }
-            }
+            listener["nodeSelector"] = dict(args.listener_node_selector)
+        values["listenerTemplate"] = {"spec": listener}
         release = k8s.helm.v3.Release(
             name,
             name=name,

@@ -48,6 +48,8 @@ class Resource:
     replace_on_changes: tuple[str, ...] = ()
     delete_before_replace: bool = False
     retain_on_delete: bool = False
+    before_update_hooks: tuple[str, ...] = ()
+    """Names of the resource hooks the engine runs before updating it."""
 
 
 def is_secret(value: Any) -> bool:
@@ -142,7 +144,7 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
 
     def make_urn(self, parent: str, type_: str, name: str) -> str:
         # The SDK's own make_urn reads the stack from a context variable, which pulumi 3.231
-        # (the floor) does not carry into the threads that register resources, giving
+        # (an earlier floor) does not carry into the threads that register resources, giving
         # "urn:pulumi:stack::project::…"; the policy rules read the stack from the URN.
         if parent:
             type_ = parent.split("::")[2].split("$")[-1] + "$" + type_
@@ -169,6 +171,7 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
                     replace_on_changes=tuple(request.replaceOnChanges),
                     delete_before_replace=request.deleteBeforeReplace,
                     retain_on_delete=request.retainOnDelete,
+                    before_update_hooks=tuple(request.hooks.before_update),
                 )
             )
         return response

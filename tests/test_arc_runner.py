@@ -3,8 +3,10 @@
 import json
 
 import kubernetes_validate
+import pulumi
 import pytest
 
+from infra.arc import ArcVersionChange, refuse_version_change
 from tests.charts import unread_values
 from tests.harness import (
     MIRROR,
@@ -65,6 +67,11 @@ def test_the_controller_is_installed_once_pinned_on_the_system_pool(arc):
     assert controller["values"] == {
         "nodeSelector": {"gpu": "false"},
         "serviceAccount": {"create": True, "name": "arc-gha-rs-controller"},
+        # Not BestEffort on a small system node.
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
     }
 
 
@@ -98,7 +105,19 @@ def test_the_scale_set_registers_with_the_repository_and_scales_from_zero(arc):
         "namespace": "arc-systems",
         "name": "arc-gha-rs-controller",
     }
-    assert values["listenerTemplate"]["spec"]["nodeSelector"] == {"gpu": "false"}
+    listener = values["listenerTemplate"]["spec"]
+    assert listener["nodeSelector"] == {"gpu": "false"}
+    # ARC's own 60 s, which a template without one would lower to the API server's 30 s.
+    assert listener["terminationGracePeriodSeconds"] == 60
+    assert listener["containers"] == [
+        {
+            "name": "listener",
+            "resources": {
+                "requests": {"cpu": "25m", "memory": "64Mi"},
+                "limits": {"memory": "256Mi"},
+            },
+        }
+    ]
     assert arc.outputs["runners"]["gpu-arc"] == {
         "namespace": "gpu-arc",
         "workload": "AutoscalingRunnerSet/gpu-arc",
@@ -288,3 +307,53 @@ def test_pod_templates_are_valid_pods(template, minor, arc):
         "spec": scale_set_values(arc)[template]["spec"],
     }
     kubernetes_validate.validate(pod, f"{minor}.0", strict=True)
+
+
+def upgrade_hook_args(before, after) -> pulumi.ResourceHookArgs:
+    """What the engine hands the controller release's before-update hook, from two runs."""
+    old = release(before, "gha-runner-scale-set-controller")
+    new = release(after, "gha-runner-scale-set-controller")
+    assert old.urn == new.urn
+    return pulumi.ResourceHookArgs(
+        urn=new.urn,
+        id="arc-systems/arc",
+        name=new.name,
+        type=new.type,
+        new_inputs=reveal(new.inputs),
+        old_inputs=reveal(old.inputs),
+    )
+
+
+def test_a_minor_version_change_of_arc_is_refused_with_the_steps_that_keep_runners(
+    arc, monkeypatch
+):
+    monkeypatch.setattr("infra.arc.CHART_VERSION", "0.15.0")
+    newer = run_program(ARC)
+    # The scale sets follow the controller's version, so they change in the same run.
+    assert release(newer, "gha-runner-scale-set").inputs["version"] == "0.15.0"
+    controller = release(newer, "gha-runner-scale-set-controller")
+    assert controller.before_update_hooks == ("arc-version-guard",)
+    assert not release(newer, "gha-runner-scale-set").before_update_hooks
+    assert newer.waits_for(release(newer, "gha-runner-scale-set"), controller)
+    with pytest.raises(ArcVersionChange) as refused:
+        refuse_version_change(upgrade_hook_args(arc, newer))
+    message = str(refused.value)
+    assert "0.14.2 -> 0.15.0" in message
+    assert "nothing was changed" in message
+    assert f"pulumi destroy --target '{controller.urn}' --target-dependents" in message
+    assert "kubectl delete crd autoscalinglisteners.actions.github.com" in message
+    assert message.endswith("3. pulumi up")
+    # And back down: the same refusal.
+    with pytest.raises(ArcVersionChange):
+        refuse_version_change(upgrade_hook_args(newer, arc))
+
+
+def test_a_patch_release_of_arc_is_upgraded_in_place(arc, monkeypatch):
+    # ARC's controller accepts a scale set whose major.minor matches (IsVersionAllowed).
+    monkeypatch.setattr("infra.arc.CHART_VERSION", "0.14.3")
+    refuse_version_change(upgrade_hook_args(arc, run_program(ARC)))
+
+
+def test_the_guard_lets_a_values_change_through(arc):
+    other = run_program({RUNNERS: [{"name": "gpu-arc", "engine": "arc", "maxRunners": 3}]})
+    refuse_version_change(upgrade_hook_args(arc, other))
