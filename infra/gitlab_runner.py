@@ -34,6 +34,23 @@ CHART_VERSION = "0.86.0"
 # "timed out waiting for pod to start" (docs/executors/kubernetes/troubleshooting.md).
 POLL_TIMEOUT_SECONDS = 1800
 TOKEN_VERSION_ANNOTATION = "gpu-runners/runner-token-sha256"
+# What the manager asks of the system pool (the chart sets none, leaving it BestEffort: the
+# first pod evicted when a small node runs short). It mostly waits on GitLab's API; the
+# memory limit only stops a runaway. An estimate, not a measurement.
+MANAGER_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+# How long a stopping manager may drain its running jobs: the chart's default, stated.
+MANAGER_GRACE_SECONDS = 3600
+# GitLab Runner aborts running jobs on SIGTERM and finishes them on SIGQUIT (commands/multi.go,
+# handleGracefulShutdown only for SIGQUIT; docs/commands, Signals), and the chart runs it under
+# dumb-init, which passes on whatever signal the container gets. So the manager is stopped
+# with SIGQUIT whatever signal its image declares: it unregisters this manager (the chart's
+# own preStop, which a custom lifecycle replaces; running jobs report with their job tokens),
+# then asks for a graceful stop and waits while the runner drains, until it exits or the
+# grace period ends.
+MANAGER_PRE_STOP = (
+    "/entrypoint unregister --all-runners || true; "
+    "kill -QUIT 1; while kill -0 1 2>/dev/null; do sleep 5; done"
+)
 HELPER_IMAGE = "gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-v${CI_RUNNER_VERSION}"
 # What the manager may do in the runner's namespace, and nothing more: the rules GitLab lists
 # for the Kubernetes executor ("Configure runner API permissions"), without the optional
@@ -126,10 +143,18 @@ class GitlabRunner(pulumi.ComponentResource):
             # The manager reads its token once, at start, and the chart's own checksum ignores
             # a Secret it did not render: a new token must restart the manager by itself.
             # The digest is not secret; a secret value would hide all the values in previews.
+            # The cluster autoscaler must not move the manager off its node while it drives
+            # jobs: their pods would run on unreported until GitLab drops them.
             "podAnnotations": {
                 TOKEN_VERSION_ANNOTATION: pulumi.Output.unsecret(
                     pulumi.Output.from_input(token).apply(_fingerprint)
-                )
+                ),
+                **NOT_EVICTABLE,
+            },
+            "resources": MANAGER_RESOURCES,
+            "terminationGracePeriodSeconds": MANAGER_GRACE_SECONDS,
+            "deploymentLifecycle": {
+                "preStop": {"exec": {"command": ["/bin/bash", "-c", MANAGER_PRE_STOP]}}
             },
             # The chart's defaults, stated: the policy pack and a reader see them here.
             "securityContext": {
@@ -195,6 +220,12 @@ def runner_config(
         "node_selector": dict(args.node_selector or default_node_selector(args.gpus)),
         "pod_annotations": dict(NOT_EVICTABLE),
     }
+    # With token expiry set on the GitLab instance or project, the runner would rotate its
+    # token into its own config.toml (commands/multi.go, resetOneRunnerToken), which lives in
+    # the pod's memory: the next manager start would register with the Secret's old, revoked
+    # token. Rotation is done through the stack instead (docs/upgrading-gitlab-runner.md).
+    # The flag exists since runner 17.0.
+    feature_flags = {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
     runner: dict = {"executor": "kubernetes", "kubernetes": kubernetes}
     if args.gpus > 0:
         kubernetes["node_tolerations"] = {f"{GPU_RESOURCE}=present": "NoSchedule"}
@@ -206,7 +237,8 @@ def runner_config(
             # JSON is YAML, the patch format the executor reads.
             {"name": "gpu", "patch": json.dumps(patch), "patch_type": "strategic"}
         ]
-        runner["feature_flags"] = {"FF_USE_ADVANCED_POD_SPEC_CONFIGURATION": True}
+        feature_flags["FF_USE_ADVANCED_POD_SPEC_CONFIGURATION"] = True
+    runner["feature_flags"] = feature_flags
     return tomli_w.dumps({"runners": [runner]})
 
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 import yaml
 
+from infra import gitlab_runner
 from tests.harness import REPO, run_program
 
 GITHUB_WORKFLOW = REPO / ".github/workflows/infrastructure.yml"
@@ -312,8 +313,14 @@ def test_gitlab_example_trains_on_the_dev_runner_and_keeps_the_report():
     assert train["tags"] == dev_runner_labels()
     assert train["script"] == ["dvc pull", "dvc repro --force"]
     assert "GOOGLE_APPLICATION_CREDENTIALS" not in str(train)
-    # A job lost with a reclaimed Spot node is retried once.
-    assert train["retry"] == {"max": 1, "when": ["runner_system_failure", "runner_interrupted"]}
+    # A job lost with a reclaimed Spot node, or with its runner manager, is retried once.
+    assert train["retry"] == {
+        "max": 1,
+        "when": ["runner_system_failure", "runner_interrupted", "stuck_or_timeout_failure"],
+    }
+    # Half an hour of waiting for a GPU node still leaves an hour and a half to train.
+    poll_timeout_minutes = gitlab_runner.POLL_TIMEOUT_SECONDS // 60
+    assert train["timeout"] == "2h" and 120 - poll_timeout_minutes >= 90
     report = "\n".join(example["report"]["script"])
     assert "cml comment update --target=pr --publish report.md" in report
 

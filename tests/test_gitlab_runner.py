@@ -93,7 +93,10 @@ def test_job_pods_go_to_gpu_nodes_with_the_gpu_limit(given_token):
     assert kubernetes["namespace"] == "gl-gpu"
     assert kubernetes["node_selector"] == {"gpu": "true"}
     assert kubernetes["node_tolerations"] == {"nvidia.com/gpu=present": "NoSchedule"}
-    assert runner["feature_flags"] == {"FF_USE_ADVANCED_POD_SPEC_CONFIGURATION": True}
+    assert runner["feature_flags"] == {
+        "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION": True,
+        "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True,
+    }
     (patch,) = kubernetes["pod_spec"]
     assert patch["patch_type"] == "strategic"
     gpus = {"nvidia.com/gpu": "1"}
@@ -148,6 +151,34 @@ def test_a_cpu_runner_has_no_gpu_patch_and_stays_on_the_system_pool():
     )
     assert "pod_spec" not in runner["kubernetes"]
     assert "node_tolerations" not in runner["kubernetes"]
+    # A token rotated by the runner would live only in the pod's memory.
+    assert runner["feature_flags"] == {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
+
+
+def test_the_manager_requests_resources_and_stays_on_its_node_while_jobs_run(given_token):
+    values = chart_values(given_token)
+    assert values["resources"] == {
+        "requests": {"cpu": "50m", "memory": "128Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+    # The cluster autoscaler leaves its node alone (job pods have the same annotation).
+    annotations = values["podAnnotations"]
+    assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+
+
+def test_a_restarted_manager_drains_its_jobs_instead_of_aborting_them(given_token):
+    # GitLab Runner aborts jobs on SIGTERM and lets them finish on SIGQUIT; the stop hook
+    # sends SIGQUIT through dumb-init and waits, within the grace period.
+    values = chart_values(given_token)
+    (shell, flag, script) = values["deploymentLifecycle"]["preStop"]["exec"]["command"]
+    assert (shell, flag) == ("/bin/bash", "-c")
+    unregister, drain = script.index("unregister --all-runners"), script.index("kill -QUIT 1")
+    assert unregister < drain
+    assert "while kill -0 1" in script
+    assert values["terminationGracePeriodSeconds"] == 3600
+    # A custom lifecycle replaces the chart's unregistering preStop, which the script keeps.
+    helpers = (CHART_FILES / "templates" / "_helpers.tpl").read_text()
+    assert "(empty .Values.deploymentLifecycle)" in helpers
 
 
 def test_max_runners_is_how_many_jobs_run_at_once(given_token):
