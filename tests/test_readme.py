@@ -8,11 +8,12 @@ from markdown_it import MarkdownIt
 from pulumi_policy import EnforcementLevel
 from pydantic.fields import FieldInfo
 
-from infra import apis, ci, cluster, identity, machines, registry
+from infra import apis, arc, ci, cluster, identity, machines, registry
 from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from policy.rules import POLICIES
-from tests.harness import REPO, run_components
+from tests.harness import REPO, run_components, run_program
+from tests.test_arc_runner import ARC, release
 from tests.test_policy import violations
 
 README = (REPO / "README.md").read_text()
@@ -158,3 +159,18 @@ def test_the_lifecycle_page_names_only_roles_the_code_grants_or_documents():
     known |= {*DEPLOYER_ROLES, *cluster.NODE_ROLES}
     named = set(re.findall(r"roles/[A-Za-z.]+[A-Za-z]", LIFECYCLE))
     assert named <= known
+
+
+def test_the_arc_upgrade_steps_name_the_real_controller_and_crds():
+    page = (REPO / "docs" / "upgrading-arc.md").read_text()
+    controller = release(run_program(ARC), "gha-runner-scale-set-controller")
+    (urn,) = re.findall(r"pulumi destroy --target '([^']+)' --target-dependents", page)
+    assert urn == controller.urn.replace("urn:pulumi:dev::", "urn:pulumi:<stack>::")
+    crds = re.search(r"kubectl delete crd (.+?)\npulumi up", page, re.S).group(1)
+    assert crds.replace("\\\n", " ").split() == list(arc.CRDS)
+
+
+def test_the_lifecycle_page_links_every_engine_page():
+    for page in ("upgrading-cml.md", "upgrading-arc.md", "upgrading-gitlab-runner.md"):
+        assert f"]({page})" in LIFECYCLE
+        assert (REPO / "docs" / page).is_file()
