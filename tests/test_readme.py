@@ -8,7 +8,7 @@ from markdown_it import MarkdownIt
 from pulumi_policy import EnforcementLevel
 from pydantic.fields import FieldInfo
 
-from infra import apis, arc, ci, cluster, identity, machines, registry
+from infra import apis, arc, ci, cluster, gitlab_runner, identity, keda, machines, registry
 from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from policy.rules import POLICIES
@@ -174,3 +174,24 @@ def test_the_lifecycle_page_links_every_engine_page():
     for page in ("upgrading-cml.md", "upgrading-arc.md", "upgrading-gitlab-runner.md"):
         assert f"]({page})" in LIFECYCLE
         assert (REPO / "docs" / page).is_file()
+
+
+def test_the_system_pool_requests_the_readme_counts_are_the_codes():
+    assert f"controller {arc.CONTROLLER_RESOURCES['requests']['cpu']}" in README
+    assert f"listener {arc.LISTENER_RESOURCES['requests']['cpu']}" in README
+    assert f"manager {gitlab_runner.MANAGER_RESOURCES['requests']['cpu']} per runner" in README
+
+
+def test_the_system_node_arithmetic_for_arc_and_gitlab_runner_adds_up():
+    def millicores(quantity: str) -> int:
+        return int(quantity.removesuffix("m"))
+
+    gke, allocatable = 813, 940  # the table's measured GKE pods, and an e2-medium's share
+    controller = millicores(arc.CONTROLLER_RESOURCES["requests"]["cpu"])
+    listener = millicores(arc.LISTENER_RESOURCES["requests"]["cpu"])
+    manager = millicores(gitlab_runner.MANAGER_RESOURCES["requests"]["cpu"])
+    keda_total = sum(millicores(part["requests"]["cpu"]) for part in keda.REQUESTS.values())
+    assert gke + keda_total + controller + listener > allocatable
+    assert gke + controller + 3 * listener == 938 <= allocatable < gke + controller + 4 * listener
+    assert gke + 2 * manager == 913 <= allocatable < gke + 3 * manager
+    assert "three arc runners (938m) or two gitlab-runner runners (913m)" in README
