@@ -50,8 +50,13 @@ class ArcVersionChange(Exception):
     """A change of ARC's major.minor version that `pulumi up` must not make by itself."""
 
 
-def _major_minor(version: str) -> tuple[str, ...]:
-    return tuple(re.split(r"[.+-]", version)[:2])
+def _same_line(old: str, new: str) -> bool:
+    """Whether the controller accepts scale sets of `old` once it runs `new`: both plain
+    releases with the same major.minor (IsVersionAllowed, which refuses what it cannot parse,
+    pre-releases included)."""
+    release = re.compile(r"^(\d+)\.(\d+)\.\d+$")
+    old_match, new_match = release.match(old), release.match(new)
+    return bool(old_match and new_match) and old_match.groups() == new_match.groups()
 
 
 def refuse_version_change(args: pulumi.ResourceHookArgs) -> None:
@@ -70,15 +75,16 @@ def refuse_version_change(args: pulumi.ResourceHookArgs) -> None:
     new = (args.new_inputs or {}).get("version")
     if not isinstance(old, str) or not isinstance(new, str):
         return
-    if _major_minor(old) == _major_minor(new):
+    if old == new or _same_line(old, new):
         return
     raise ArcVersionChange(
-        f"{args.name}: actions-runner-controller {old} -> {new} changes its minor version. "
+        f"{args.name}: actions-runner-controller {old} -> {new} is not a patch release. "
         "Upgraded in place, the new controller would delete every runner scale set of the old "
-        "version, on GitHub too, and Helm would keep the old CRDs; nothing was changed. "
-        f"Upgrade in three steps ({UPGRADE_GUIDE}):\n"
+        "version, on GitHub too, and Helm would keep the old CRDs; no ARC release was "
+        f"changed. Upgrade in three steps ({UPGRADE_GUIDE}):\n"
         f"  1. pulumi destroy --target '{args.urn}' --target-dependents\n"
-        "     (removes the scale sets, waiting for ARC to clean them up, then the controller)\n"
+        "     (removes each arc runner's scale set, waiting for ARC to clean it up, with its "
+        "namespace and Secret, then the controller)\n"
         f"  2. kubectl delete crd {' '.join(CRDS)}\n"
         "  3. pulumi up"
     )

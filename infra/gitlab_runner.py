@@ -43,13 +43,14 @@ MANAGER_GRACE_SECONDS = 3600
 # GitLab Runner aborts running jobs on SIGTERM and finishes them on SIGQUIT (commands/multi.go,
 # handleGracefulShutdown only for SIGQUIT; docs/commands, Signals), and the chart runs it under
 # dumb-init, which passes on whatever signal the container gets. So the manager is stopped
-# with SIGQUIT whatever signal its image declares: it unregisters this manager (the chart's
-# own preStop, which a custom lifecycle replaces; running jobs report with their job tokens),
-# then asks for a graceful stop and waits while the runner drains, until it exits or the
-# grace period ends.
+# with SIGQUIT whatever signal its image declares, at once, so that it takes no new job; then
+# it unregisters this manager (the chart's own preStop, which a custom lifecycle replaces;
+# running jobs report with their job tokens), for a minute at most, since GitLab's client may
+# wait far longer; then the hook waits while the runner drains, until it exits (which ends the
+# hook too, logged as FailedPreStopHook) or the grace period ends.
 MANAGER_PRE_STOP = (
-    "/entrypoint unregister --all-runners || true; "
-    "kill -QUIT 1; while kill -0 1 2>/dev/null; do sleep 5; done"
+    "kill -QUIT 1; timeout 60 /entrypoint unregister --all-runners || true; "
+    "while kill -0 1 2>/dev/null; do sleep 5; done"
 )
 HELPER_IMAGE = "gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-v${CI_RUNNER_VERSION}"
 # What the manager may do in the runner's namespace, and nothing more: the rules GitLab lists

@@ -339,7 +339,9 @@ def test_a_minor_version_change_of_arc_is_refused_with_the_steps_that_keep_runne
         refuse_version_change(upgrade_hook_args(arc, newer))
     message = str(refused.value)
     assert "0.14.2 -> 0.15.0" in message
-    assert "nothing was changed" in message
+    assert "no ARC release was changed" in message
+    # Step 1 takes each runner's namespace and Secret with it (they wait for the controller).
+    assert "with its namespace and Secret, then the controller" in message
     assert f"pulumi destroy --target '{controller.urn}' --target-dependents" in message
     assert "kubectl delete crd autoscalinglisteners.actions.github.com" in message
     assert message.endswith("3. pulumi up")
@@ -352,6 +354,13 @@ def test_a_patch_release_of_arc_is_upgraded_in_place(arc, monkeypatch):
     # ARC's controller accepts a scale set whose major.minor matches (IsVersionAllowed).
     monkeypatch.setattr("infra.arc.CHART_VERSION", "0.14.3")
     refuse_version_change(upgrade_hook_args(arc, run_program(ARC)))
+
+
+def test_a_pre_release_of_arc_is_refused_like_a_minor_change(arc, monkeypatch):
+    # ARC's version check cannot parse it, and so deletes the scale sets of any other version.
+    monkeypatch.setattr("infra.arc.CHART_VERSION", "0.14.3-rc.1")
+    with pytest.raises(ArcVersionChange):
+        refuse_version_change(upgrade_hook_args(arc, run_program(ARC)))
 
 
 def test_the_guard_lets_a_values_change_through(arc):

@@ -172,9 +172,10 @@ def test_a_restarted_manager_drains_its_jobs_instead_of_aborting_them(given_toke
     values = chart_values(given_token)
     (shell, flag, script) = values["deploymentLifecycle"]["preStop"]["exec"]["command"]
     assert (shell, flag) == ("/bin/bash", "-c")
-    unregister, drain = script.index("unregister --all-runners"), script.index("kill -QUIT 1")
-    assert unregister < drain
-    assert "while kill -0 1" in script
+    # SIGQUIT first, so no new job starts while unregistering waits on GitLab.
+    drain, unregister = script.index("kill -QUIT 1"), script.index("unregister --all-runners")
+    assert drain < unregister < script.index("while kill -0 1")
+    assert "timeout 60 /entrypoint unregister" in script
     assert values["terminationGracePeriodSeconds"] == 3600
     # A custom lifecycle replaces the chart's unregistering preStop, which the script keeps.
     helpers = (CHART_FILES / "templates" / "_helpers.tpl").read_text()
