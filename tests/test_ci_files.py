@@ -178,7 +178,8 @@ def test_the_gitlab_plan_job_runs_for_fork_merge_requests_and_keeps_a_failing_pl
     plan = gitlab["plan"]
     assert rules(plan) == [
         '$CI_PIPELINE_SOURCE == "merge_request_event" '
-        "&& $CI_MERGE_REQUEST_SOURCE_PROJECT_ID != $CI_MERGE_REQUEST_PROJECT_ID"
+        "&& ($CI_MERGE_REQUEST_SOURCE_PROJECT_ID != $CI_MERGE_REQUEST_PROJECT_ID "
+        '|| $CI_COMMIT_REF_PROTECTED != "true")'
     ]
     assert "id_tokens" not in plan and plan.get("extends") != ".pulumi"
     assert plan["artifacts"]["paths"] == ["plan.md"] and plan["artifacts"]["when"] == "always"
@@ -236,10 +237,12 @@ def rules(job: dict) -> list[str]:
     return [rule["if"] for rule in job["rules"]]
 
 
-def test_gitlab_preview_runs_only_for_merge_requests_from_this_project(gitlab):
+def test_gitlab_preview_runs_only_for_protected_merge_requests_of_this_project(gitlab):
+    # Only they get the protected passphrase; the plan job takes every other merge request.
     assert rules(gitlab["preview"]) == [
         '$CI_PIPELINE_SOURCE == "merge_request_event" '
-        "&& $CI_MERGE_REQUEST_SOURCE_PROJECT_ID == $CI_MERGE_REQUEST_PROJECT_ID"
+        "&& $CI_MERGE_REQUEST_SOURCE_PROJECT_ID == $CI_MERGE_REQUEST_PROJECT_ID "
+        '&& $CI_COMMIT_REF_PROTECTED == "true"'
     ]
     assert any("pulumi preview" in line for line in gitlab["preview"]["script"])
     assert gitlab["preview"]["artifacts"]["expose_as"] == "pulumi preview"
@@ -411,3 +414,11 @@ def test_the_one_finding_kept_says_why():
     assert rerun.count("zizmor: ignore") == 1
     ignored = rerun.index("# zizmor: ignore[dangerous-triggers]")
     assert "it runs no code of that run" in rerun[:ignored]
+
+
+def test_no_document_or_ci_file_says_to_leave_the_passphrase_unprotected(gitlab):
+    header = (REPO / ".gitlab-ci.yml").read_text().split("stages:", 1)[0]
+    assert "PULUMI_CONFIG_PASSPHRASE        masked and protected" in header
+    readme = (REPO / "README.md").read_text()
+    assert "leave it unprotected" not in readme
+    assert "Mark `PULUMI_CONFIG_PASSPHRASE` *masked* and *protected*" in readme
