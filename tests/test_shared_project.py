@@ -4,8 +4,7 @@ and a stack file that would share one is refused before anything is created."""
 import pytest
 import yaml
 
-from infra import names, settings
-from infra.registry import UPSTREAMS
+from infra import settings
 from tests.harness import TEST_PROJECT_ID, run_program, run_rejected_program, stack_config
 from tests.stacks import WITH_CI
 
@@ -38,20 +37,11 @@ def project_unique_ids(program) -> set[str]:
 
 
 def declared_ids(stack: str, overrides: dict) -> set[str]:
+    """The IDs the settings compare with other stack files', for a stack's config."""
     config = stack_config(stack, overrides, ())
     given = {k.removeprefix("gpu-runners:"): v for k, v in config.items()}
     parsed, runners = settings.parse_sections("gpu-runners", given, [])
-    ci = parsed["ci"]
-    return set(
-        names.project_unique_ids(
-            parsed["cluster"].name,
-            parsed["cluster"].location,
-            parsed["cluster"].region,
-            UPSTREAMS,
-            ci.pool_id if ci.enabled else None,
-            [runner.name for runner in runners],
-        )
-    )
+    return set(settings._project_unique_ids(parsed, runners))
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
