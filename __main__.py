@@ -6,7 +6,7 @@ from infra import settings as stack_settings
 from infra.apis import CI_APIS, STACK_APIS, ProjectApis
 from infra.arc import ArcController
 from infra.arc_runner import ArcRunner, ArcRunnerArgs
-from infra.ci import CiDeployer, CiDeployerArgs
+from infra.ci import CiDeployer, CiDeployerArgs, PreviewerReads
 from infra.cluster import GpuCluster, GpuClusterArgs
 from infra.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
 from infra.gitlab_runner import GitlabRunner, GitlabRunnerArgs
@@ -30,6 +30,11 @@ deployer = (
             github_repository=settings.ci.github_repository,
             gitlab_project=settings.ci.gitlab_project,
             gitlab_url=settings.ci.gitlab_url,
+            github_repository_id=settings.ci.github_repository_id,
+            github_owner_id=settings.ci.github_owner_id,
+            gitlab_project_id=settings.ci.gitlab_project_id,
+            default_branch=settings.ci.default_branch,
+            state_bucket=settings.ci.state_bucket,
         ),
         opts=after_apis,
     )
@@ -84,6 +89,9 @@ arc_runners = [r for r in settings.runners if r.runner_engine == "arc"]
 gitlab_runners = [r for r in settings.runners if r.runner_engine == "gitlab-runner"]
 on_cluster = pulumi.ResourceOptions(providers=[cluster.provider])
 system_nodes = default_node_selector(gpus=0)
+# What a preview reads in the cluster, for the previewer.
+if deployer:
+    PreviewerReads("ci-previewer", deployer.previewer_email, opts=on_cluster)
 
 # KEDA, once, on the system pool, when a CML runner needs it to start its pods.
 keda = Keda("keda", node_selector=system_nodes, opts=on_cluster) if cml_runners else None
@@ -178,4 +186,5 @@ pulumi.export(
 )
 if deployer:
     pulumi.export("ciDeployerServiceAccount", deployer.email)
+    pulumi.export("ciPreviewerServiceAccount", deployer.previewer_email)
     pulumi.export("ciWorkloadIdentityProviders", deployer.provider_names)

@@ -1,14 +1,17 @@
-"""CiDeployer: lets GitHub Actions or GitLab CI run `pulumi up` through Workload Identity
-Federation, as a service account with only the roles the stack needs; no key is created."""
+"""CiDeployer: lets GitHub Actions or GitLab CI preview and deploy the stack through Workload
+Identity Federation, as two service accounts: a read-only previewer that any pipeline of the
+repository may become, and a deployer with only the roles the stack needs, that only the
+protected default branch may become. No key is created."""
 
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
 
 from infra.cluster import NODE_ROLES
 from infra.iam import grant_project_roles
-from infra.names import deployer_account_id
+from infra.names import deployer_account_id, previewer_account_id
 from infra.options import child_options
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
@@ -40,6 +43,12 @@ DEPLOY_ROLES: dict[str, str] = {
     "roles/iam.serviceAccountAdmin": "the deployer account, and who may act as it",
     "roles/resourcemanager.projectIamAdmin": "grant the deployer its project roles",
 }
+# What `pulumi preview` needs and nothing more: a preview calls no Google Cloud API beyond
+# signing in to the cluster (it refreshes nothing); it reads the state (a grant on the state
+# bucket) and the cluster's objects (PreviewerReads, Kubernetes RBAC): pulumi-kubernetes falls
+# back to a client-side preview where a server-side dry run is refused (pulumi-kubernetes#2419).
+PREVIEWER_ROLES: tuple[str, ...] = ("roles/container.clusterViewer",)
+STATE_READER = "roles/storage.objectViewer"
 # The deployer may grant project roles, but only the node roles: it cannot raise its own.
 GRANTABLE_ROLES_CONDITION = (
     "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', [])"
@@ -60,10 +69,18 @@ class CiDeployerArgs:
     """group/project of the infrastructure project on GitLab, or None."""
     gitlab_url: str
     """The GitLab instance whose ID tokens are trusted."""
+    github_repository_id: str | None = None
+    github_owner_id: str | None = None
+    gitlab_project_id: str | None = None
+    default_branch: str = "main"
+    """The protected branch whose pipelines may become the deployer."""
+    state_bucket: str | None = None
+    """The bucket holding the Pulumi state, which the previewer may read."""
 
 
 class CiDeployer(pulumi.ComponentResource):
-    """A Workload Identity Pool with a provider per forge, and the deployer it may act as.
+    """A Workload Identity Pool with a provider per forge, and the previewer and deployer
+    accounts its pipelines may act as.
 
     Every part is protected: a `pulumi destroy --exclude-protected` run by CI removes the rest
     of the stack but never the access CI needs to recreate it, nor mid-way through the run.
@@ -72,6 +89,7 @@ class CiDeployer(pulumi.ComponentResource):
     provider_names: dict[str, pulumi.Output[str]]
     email: pulumi.Output[str]
     member: pulumi.Output[str]
+    previewer_email: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: CiDeployerArgs, opts: pulumi.ResourceOptions | None = None
@@ -99,6 +117,24 @@ class CiDeployer(pulumi.ComponentResource):
             },
             opts=child,
         )
+        previewer = gcp.serviceaccount.Account(
+            f"{name}-previewer",
+            project=args.project,
+            account_id=previewer_account_id(args.pool_id),
+            display_name="CI previewer: pulumi preview of gpu-runners, read-only",
+            opts=child,
+        )
+        grant_project_roles(
+            f"{name}-previewer", args.project, PREVIEWER_ROLES, previewer.member, child
+        )
+        if args.state_bucket:
+            gcp.storage.BucketIAMMember(
+                f"{name}-previewer-state",
+                bucket=args.state_bucket,
+                role=STATE_READER,
+                member=previewer.member,
+                opts=child,
+            )
         pool = gcp.iam.WorkloadIdentityPool(
             name,
             project=args.project,
@@ -121,61 +157,126 @@ class CiDeployer(pulumi.ComponentResource):
                 attribute_condition=forge.condition,
                 opts=child,
             )
-            gcp.serviceaccount.IAMMember(
-                f"{name}-{forge.name}-may-deploy",
-                service_account_id=deployer.name,
-                role="roles/iam.workloadIdentityUser",
-                member=pool.name.apply(
-                    lambda pool_name, f=forge: (
-                        f"principalSet://iam.googleapis.com/{pool_name}/{f.principal}"
-                    )
-                ),
-                opts=child,
-            )
+            for role_name, account, principal in (
+                ("may-deploy", deployer, forge.deployer),
+                ("may-preview", previewer, forge.previewer),
+            ):
+                gcp.serviceaccount.IAMMember(
+                    f"{name}-{forge.name}-{role_name}",
+                    service_account_id=account.name,
+                    role="roles/iam.workloadIdentityUser",
+                    member=pool.name.apply(
+                        lambda pool_name, p=principal: (
+                            f"principalSet://iam.googleapis.com/{pool_name}/{p}"
+                        )
+                    ),
+                    opts=child,
+                )
             self.provider_names[forge.name] = provider.name
 
         self.email = deployer.email
         self.member = deployer.member
-        self.register_outputs({"email": self.email, "providers": self.provider_names})
+        self.previewer_email = previewer.email
+        self.register_outputs(
+            {
+                "email": self.email,
+                "previewerEmail": self.previewer_email,
+                "providers": self.provider_names,
+            }
+        )
+
+
+class PreviewerReads(pulumi.ComponentResource):
+    """Kubernetes RBAC on the stack's cluster: the previewer may get, list and watch every
+    object, nothing more. Secrets included: a preview reads each Helm release, which Helm keeps
+    in a Secret, and the previewer decrypts the stack's config, runner tokens included, anyway.
+    GKE names a Google service account in RBAC by its e-mail, as a User."""
+
+    def __init__(
+        self,
+        name: str,
+        previewer_email: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("gpu-runners:index:PreviewerReads", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        role = k8s.rbac.v1.ClusterRole(
+            name,
+            metadata={"name": "gpu-runners-previewer"},
+            rules=[{"api_groups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]}],
+            opts=child,
+        )
+        k8s.rbac.v1.ClusterRoleBinding(
+            name,
+            metadata={"name": "gpu-runners-previewer"},
+            role_ref={
+                "api_group": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role.metadata.name,
+            },
+            subjects=[
+                {"api_group": "rbac.authorization.k8s.io", "kind": "User", "name": previewer_email}
+            ],
+            opts=child,
+        )
+        self.register_outputs({})
 
 
 @dataclass(frozen=True)
 class _TrustedForge:
-    """A forge whose OIDC tokens may act as the deployer, for one repository only."""
+    """A forge whose OIDC tokens of one repository may act as the previewer, and those of its
+    protected default branch as the deployer."""
 
     name: str
     issuer: str
     attributes: dict[str, str]
     condition: str
-    principal: str
+    previewer: str
+    """The principal set (under the pool) that may act as the previewer."""
+    deployer: str
+    """The principal set that may act as the deployer."""
 
 
 def _trusted_forges(args: CiDeployerArgs) -> list[_TrustedForge]:
     forges = []
     if args.github_repository:
+        # GitHub's token: repository_id and repository_owner_id stay with the repository
+        # through renames; ref is refs/heads/<branch> for a push or a dispatch on it, and
+        # refs/pull/<n>/merge for a pull request (GitHub docs, "About security hardening with
+        # OpenID Connect", the token's claims). A fork's pull request gets no token.
         forges.append(
             _TrustedForge(
                 name="github",
                 issuer=GITHUB_ISSUER,
                 attributes={
-                    "attribute.repository": "assertion.repository",
+                    "attribute.repository_id": "assertion.repository_id",
                     "attribute.ref": "assertion.ref",
                 },
-                condition=f"assertion.repository == '{args.github_repository}'",
-                principal=f"attribute.repository/{args.github_repository}",
+                condition=(
+                    f"assertion.repository_id == '{args.github_repository_id}' && "
+                    f"assertion.repository_owner_id == '{args.github_owner_id}'"
+                ),
+                previewer=f"attribute.repository_id/{args.github_repository_id}",
+                deployer=f"attribute.ref/refs/heads/{args.default_branch}",
             )
         )
     if args.gitlab_project:
+        # GitLab's ID token: project_id; ref_type and ref; ref_protected, the string "true" or
+        # "false" (gitlabhq, lib/gitlab/ci/jwt.rb). Since GitLab 18.2.2 project_id names the
+        # fork for a fork's pipeline run in this project (gitlab#561735).
         forges.append(
             _TrustedForge(
                 name="gitlab",
                 issuer=args.gitlab_url,
                 attributes={
-                    "attribute.project_path": "assertion.project_path",
-                    "attribute.ref": "assertion.ref",
+                    "attribute.project_id": "assertion.project_id",
+                    "attribute.protected_ref": (
+                        "assertion.ref_type + '/' + assertion.ref + '/' + assertion.ref_protected"
+                    ),
                 },
-                condition=f"assertion.project_path == '{args.gitlab_project}'",
-                principal=f"attribute.project_path/{args.gitlab_project}",
+                condition=f"assertion.project_id == '{args.gitlab_project_id}'",
+                previewer=f"attribute.project_id/{args.gitlab_project_id}",
+                deployer=f"attribute.protected_ref/branch/{args.default_branch}/true",
             )
         )
     return forges

@@ -28,6 +28,10 @@ def deployer_account_id(pool_id: str) -> str:
     return service_account_id(pool_id, "deployer")
 
 
+def previewer_account_id(pool_id: str) -> str:
+    return service_account_id(pool_id, "previewer")
+
+
 def repository_id(cluster_name: str, upstream: str) -> str:
     """An image mirror repository's ID (at most 63 characters: a cluster name has 40)."""
     return f"{cluster_name}-{upstream}"
@@ -81,5 +85,7 @@ def project_unique_ids(
         ids[f"workloadIdentityPools/{ci_pool_id}"] = ProjectId(
             *pool, f"Workload Identity pool {ci_pool_id}"
         )
-        ids[f"serviceAccounts/{deployer}"] = ProjectId(*pool, f"service account {deployer}")
+        previewer = previewer_account_id(ci_pool_id)
+        for account in (deployer, previewer):
+            ids[f"serviceAccounts/{account}"] = ProjectId(*pool, f"service account {account}")
     return ids

@@ -63,6 +63,10 @@ _GITHUB_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")
 _GITLAB_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+$")
 _HTTPS_ORIGIN = re.compile(r"^https://[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?$")
 _POOL_ID = re.compile(r"^(?!gcp-)[a-z0-9-]{4,32}$")
+_NUMERIC_ID = re.compile(r"^[1-9][0-9]{0,19}$")
+# A branch name that can stand inside a quoted CEL string and a principal: no quotes, spaces
+# or backslashes, no `..`, no leading or trailing `/` or `.`.
+_BRANCH = re.compile(r"^(?!.*\.\.)(?!.*//)[A-Za-z0-9_-][A-Za-z0-9._/-]*(?<![/.])$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _APP_ID = re.compile(r"^(?:[0-9]+|Iv[0-9A-Za-z.]+)$")
@@ -644,18 +648,84 @@ class RunnerSettings(_Section):
         return self.replica_count, self.replica_count
 
 
+def _together_with(other: str, key: str, what: str):
+    """A validator for an ID that the field `other` (config key `key`) needs, and only it."""
+
+    def check(value: str | None, info: ValidationInfo) -> str | None:
+        given = info.data.get(other)
+        if given and value is None:
+            raise _invalid(f"required with {key}: {what.format(given=given)}")
+        if value is not None and not given and other in info.data:
+            raise _invalid(f"only read with {key}, which is not set")
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_state_bucket(bucket: str | None, info: ValidationInfo) -> str | None:
+    """The previewer reads the state there: CI access needs it."""
+    if bucket is None and (info.data.get("github_repository") or info.data.get("gitlab_project")):
+        raise _invalid(
+            "required with CI access: the bucket of `pulumi login gs://<bucket>`, which the "
+            "previewer may read"
+        )
+    return bucket
+
+
 class CiSettings(_Section):
-    """Which CI may deploy the stack through Workload Identity Federation (`ci`)."""
+    """Which CI may preview and deploy the stack through Workload Identity Federation (`ci`)."""
 
     github_repository: Annotated[
         str | None, _matching(_GITHUB_PATH, "owner/repo of the infrastructure repository")
     ] = None
+    # Numeric IDs, which a renamed or re-created repository of the same name does not take
+    # over (GitHub's OIDC token carries them: repository_id, repository_owner_id).
+    github_repository_id: Annotated[
+        str | None,
+        _matching(_NUMERIC_ID, "the repository's numeric ID, not its name"),
+        _together_with(
+            "github_repository",
+            "ci.githubRepository",
+            "the repository's numeric ID, `gh api repos/{given} --jq .id`",
+        ),
+    ] = None
+    github_owner_id: Annotated[
+        str | None,
+        _matching(_NUMERIC_ID, "the owner's numeric ID, not its name"),
+        _together_with(
+            "github_repository",
+            "ci.githubRepository",
+            "the owner's numeric ID, `gh api repos/{given} --jq .owner.id`",
+        ),
+    ] = None
     gitlab_project: Annotated[
         str | None, _matching(_GITLAB_PATH, "group/project of the infrastructure project")
+    ] = None
+    # GitLab's docs recommend the ID over the path, which a renamed or moved project frees.
+    gitlab_project_id: Annotated[
+        str | None,
+        _matching(_NUMERIC_ID, "the project's numeric ID (Settings > General), not its path"),
+        _together_with(
+            "gitlab_project",
+            "ci.gitlabProject",
+            "the project's numeric ID, under Settings > General of {given}",
+        ),
     ] = None
     gitlab_url: Annotated[str, _matching(_HTTPS_ORIGIN, "https://<host>, no path")] = (
         "https://gitlab.com"
     )
+    default_branch: Annotated[
+        str,
+        _matching(
+            _BRANCH,
+            "a branch name of letters, digits, '.', '_', '-' and '/', without quotes or spaces",
+        ),
+    ] = "main"
+    state_bucket: Annotated[
+        str | None,
+        _matching(_BUCKET, "the name of the bucket holding the Pulumi state, without gs://"),
+        AfterValidator(_check_state_bucket),
+    ] = None
     pool_id: Annotated[
         str,
         _matching(_POOL_ID, "4 to 32 lowercase letters, digits and hyphens, not gcp-*"),

@@ -20,7 +20,11 @@ TWO_RUNNERS = {
 WITH_CI = {
     "gpu-runners:ci": {
         "githubRepository": "ml-team/gpu-runners",
+        "githubRepositoryId": "812345678",
+        "githubOwnerId": "91234567",
         "gitlabProject": "ml-team/infra/gpu-runners",
+        "gitlabProjectId": "52345678",
+        "stateBucket": "ml-team-sandbox-pulumi-state",
     }
 }
 # An on-demand runner with up to three runners at once (a ScaledJob).

@@ -233,6 +233,27 @@ def test_only_cloud_jobs_get_an_oidc_token_and_they_use_workload_identity(workfl
             assert gcloud["with"]["install_components"] == "gke-gcloud-auth-plugin"
 
 
+def test_previews_act_as_the_previewer_and_only_up_and_destroy_as_the_deployer(workflow, gitlab):
+    def github_account(name: str) -> str:
+        (auth,) = steps_using(workflow["jobs"][name], "google-github-actions/auth")
+        return auth["with"]["service_account"]
+
+    assert github_account("preview") == "${{ vars.GCP_PREVIEWER_SERVICE_ACCOUNT }}"
+    assert (
+        github_account("up")
+        == github_account("destroy")
+        == ("${{ vars.GCP_DEPLOYER_SERVICE_ACCOUNT }}")
+    )
+    assert '--service-account="$GCP_SERVICE_ACCOUNT"' in "\n".join(
+        gitlab[".pulumi"]["before_script"]
+    )
+    assert gitlab["preview"]["variables"]["GCP_SERVICE_ACCOUNT"] == (
+        "$GCP_PREVIEWER_SERVICE_ACCOUNT"
+    )
+    for name in ("up", "destroy"):
+        assert gitlab[name]["variables"]["GCP_SERVICE_ACCOUNT"] == "$GCP_DEPLOYER_SERVICE_ACCOUNT"
+
+
 def rules(job: dict) -> list[str]:
     return [rule["if"] for rule in job["rules"]]
 

@@ -14,6 +14,7 @@ PROVIDER = "gcp:iam/workloadIdentityPoolProvider:WorkloadIdentityPoolProvider"
 PROJECT_GRANT = "gcp:projects/iAMMember:IAMMember"
 SA_GRANT = "gcp:serviceaccount/iAMMember:IAMMember"
 DEPLOYER = f"gpu-runners-ci-deployer@{TEST_PROJECT_ID}.iam.gserviceaccount.com"
+PREVIEWER = f"gpu-runners-ci-previewer@{TEST_PROJECT_ID}.iam.gserviceaccount.com"
 POOL_NAME = f"projects/{TEST_PROJECT_NUMBER}/locations/global/workloadIdentityPools/gpu-runners-ci"
 
 
@@ -36,34 +37,137 @@ def test_ci_access_is_off_unless_configured():
     assert "ciDeployerServiceAccount" not in program.outputs
 
 
-def test_each_forge_gets_a_provider_restricted_to_the_configured_repository(both):
+def test_each_forge_gets_a_provider_restricted_to_the_repository_by_its_ids(both):
     pool = both.one(POOL).inputs
     assert pool["workloadIdentityPoolId"] == "gpu-runners-ci"
     github = both.one(PROVIDER, "ci-github").inputs
     assert github["oidc"] == {"issuerUri": "https://token.actions.githubusercontent.com"}
-    assert github["attributeCondition"] == "assertion.repository == 'ml-team/gpu-runners'"
-    assert github["attributeMapping"]["attribute.repository"] == "assertion.repository"
+    # IDs, not names: a renamed or re-created repository of the same name is not trusted.
+    assert github["attributeCondition"] == (
+        "assertion.repository_id == '812345678' && assertion.repository_owner_id == '91234567'"
+    )
+    assert github["attributeMapping"] == {
+        "google.subject": "assertion.sub",
+        "attribute.repository_id": "assertion.repository_id",
+        "attribute.ref": "assertion.ref",
+    }
     gitlab = both.one(PROVIDER, "ci-gitlab").inputs
     assert gitlab["oidc"] == {"issuerUri": "https://gitlab.com"}
-    assert gitlab["attributeCondition"] == "assertion.project_path == 'ml-team/infra/gpu-runners'"
+    assert gitlab["attributeCondition"] == "assertion.project_id == '52345678'"
+    assert gitlab["attributeMapping"] == {
+        "google.subject": "assertion.sub",
+        "attribute.project_id": "assertion.project_id",
+        "attribute.protected_ref": (
+            "assertion.ref_type + '/' + assertion.ref + '/' + assertion.ref_protected"
+        ),
+    }
     assert both.outputs["ciWorkloadIdentityProviders"] == {
         "github": f"{POOL_NAME}/providers/github",
         "gitlab": f"{POOL_NAME}/providers/gitlab",
     }
     assert both.outputs["ciDeployerServiceAccount"] == DEPLOYER
+    assert both.outputs["ciPreviewerServiceAccount"] == PREVIEWER
 
 
-def test_only_that_repository_may_act_as_the_deployer(both):
-    members = sorted(
-        g.inputs["member"] for g in both.of_type(SA_GRANT) if g.name.endswith("-may-deploy")
+def may_act_as(program, account: str) -> list[str]:
+    """The principal sets that may act as a CI account, under the pool."""
+    return sorted(
+        g.inputs["member"].removeprefix(f"principalSet://iam.googleapis.com/{POOL_NAME}/")
+        for g in program.of_type(SA_GRANT)
+        if g.inputs["role"] == "roles/iam.workloadIdentityUser"
+        and g.inputs["serviceAccountId"].endswith(f"/serviceAccounts/{account}")
     )
-    assert members == [
-        f"principalSet://iam.googleapis.com/{POOL_NAME}/attribute.project_path/ml-team/infra/gpu-runners",
-        f"principalSet://iam.googleapis.com/{POOL_NAME}/attribute.repository/ml-team/gpu-runners",
+
+
+def test_only_the_protected_default_branch_may_act_as_the_deployer(both):
+    assert may_act_as(both, DEPLOYER) == [
+        # GitLab: a branch named main, protected (ref_protected is "true" only then).
+        "attribute.protected_ref/branch/main/true",
+        # GitHub: a push to main or a dispatch on it; a pull request's ref is refs/pull/….
+        "attribute.ref/refs/heads/main",
     ]
-    for grant in both.of_type(SA_GRANT):
-        if grant.name.endswith("-may-deploy"):
-            assert grant.inputs["role"] == "roles/iam.workloadIdentityUser"
+
+
+def test_every_pipeline_of_the_repository_may_act_as_the_previewer(both):
+    assert may_act_as(both, PREVIEWER) == [
+        "attribute.project_id/52345678",
+        "attribute.repository_id/812345678",
+    ]
+
+
+def test_another_default_branch_binds_the_deployer_to_it():
+    program = run_program({CI: {**WITH_CI[CI], "defaultBranch": "release/prod"}})
+    assert may_act_as(program, DEPLOYER) == [
+        "attribute.protected_ref/branch/release/prod/true",
+        "attribute.ref/refs/heads/release/prod",
+    ]
+
+
+def test_the_previewer_holds_no_admin_role(both):
+    project_roles = {
+        g.inputs["role"]
+        for g in both.of_type(PROJECT_GRANT)
+        if g.inputs["member"] == f"serviceAccount:{PREVIEWER}"
+    }
+    assert project_roles == {"roles/container.clusterViewer"}
+    (state,) = [
+        g.inputs
+        for g in both.of_type("gcp:storage/bucketIAMMember:BucketIAMMember")
+        if g.inputs["member"] == f"serviceAccount:{PREVIEWER}"
+    ]
+    assert (state["bucket"], state["role"]) == (
+        "ml-team-sandbox-pulumi-state",
+        "roles/storage.objectViewer",
+    )
+    # In the cluster: get, list and watch, nothing else.
+    role = both.one("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole", "ci-previewer")
+    assert role.inputs["rules"] == [
+        {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]}
+    ]
+    binding = both.one("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding", "ci-previewer")
+    assert binding.inputs["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PREVIEWER}
+    ]
+    assert binding.inputs["roleRef"]["name"] == "gpu-runners-previewer"
+    # No other grant gives it anything (the may-preview grants let CI act as it).
+    others = [
+        r.name
+        for r in both.resources
+        if r.type.startswith("gcp:")
+        and r.inputs.get("member") == f"serviceAccount:{PREVIEWER}"
+        and "previewer" not in r.name
+    ]
+    assert others == []
+
+
+@pytest.mark.parametrize(
+    ("ci", "message_part"),
+    [
+        ({"githubRepositoryId": None}, "gpu-runners:ci.githubRepositoryId = (not set): required"),
+        ({"githubOwnerId": None}, "gh api repos/ml-team/gpu-runners --jq .owner.id"),
+        (
+            {"gitlabProjectId": "ml-team/infra/gpu-runners"},
+            "gpu-runners:ci.gitlabProjectId = 'ml-team/infra/gpu-runners': allowed: the "
+            "project's numeric ID (Settings > General), not its path",
+        ),
+        (
+            {"defaultBranch": "main' || true || '"},
+            "allowed: a branch name of letters, digits, '.', '_', '-' and '/', without quotes",
+        ),
+        ({"stateBucket": None}, "gpu-runners:ci.stateBucket = (not set): required with CI"),
+    ],
+)
+def test_ci_settings_that_cannot_make_a_safe_condition_are_refused(ci, message_part):
+    error, registered = run_rejected_program({CI: {**WITH_CI[CI], **ci}})
+    assert registered == []
+    assert message_part in str(error)
+
+
+def test_an_id_without_its_repository_is_refused():
+    error, _ = run_rejected_program({CI: {"gitlabProjectId": "52345678"}})
+    assert "gpu-runners:ci.gitlabProjectId = '52345678': only read with ci.gitlabProject" in str(
+        error
+    )
 
 
 def test_deployer_roles_are_the_documented_ones_and_never_primitive(both):

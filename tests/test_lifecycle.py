@@ -92,9 +92,11 @@ def test_upgrading_from_the_previous_version_meets_what_the_upgrade_notes_say():
         elif {key: reveal(new.inputs.get(key)) for key in old["inputs"]} != old["inputs"]:
             replaced.add(name)
     # The notes: repositories named after the cluster (and the grants on them), the node
-    # account's four older roles gone, and CI's conditional grant, whose condition changed.
+    # account's four older roles gone, CI's conditional grant, whose condition changed, and
+    # the grants that let CI act as the deployer, which now name the default branch.
     mirror = {f"images-{u}{grant}" for u in UPSTREAMS for grant in ("", "-nodes", "-admin-0")}
-    assert replaced == mirror | {"ci-grant-node-roles"}
+    deploy = {"ci-github-may-deploy", "ci-gitlab-may-deploy"}
+    assert replaced == mirror | {"ci-grant-node-roles"} | deploy
     assert removed == {
         "gke-nodes-logging.logWriter",
         "gke-nodes-monitoring.metricWriter",

@@ -13,6 +13,7 @@ from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from policy.rules import POLICIES
 from tests.harness import REPO, run_components, run_program
+from tests.stacks import WITH_CI
 from tests.test_arc_runner import ARC, release
 from tests.test_policy import violations
 
@@ -196,3 +197,32 @@ def test_the_system_node_arithmetic_for_arc_and_gitlab_runner_adds_up():
     # One manager, and a second while a restarted one drains; a second runner would not fit.
     assert gke + manager + manager == 913 <= allocatable < gke + 2 * manager + manager
     assert "three arc runners (938m) or one gitlab-runner runner with room for its" in README
+
+
+def test_who_ci_can_become_quotes_the_conditions_and_principals_the_program_makes():
+    ci = WITH_CI["gpu-runners:ci"]
+    program = run_program(WITH_CI)
+    rows = {row[0]: row[1:] for row in table_with_header("Forge", "Provider condition")}
+
+    def filled(cell: str) -> str:
+        for key, value in ci.items():
+            cell = cell.replace(f"<ci.{key}>", value)
+        return cell.replace("<ci.defaultBranch>", "main").replace("<id>", "")
+
+    for forge, key in (("GitHub", "github"), ("GitLab", "gitlab")):
+        condition, previewer, deployer = rows[forge]
+        provider = program.one(
+            "gcp:iam/workloadIdentityPoolProvider:WorkloadIdentityPoolProvider", f"ci-{key}"
+        )
+        assert filled(condition).strip("`") == provider.inputs["attributeCondition"]
+        members = {
+            g.name: g.inputs["member"]
+            for g in program.of_type("gcp:serviceaccount/iAMMember:IAMMember")
+        }
+        deploy_principal = re.search(r"`(attribute\.[^`]+)`", filled(deployer)).group(1)
+        assert members[f"ci-{key}-may-deploy"].endswith("/" + deploy_principal)
+        preview_principal = re.search(r"`(attribute\.[^`]+)`", previewer).group(1)
+        id_key = "githubRepositoryId" if key == "github" else "gitlabProjectId"
+        assert members[f"ci-{key}-may-preview"].endswith(
+            "/" + preview_principal.replace("<id>", ci[id_key])
+        )

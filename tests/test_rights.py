@@ -175,6 +175,7 @@ def test_a_ci_destroy_keeps_the_accounts_the_mirror_and_cis_access(programs):
         "mlops-kubernetes-nodes",
         "mlops-kubernetes-runner",
         "gpu-runners-ci-deployer",
+        "gpu-runners-ci-previewer",
     }
 
 

@@ -137,7 +137,12 @@ def test_two_stacks_with_ci_access_need_their_own_pool(stack_file_dir):
         {
             "gcp:project": TEST_PROJECT_ID,
             "gpu-runners:cluster": {"name": "mlops-prod"},
-            "gpu-runners:ci": {"githubRepository": "ml-team/gpu-runners"},
+            "gpu-runners:ci": {
+                "githubRepository": "ml-team/gpu-runners",
+                "githubRepositoryId": "812345678",
+                "githubOwnerId": "91234567",
+                "stateBucket": "ml-team-sandbox-pulumi-state",
+            },
         },
     )
     error, registered = run_rejected_program(WITH_CI)
