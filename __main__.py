@@ -35,6 +35,7 @@ deployer = (
             gitlab_project_id=settings.ci.gitlab_project_id,
             default_branch=settings.ci.default_branch,
             state_bucket=settings.ci.state_bucket,
+            secrets_key=settings.ci.secrets_key,
         ),
         opts=after_apis,
     )

@@ -27,9 +27,11 @@ STACK_APIS: dict[str, str] = {
     "storage.googleapis.com": "the DVC bucket",
 }
 # Only with CI access: google-github-actions/auth and GitLab's credential configuration
-# exchange the job's OIDC token at sts.googleapis.com.
+# exchange the job's OIDC token at sts.googleapis.com, and Pulumi decrypts the stack's
+# secrets through Cloud KMS.
 CI_APIS: dict[str, str] = {
     "sts.googleapis.com": "CI exchanges its OIDC token for a Google token",
+    "cloudkms.googleapis.com": "CI decrypts the stack's secrets with its Cloud KMS key",
 }
 
 # Enabling an API is eventually consistent. The provider waits for the operation and for the

@@ -42,6 +42,7 @@ DEPLOY_ROLES: dict[str, str] = {
     "roles/iam.workloadIdentityPoolAdmin": "the pool and providers CI signs in through",
     "roles/iam.serviceAccountAdmin": "the deployer account, and who may act as it",
     "roles/resourcemanager.projectIamAdmin": "grant the deployer its project roles",
+    "roles/cloudkms.admin": "let the previewer and the deployer decrypt with the stack's key",
 }
 # What `pulumi preview` needs and nothing more: a preview calls no Google Cloud API beyond
 # signing in to the cluster (it refreshes nothing); it reads the state (a grant on the state
@@ -49,6 +50,11 @@ DEPLOY_ROLES: dict[str, str] = {
 # back to a client-side preview where a server-side dry run is refused (pulumi-kubernetes#2419).
 PREVIEWER_ROLES: tuple[str, ...] = ("roles/container.clusterViewer",)
 STATE_READER = "roles/storage.objectViewer"
+# Pulumi's gcpkms secrets provider decrypts the stack's data key with the KMS key and then
+# encrypts and decrypts secret values with it locally; only `stack init` and
+# `change-secrets-provider` encrypt with KMS (pulumi, pkg/secrets/cloud/manager.go,
+# newCloudSecretsManager: keeper.Decrypt). So CI needs decrypt alone.
+KEY_USER = "roles/cloudkms.cryptoKeyDecrypter"
 # The deployer may grant project roles, but only the node roles: it cannot raise its own.
 GRANTABLE_ROLES_CONDITION = (
     "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', [])"
@@ -76,6 +82,8 @@ class CiDeployerArgs:
     """The protected branch whose pipelines may become the deployer."""
     state_bucket: str | None = None
     """The bucket holding the Pulumi state, which the previewer may read."""
+    secrets_key: str | None = None
+    """The Cloud KMS key of the stack's secrets provider, which both accounts decrypt with."""
 
 
 class CiDeployer(pulumi.ComponentResource):
@@ -135,6 +143,15 @@ class CiDeployer(pulumi.ComponentResource):
                 member=previewer.member,
                 opts=child,
             )
+        if args.secrets_key:
+            for account_name, account in (("previewer", previewer), ("deployer", deployer)):
+                gcp.kms.CryptoKeyIAMMember(
+                    f"{name}-{account_name}-decrypts",
+                    crypto_key_id=args.secrets_key,
+                    role=KEY_USER,
+                    member=account.member,
+                    opts=child,
+                )
         pool = gcp.iam.WorkloadIdentityPool(
             name,
             project=args.project,

@@ -64,6 +64,10 @@ _GITLAB_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+$")
 _HTTPS_ORIGIN = re.compile(r"^https://[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?$")
 _POOL_ID = re.compile(r"^(?!gcp-)[a-z0-9-]{4,32}$")
 _NUMERIC_ID = re.compile(r"^[1-9][0-9]{0,19}$")
+_KMS_KEY = re.compile(
+    r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z0-9-]+"
+    r"/keyRings/[A-Za-z0-9_-]{1,63}/cryptoKeys/[A-Za-z0-9_-]{1,63}$"
+)
 # A branch name that can stand inside a quoted CEL string and a principal: no quotes, spaces
 # or backslashes, no `..`, no leading or trailing `/` or `.`.
 _BRANCH = re.compile(r"^(?!.*\.\.)(?!.*//)[A-Za-z0-9_-][A-Za-z0-9._/-]*(?<![/.])$")
@@ -662,14 +666,17 @@ def _together_with(other: str, key: str, what: str):
     return AfterValidator(check)
 
 
-def _check_state_bucket(bucket: str | None, info: ValidationInfo) -> str | None:
-    """The previewer reads the state there: CI access needs it."""
-    if bucket is None and (info.data.get("github_repository") or info.data.get("gitlab_project")):
-        raise _invalid(
-            "required with CI access: the bucket of `pulumi login gs://<bucket>`, which the "
-            "previewer may read"
-        )
-    return bucket
+def _required_with_ci(what: str):
+    """A validator for a key that CI access needs (declared after the forges' keys)."""
+
+    def check(value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and (
+            info.data.get("github_repository") or info.data.get("gitlab_project")
+        ):
+            raise _invalid(f"required with CI access: {what}")
+        return value
+
+    return AfterValidator(check)
 
 
 class CiSettings(_Section):
@@ -724,7 +731,19 @@ class CiSettings(_Section):
     state_bucket: Annotated[
         str | None,
         _matching(_BUCKET, "the name of the bucket holding the Pulumi state, without gs://"),
-        AfterValidator(_check_state_bucket),
+        _required_with_ci("the bucket of `pulumi login gs://<bucket>`, which the previewer reads"),
+    ] = None
+    secrets_key: Annotated[
+        str | None,
+        _matching(
+            _KMS_KEY,
+            "a Cloud KMS key, projects/<project>/locations/<location>/keyRings/<ring>/"
+            "cryptoKeys/<key>",
+        ),
+        _required_with_ci(
+            "the Cloud KMS key of the stack's secrets provider (`gcpkms://<key>`), which the "
+            "previewer and the deployer decrypt with, so no passphrase reaches CI"
+        ),
     ] = None
     pool_id: Annotated[
         str,

@@ -25,6 +25,9 @@ WITH_CI = {
         "gitlabProject": "ml-team/infra/gpu-runners",
         "gitlabProjectId": "52345678",
         "stateBucket": "ml-team-sandbox-pulumi-state",
+        "secretsKey": (
+            "projects/ml-team-sandbox/locations/europe-west6/keyRings/pulumi/cryptoKeys/dev"
+        ),
     }
 }
 # An on-demand runner with up to three runners at once (a ScaledJob).

@@ -35,9 +35,12 @@ def test_dev_stack_enables_what_the_cluster_bucket_accounts_and_runner_pods_need
         assert api["disableOnDestroy"] is False
 
 
-def test_ci_access_adds_the_token_exchange_api():
+def test_ci_access_adds_the_token_exchange_and_key_apis():
     apis = enabled(run_program(WITH_CI))
-    assert set(apis) - set(enabled(run_program())) == {"sts.googleapis.com"}
+    assert set(apis) - set(enabled(run_program())) == {
+        "sts.googleapis.com",
+        "cloudkms.googleapis.com",
+    }
     assert set(apis) == set(STACK_APIS) | set(CI_APIS)
 
 

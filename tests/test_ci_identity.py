@@ -250,3 +250,22 @@ def test_a_github_url_instead_of_owner_and_repo_is_rejected():
 def test_a_reserved_pool_id_is_rejected():
     error, _ = run_rejected_program({CI: {"githubRepository": "a/b", "poolId": "gcp-ci"}})
     assert "gpu-runners:ci.poolId = 'gcp-ci'" in str(error)
+
+
+def test_both_ci_accounts_decrypt_with_the_stacks_key_and_nothing_else_does(both):
+    grants = both.of_type("gcp:kms/cryptoKeyIAMMember:CryptoKeyIAMMember")
+    assert {(g.inputs["member"], g.inputs["role"]) for g in grants} == {
+        (f"serviceAccount:{PREVIEWER}", "roles/cloudkms.cryptoKeyDecrypter"),
+        (f"serviceAccount:{DEPLOYER}", "roles/cloudkms.cryptoKeyDecrypter"),
+    }
+    assert {g.inputs["cryptoKeyId"] for g in grants} == {WITH_CI[CI]["secretsKey"]}
+    assert all(g.protect for g in grants)
+
+
+def test_a_key_that_is_not_a_kms_key_name_is_refused():
+    error, registered = run_rejected_program(
+        {CI: {**WITH_CI[CI], "secretsKey": "gcpkms://projects/p/locations/l/keyRings/r"}}
+    )
+    assert registered == []
+    assert "gpu-runners:ci.secretsKey = 'gcpkms://projects/p/locations/l/keyRings/r'" in str(error)
+    assert "allowed: a Cloud KMS key, projects/<project>/locations/" in str(error)

@@ -109,6 +109,7 @@ def test_every_deployer_role_is_listed_and_nothing_more():
         "`roles/iam.serviceAccountUser` on the node account only",
         "`roles/iam.serviceAccountAdmin` on the runner account only",
         "`roles/artifactregistry.admin` on the image mirror's repositories only",
+        "`roles/cloudkms.cryptoKeyDecrypter` on the stack's key only",
     }
 
 

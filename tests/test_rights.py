@@ -41,6 +41,7 @@ NEEDS: dict[str, set[str]] = {
     "gcp:iam/workloadIdentityPoolProvider:WorkloadIdentityPoolProvider": {
         "roles/iam.workloadIdentityPoolAdmin"
     },
+    "gcp:kms/cryptoKeyIAMMember:CryptoKeyIAMMember": {"roles/cloudkms.admin"},
     "pulumi:providers:kubernetes": {"roles/container.admin"},
 }
 # Not Google Cloud: the components themselves, GitLab's API (the runner token's rights), and

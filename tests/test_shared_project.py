@@ -142,6 +142,7 @@ def test_two_stacks_with_ci_access_need_their_own_pool(stack_file_dir):
                 "githubRepositoryId": "812345678",
                 "githubOwnerId": "91234567",
                 "stateBucket": "ml-team-sandbox-pulumi-state",
+                "secretsKey": WITH_CI["gpu-runners:ci"]["secretsKey"],
             },
         },
     )
