@@ -155,6 +155,12 @@ def test_the_previewer_holds_no_admin_role(both):
             "allowed: a branch name of letters, digits, '.', '_', '-' and '/', without quotes",
         ),
         ({"stateBucket": None}, "gpu-runners:ci.stateBucket = (not set): required with CI"),
+        # The reverse: an ID where the path belongs.
+        (
+            {"gitlabProject": "52345678"},
+            "gpu-runners:ci.gitlabProject = '52345678': allowed: group/project",
+        ),
+        ({"secretsKey": None}, "gpu-runners:ci.secretsKey = (not set): required with CI access"),
     ],
 )
 def test_ci_settings_that_cannot_make_a_safe_condition_are_refused(ci, message_part):
