@@ -15,6 +15,8 @@ from infra.names import deployer_account_id, previewer_account_id
 from infra.options import child_options
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
+# The workflow that may deploy (the repository's own .github/workflows/infrastructure.yml).
+WORKFLOW_FILE = ".github/workflows/infrastructure.yml"
 
 # Project roles the deployer needs for `pulumi up`, `preview` and `destroy` (see README). No
 # project-wide service account role: Service Account Admin on the project could set the IAM
@@ -170,7 +172,7 @@ class CiDeployer(pulumi.ComponentResource):
                 workload_identity_pool_provider_id=forge.name,
                 display_name=forge.name,
                 oidc={"issuer_uri": forge.issuer},
-                attribute_mapping={"google.subject": "assertion.sub", **forge.attributes},
+                attribute_mapping={"google.subject": forge.subject, **forge.attributes},
                 attribute_condition=forge.condition,
                 opts=child,
             )
@@ -203,11 +205,45 @@ class CiDeployer(pulumi.ComponentResource):
         )
 
 
+# What a preview may read in the cluster: every kind the stack makes, but no Secret (a
+# Helm release's preview renders the chart client-side and reads no release record:
+# pulumi-kubernetes helm_release.go, Check, and Create/Update return early on preview).
+# RBAC has no "all but", so the core kinds are listed.
+PREVIEWER_RULES = [
+    {
+        "api_groups": [""],
+        "resources": [
+            "configmaps",
+            "events",
+            "namespaces",
+            "nodes",
+            "persistentvolumeclaims",
+            "pods",
+            "serviceaccounts",
+            "services",
+        ],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "api_groups": [
+            "actions.github.com",
+            "apiextensions.k8s.io",
+            "apps",
+            "batch",
+            "keda.sh",
+            "policy",
+            "rbac.authorization.k8s.io",
+        ],
+        "resources": ["*"],
+        "verbs": ["get", "list", "watch"],
+    },
+]
+
+
 class PreviewerReads(pulumi.ComponentResource):
-    """Kubernetes RBAC on the stack's cluster: the previewer may get, list and watch every
-    object, nothing more. Secrets included: a preview reads each Helm release, which Helm keeps
-    in a Secret, and the previewer decrypts the stack's config, runner tokens included, anyway.
-    GKE names a Google service account in RBAC by its e-mail, as a User."""
+    """Kubernetes RBAC on the stack's cluster: the previewer may get, list and watch what a
+    preview reads, and no Secret. GKE names a Google service account in RBAC by its e-mail,
+    as a User."""
 
     def __init__(
         self,
@@ -220,7 +256,7 @@ class PreviewerReads(pulumi.ComponentResource):
         role = k8s.rbac.v1.ClusterRole(
             name,
             metadata={"name": "gpu-runners-previewer"},
-            rules=[{"api_groups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]}],
+            rules=PREVIEWER_RULES,
             opts=child,
         )
         k8s.rbac.v1.ClusterRoleBinding(
@@ -252,29 +288,39 @@ class _TrustedForge:
     """The principal set (under the pool) that may act as the previewer."""
     deployer: str
     """The principal set that may act as the deployer."""
+    subject: str = "assertion.sub"
+    """What maps to google.subject."""
 
 
 def _trusted_forges(args: CiDeployerArgs) -> list[_TrustedForge]:
     forges = []
     if args.github_repository:
         # GitHub's token: repository_id and repository_owner_id stay with the repository
-        # through renames; ref is refs/heads/<branch> for a push or a dispatch on it, and
-        # refs/pull/<n>/merge for a pull request (GitHub docs, "About security hardening with
-        # OpenID Connect", the token's claims). A fork's pull request gets no token.
+        # through renames; job_workflow_ref names the workflow file and the ref it ran from,
+        # and ref_protected says whether that ref is protected, both strings (GitHub docs,
+        # "About security hardening with OpenID Connect", the token's claims). A ref alone
+        # would not do: pull_request_target, issue_comment or workflow_run runs of any
+        # workflow on the default branch carry its ref too, and a pull request can start them.
+        # Only this repository's infrastructure workflow, run from the protected default
+        # branch (a push, or the confirmed destroy), may deploy. A fork's pull request gets no
+        # token.
+        workflow = f"{args.github_repository}/{WORKFLOW_FILE}@refs/heads/{args.default_branch}"
         forges.append(
             _TrustedForge(
                 name="github",
                 issuer=GITHUB_ISSUER,
                 attributes={
                     "attribute.repository_id": "assertion.repository_id",
-                    "attribute.ref": "assertion.ref",
+                    "attribute.deploy_workflow": (
+                        "assertion.job_workflow_ref + '/' + assertion.ref_protected"
+                    ),
                 },
                 condition=(
                     f"assertion.repository_id == '{args.github_repository_id}' && "
                     f"assertion.repository_owner_id == '{args.github_owner_id}'"
                 ),
                 previewer=f"attribute.repository_id/{args.github_repository_id}",
-                deployer=f"attribute.ref/refs/heads/{args.default_branch}",
+                deployer=f"attribute.deploy_workflow/{workflow}/true",
             )
         )
     if args.gitlab_project:
@@ -285,6 +331,9 @@ def _trusted_forges(args: CiDeployerArgs) -> list[_TrustedForge]:
             _TrustedForge(
                 name="gitlab",
                 issuer=args.gitlab_url,
+                # GitLab's `sub` (project_path:…:ref_type:…:ref:…) can pass the 127 bytes
+                # Google allows a subject; the project and job IDs name the job in audit logs.
+                subject="assertion.project_id + '/' + assertion.job_id",
                 attributes={
                     "attribute.project_id": "assertion.project_id",
                     "attribute.protected_ref": (

@@ -70,7 +70,7 @@ _KMS_KEY = re.compile(
 )
 # A branch name that can stand inside a quoted CEL string and a principal: no quotes, spaces
 # or backslashes, no `..`, no leading or trailing `/` or `.`.
-_BRANCH = re.compile(r"^(?!.*\.\.)(?!.*//)[A-Za-z0-9_-][A-Za-z0-9._/-]*(?<![/.])$")
+_BRANCH = re.compile(r"^(?!refs/)(?!.*\.\.)(?!.*//)[A-Za-z0-9_-][A-Za-z0-9._/-]*(?<![/.])$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _APP_ID = re.compile(r"^(?:[0-9]+|Iv[0-9A-Za-z.]+)$")
@@ -670,10 +670,15 @@ def _required_with_ci(what: str):
     """A validator for a key that CI access needs (declared after the forges' keys)."""
 
     def check(value: str | None, info: ValidationInfo) -> str | None:
-        if value is None and (
-            info.data.get("github_repository") or info.data.get("gitlab_project")
-        ):
+        forges = {"github_repository", "gitlab_project"}
+        with_ci = any(info.data.get(forge) for forge in forges)
+        if value is None and with_ci:
             raise _invalid(f"required with CI access: {what}")
+        if value is not None and not with_ci and forges <= set(info.data):
+            raise _invalid(
+                "only read with CI access (ci.githubRepository or ci.gitlabProject), which is "
+                "not set"
+            )
         return value
 
     return AfterValidator(check)
@@ -725,7 +730,8 @@ class CiSettings(_Section):
         str,
         _matching(
             _BRANCH,
-            "a branch name of letters, digits, '.', '_', '-' and '/', without quotes or spaces",
+            "a branch name of letters, digits, '.', '_', '-' and '/', without quotes, spaces "
+            "or refs/heads/",
         ),
     ] = "main"
     state_bucket: Annotated[

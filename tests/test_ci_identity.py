@@ -2,10 +2,18 @@
 as a deployer that holds no primitive role and cannot raise its own rights."""
 
 import pytest
+import yaml
 
+from infra.ci import WORKFLOW_FILE
 from infra.cluster import NODE_ROLES
 from infra.registry import UPSTREAMS
-from tests.harness import TEST_PROJECT_ID, TEST_PROJECT_NUMBER, run_program, run_rejected_program
+from tests.harness import (
+    REPO,
+    TEST_PROJECT_ID,
+    TEST_PROJECT_NUMBER,
+    run_program,
+    run_rejected_program,
+)
 from tests.stacks import WITH_CI
 
 CI = "gpu-runners:ci"
@@ -49,13 +57,14 @@ def test_each_forge_gets_a_provider_restricted_to_the_repository_by_its_ids(both
     assert github["attributeMapping"] == {
         "google.subject": "assertion.sub",
         "attribute.repository_id": "assertion.repository_id",
-        "attribute.ref": "assertion.ref",
+        "attribute.deploy_workflow": "assertion.job_workflow_ref + '/' + assertion.ref_protected",
     }
     gitlab = both.one(PROVIDER, "ci-gitlab").inputs
     assert gitlab["oidc"] == {"issuerUri": "https://gitlab.com"}
     assert gitlab["attributeCondition"] == "assertion.project_id == '52345678'"
     assert gitlab["attributeMapping"] == {
-        "google.subject": "assertion.sub",
+        # GitLab's sub can pass Google's 127 bytes; these IDs cannot.
+        "google.subject": "assertion.project_id + '/' + assertion.job_id",
         "attribute.project_id": "assertion.project_id",
         "attribute.protected_ref": (
             "assertion.ref_type + '/' + assertion.ref + '/' + assertion.ref_protected"
@@ -79,13 +88,26 @@ def may_act_as(program, account: str) -> list[str]:
     )
 
 
+DEPLOY_WORKFLOW = "ml-team/gpu-runners/.github/workflows/infrastructure.yml@refs/heads/main"
+
+
 def test_only_the_protected_default_branch_may_act_as_the_deployer(both):
     assert may_act_as(both, DEPLOYER) == [
+        # GitHub: this repository's infrastructure workflow, run from main while protected
+        # (a push, or the destroy dispatch); a pull request's ref is refs/pull/…, and other
+        # workflows on main (pull_request_target, issue_comment …) do not qualify.
+        f"attribute.deploy_workflow/{DEPLOY_WORKFLOW}/true",
         # GitLab: a branch named main, protected (ref_protected is "true" only then).
         "attribute.protected_ref/branch/main/true",
-        # GitHub: a push to main or a dispatch on it; a pull request's ref is refs/pull/….
-        "attribute.ref/refs/heads/main",
     ]
+
+
+def test_the_workflow_the_deployer_binding_names_is_the_one_that_deploys():
+    workflow = REPO / WORKFLOW_FILE
+    assert workflow.is_file()
+    triggers = yaml.safe_load(workflow.read_text())[True]  # YAML 1.1 reads `on` as true
+    # No trigger that a pull request or a comment can start on the default branch.
+    assert set(triggers) == {"pull_request", "push", "workflow_dispatch"}
 
 
 def test_every_pipeline_of_the_repository_may_act_as_the_previewer(both):
@@ -98,8 +120,8 @@ def test_every_pipeline_of_the_repository_may_act_as_the_previewer(both):
 def test_another_default_branch_binds_the_deployer_to_it():
     program = run_program({CI: {**WITH_CI[CI], "defaultBranch": "release/prod"}})
     assert may_act_as(program, DEPLOYER) == [
+        f"attribute.deploy_workflow/{DEPLOY_WORKFLOW.replace('main', 'release/prod')}/true",
         "attribute.protected_ref/branch/release/prod/true",
-        "attribute.ref/refs/heads/release/prod",
     ]
 
 
@@ -119,11 +141,15 @@ def test_the_previewer_holds_no_admin_role(both):
         "ml-team-sandbox-pulumi-state",
         "roles/storage.objectViewer",
     )
-    # In the cluster: get, list and watch, nothing else.
+    # In the cluster: get, list and watch, and never a Secret.
     role = both.one("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole", "ci-previewer")
-    assert role.inputs["rules"] == [
-        {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]}
-    ]
+    rules = role.inputs["rules"]
+    assert all(rule["verbs"] == ["get", "list", "watch"] for rule in rules)
+    core = [rule for rule in rules if "" in rule["apiGroups"]]
+    assert core and all(rule["apiGroups"] == [""] for rule in core)
+    assert all("secrets" not in rule["resources"] and "*" not in rule["resources"] for rule in core)
+    assert not any("*" in rule["apiGroups"] for rule in rules)
+    assert {"keda.sh", "actions.github.com", "apps"} <= {g for r in rules for g in r["apiGroups"]}
     binding = both.one("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding", "ci-previewer")
     assert binding.inputs["subjects"] == [
         {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PREVIEWER}
@@ -154,6 +180,8 @@ def test_the_previewer_holds_no_admin_role(both):
             {"defaultBranch": "main' || true || '"},
             "allowed: a branch name of letters, digits, '.', '_', '-' and '/', without quotes",
         ),
+        # The ref, where the branch's name belongs: a deployer no pipeline could become.
+        ({"defaultBranch": "refs/heads/main"}, "gpu-runners:ci.defaultBranch = 'refs/heads/main'"),
         ({"stateBucket": None}, "gpu-runners:ci.stateBucket = (not set): required with CI"),
         # The reverse: an ID where the path belongs.
         (
@@ -167,6 +195,13 @@ def test_ci_settings_that_cannot_make_a_safe_condition_are_refused(ci, message_p
     error, registered = run_rejected_program({CI: {**WITH_CI[CI], **ci}})
     assert registered == []
     assert message_part in str(error)
+
+
+@pytest.mark.parametrize("key", ["stateBucket", "secretsKey"])
+def test_ci_keys_without_ci_access_are_refused(key):
+    error, _ = run_rejected_program({CI: {key: WITH_CI[CI][key]}})
+    assert f"gpu-runners:ci.{key} = " in str(error)
+    assert "only read with CI access (ci.githubRepository or ci.gitlabProject)" in str(error)
 
 
 def test_an_id_without_its_repository_is_refused():
