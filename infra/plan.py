@@ -259,9 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stack_file", nargs="?", default="Pulumi.dev.yaml", type=Path)
     args = parser.parse_args(argv)
     heading = f"### Offline plan: {args.stack_file.name}"
-    if not args.stack_file.is_file():
-        print(f"{heading}\n\nNo such stack file: give a Pulumi.<stack>.yaml.")
-        return 2
     try:
         stack_file = read_stack_file(args.stack_file)
     except StackFileError as error:

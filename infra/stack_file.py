@@ -36,8 +36,31 @@ class StackFileError(Exception):
     """A stack file that cannot be read; the message never quotes the file's text."""
 
 
+# Bounds on what a stack file may be: a real one is a few KB. Past them the CLI refuses too
+# (yaml.v3: "document contains excessive aliasing"; decoder.go, allowedAliasRatio) or the
+# file is not a stack file.
+MAX_BYTES = 1024 * 1024
+MAX_EXPANDED_NODES = 100_000
+
+
 class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's booleans and no timestamps, as yaml.v3 reads."""
+    """PyYAML's safe loader with YAML 1.2's booleans and no timestamps, as yaml.v3 reads;
+    refusing a key given twice in one mapping (yaml.v3: "mapping key … already defined")."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                continue  # left to the constructor, which refuses unhashable keys
+            if key in seen:
+                mark = key_node.start_mark
+                raise StackFileError(
+                    f"a mapping key is given twice, at line {mark.line + 1}, column "
+                    f"{mark.column + 1}"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -83,14 +106,60 @@ def _full_key(key: str) -> str:
     return f"{namespace}:{rest.removeprefix('config:')}"
 
 
-def read_config(path: Path) -> StackConfig:
-    """The config of a Pulumi.<stack>.yaml, or StackFileError naming what is wrong."""
+def _text(path: Path) -> str:
+    """A stack file's text, read with bounds, or StackFileError saying what the path is."""
+    if not path.exists():
+        raise StackFileError(f"{path.name}: no such file")
+    if not path.is_file():
+        raise StackFileError(f"{path.name}: not a regular file")
+    with path.open("rb") as file:
+        data = file.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise StackFileError(f"{path.name}: larger than {MAX_BYTES // 1024} KiB")
     try:
-        document = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise StackFileError(f"{path.name}: not UTF-8 (byte {error.start})") from None
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes the document has once every alias is expanded (memoised per node)."""
+    if id(node) not in sizes:
+        children: list = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
+def _load(text: str) -> Any:
+    """The YAML document, refusing excessive aliasing and deep nesting before building it."""
+    loader = _Yaml12Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise StackFileError("excessive aliasing (YAML anchors and aliases)")
+        return loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise StackFileError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def read_config(path: Path) -> StackConfig:
+    """The config of a Pulumi.<stack>.yaml, or StackFileError naming what is wrong, never
+    quoting the file."""
+    text = _text(path)
+    try:
+        document = _load(text)
+    except StackFileError as error:
+        raise StackFileError(f"{path.name}: {error}") from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise StackFileError(f"{path.name} is not valid YAML{where}: {error.problem}") from None
+        raise StackFileError(f"{path.name} is not valid YAML{where}") from None
     except yaml.YAMLError:
         raise StackFileError(f"{path.name} is not valid YAML") from None
     config = (document or {}).get("config") if isinstance(document, dict | None) else None

@@ -145,7 +145,7 @@ def test_refused_settings_stop_the_plan_with_the_settings_error(capsys, fork_sta
 def test_a_missing_stack_file_is_named(capsys, tmp_path):
     status, text = run_plan(capsys, tmp_path / "Pulumi.nope.yaml")
     assert status == 2
-    assert "No such stack file: give a Pulumi.<stack>.yaml." in text
+    assert "The stack file cannot be read: Pulumi.nope.yaml: no such file" in text
 
 
 CIPHERTEXT = "v1:AAAAc2VjcmV0c2FsdA==:bGVha2VkLWNpcGhlcnRleHQ="
