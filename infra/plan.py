@@ -85,7 +85,7 @@ def read_stack_file(path: Path) -> PlannedStack:
         # One secret for all tokens (set without --path): its runners cannot be read here.
         del values[TOKENS]
     stand_ins = fill_quickstart_values(
-        values, STAND_IN_PROJECT, STAND_IN_REPOSITORIES, lambda _: PLACEHOLDER
+        values, STAND_IN_PROJECT, STAND_IN_REPOSITORIES, lambda _name, _platform: PLACEHOLDER
     )
     if TOKENS in stand_ins:
         secret_keys.add(TOKENS)

@@ -884,6 +884,17 @@ def _runner_names(raw_runners: Any) -> list[str]:
     ]
 
 
+def _runner_platforms(raw_runners: Any) -> dict[str, str]:
+    """Each named runner's forge, as configured or by default, so its token is checked for it."""
+    if not isinstance(raw_runners, list):
+        return {}
+    return {
+        r["name"]: r.get("platform") or "github"
+        for r in raw_runners
+        if isinstance(r, dict) and isinstance(r.get("name"), str)
+    }
+
+
 def _runner_engines(raw_runners: Any) -> dict[str, str]:
     """Each named runner's engine, as configured or by default, so its token is checked for it."""
     if not isinstance(raw_runners, list):
@@ -895,11 +906,53 @@ def _runner_engines(raw_runners: Any) -> dict[str, str]:
     }
 
 
-def _gitlab_runner_token_problem(key: str, token: str) -> str | None:
-    """A registration token (deprecated, off by default since GitLab 17.0) cannot be used."""
-    if token.startswith(GITLAB_REGISTRATION_PREFIX):
+# Token prefixes by forge (GitHub: "About authentication to GitHub", token formats; GitLab:
+# "Token prefixes"). A GitLab deploy token (gldt-) reads a repository or registry; it can
+# neither register a runner nor call the API.
+_GITHUB_TOKEN_PREFIXES = ("ghp_", "github_pat_", "gho_", "ghu_", "ghs_", "ghr_")
+_GITLAB_TOKEN_PREFIXES = ("glpat-", "glrt-", "glrtr-", "gldt-", "glptt-", "glcbt-", "gloas-")
+_GITLAB_DEPLOY_TOKEN_PREFIX = "gldt-"
+
+
+def _credential_problem(key: str, token: str, platform: str, engine: str) -> str | None:
+    """What makes a token one that this runner's forge and engine cannot use; never shows it.
+    The one place that knows which credential each forge and engine takes."""
+    shown = f"{key} = {messages.SECRET_SHOWN_AS}"
+    if token != token.strip():
         return (
-            f"{key} = {messages.SECRET_SHOWN_AS}: a runner registration token, which GitLab has "
+            f"{shown}: has spaces or a line break around it (copied from a terminal?), which "
+            "the forge refuses in an Authorization header; allowed: the token alone"
+        )
+    if token.startswith("{"):
+        return (
+            f"{shown}: looks like JSON, a GitHub App pasted as one value; allowed: a token, or, "
+            f"on engine arc, the App's three values set one by one: `pulumi config set --secret "
+            f"--path '{key.split(':', 1)[1]}.appId' <id>`, and likewise `.installationId` and "
+            "`.privateKey`"
+        )
+    if platform == "github" and token.startswith(_GITLAB_TOKEN_PREFIXES):
+        return f"{shown}: a GitLab token on a GitHub runner; allowed: a GitHub token"
+    if platform == "gitlab" and token.startswith(_GITHUB_TOKEN_PREFIXES):
+        return f"{shown}: a GitHub token on a GitLab runner; allowed: a GitLab token"
+    if platform == "gitlab" and token.startswith(_GITLAB_DEPLOY_TOKEN_PREFIX):
+        return (
+            f"{shown}: a GitLab deploy token, which can neither register a runner nor use the "
+            "API; allowed: a runner authentication token (glrt-…), or an access token with "
+            "the api scope"
+        )
+    if engine == "cml" and platform == "gitlab" and token.startswith(GITLAB_RUNNER_TOKEN_PREFIX):
+        # CML registers its runner through GitLab's API with this token (iterative/cml,
+        # src/drivers/gitlab.js: runnerToken reads the project's runners_token, else it creates
+        # the runner with POST /user/runners), which a runner's own token cannot call.
+        return (
+            f"{shown}: a runner authentication token, which CML cannot use: it registers its "
+            "runner through GitLab's API; allowed: an access token with the api scope, or "
+            "engine: gitlab-runner, which takes this token"
+        )
+    if engine == "gitlab-runner" and token.startswith(GITLAB_REGISTRATION_PREFIX):
+        # Deprecated, and off by default since GitLab 17.0.
+        return (
+            f"{shown}: a runner registration token, which GitLab has "
             "deprecated and turns off by default since 17.0; allowed: a runner authentication "
             "token (glrt-…) from the project's Settings > CI/CD > Runners > New project runner, "
             "or an access token with the api scope of a Maintainer, for the stack to create it"
@@ -947,7 +1000,11 @@ def _credential(
 
 
 def _runner_problems(
-    namespace: str, names: list[str], engines: dict[str, str], tokens: Any
+    namespace: str,
+    names: list[str],
+    engines: dict[str, str],
+    platforms: dict[str, str],
+    tokens: Any,
 ) -> list[str]:
     """Names must be unique and each runner needs a token (or, on engine arc, a GitHub App),
     set as a secret. Never shows a token."""
@@ -995,8 +1052,11 @@ def _runner_problems(
                 f"{tokens_key}.{name} is not set: the runner's GitHub or GitLab token; run "
                 f"`pulumi config set --secret --path '{TOKENS_KEY}.{name}' <token>`{app}"
             )
-        elif engine == "gitlab-runner":
-            problems += filter(None, [_gitlab_runner_token_problem(f"{tokens_key}.{name}", value)])
+        else:
+            key = f"{tokens_key}.{name}"
+            problems += filter(
+                None, [_credential_problem(key, value, platforms.get(name, "github"), engine)]
+            )
     for name in tokens:
         if name not in names:
             problems.append(f"{tokens_key}.{name}: no runner is named {name!r}; runners: {names}")
@@ -1121,7 +1181,11 @@ def load() -> StackSettings:
     raw_runners = given.get(RUNNERS_KEY) or []
     tokens = given.get(TOKENS_KEY)
     problems += _runner_problems(
-        namespace, _runner_names(raw_runners), _runner_engines(raw_runners), tokens
+        namespace,
+        _runner_names(raw_runners),
+        _runner_engines(raw_runners),
+        _runner_platforms(raw_runners),
+        tokens,
     )
     problems += _shared_project_problems(namespace, project, parsed, runners, STACK_FILE_DIR)
     if problems:

@@ -180,11 +180,11 @@ def fill_quickstart_values(
     config: dict[str, Any],
     project: str,
     repositories: Mapping[str, str],
-    token: Callable[[str], str],
+    token: Callable[[str, str], str],
 ) -> list[str]:
     """Set what the README's quickstart asks the user to set, where the config lacks it: the
-    project, each runner's repository (by platform) and the runners' tokens. Returns the keys
-    it set."""
+    project, each runner's repository (by platform) and the runners' tokens (`token(name,
+    platform)`). Returns the keys it set."""
     filled = []
     if "gcp:project" not in config:
         config["gcp:project"] = project
@@ -199,9 +199,10 @@ def fill_quickstart_values(
             runner["repository"] = default or "https://example.org/x/y"
             filled.append(f"{RUNNERS}[{index}].repository")
     if TOKENS not in config:
-        names = [
-            r["name"] for r in runners if isinstance(r, dict) and isinstance(r.get("name"), str)
-        ]
-        config[TOKENS] = {name: token(name) for name in names}
+        config[TOKENS] = {
+            r["name"]: token(r["name"], r.get("platform", "github"))
+            for r in runners
+            if isinstance(r, dict) and isinstance(r.get("name"), str)
+        }
         filled.append(TOKENS)
     return filled

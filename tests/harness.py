@@ -91,9 +91,10 @@ def finished_program(run: Run) -> Program:
     return program
 
 
-def fake_token(runner: str) -> str:
-    """A token-shaped stand-in for a runner's GitHub token, distinct per runner."""
-    return "ghp_" + hashlib.sha256(runner.encode()).hexdigest()[:36]
+def fake_token(runner: str, platform: str = "github") -> str:
+    """A token-shaped stand-in for a runner's token on its forge, distinct per runner."""
+    digest = hashlib.sha256(runner.encode()).hexdigest()
+    return "glpat-" + digest[:20] if platform == "gitlab" else "ghp_" + digest[:36]
 
 
 def stack_config(

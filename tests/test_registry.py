@@ -116,8 +116,14 @@ def test_without_ci_nothing_in_the_mirror_is_protected(dev):
 
 
 def _tokens(config: dict) -> dict:
-    """A token of the right kind for every runner: GitLab runners take a glrt- token."""
+    """A token of the right kind for every runner: GitLab's own runner takes its glrt- token,
+    CML on GitLab an access token."""
+
+    def token(runner: dict) -> str:
+        if runner.get("platform") != "gitlab":
+            return "ghp_" + "x" * 36
+        return "glpat-" + "a" * 20 if runner.get("engine") == "cml" else "glrt-" + "r" * 24
+
     return {
-        r["name"]: "glrt-" + "r" * 24 if r.get("platform") == "gitlab" else "ghp_" + "x" * 36
-        for r in config.get("gpu-runners:runners", [{"name": "cml-runner"}])
+        r["name"]: token(r) for r in config.get("gpu-runners:runners", [{"name": "cml-runner"}])
     }

@@ -281,3 +281,69 @@ def _strings(value) -> list[str]:
     if isinstance(value, list):
         return [s for v in value for s in _strings(v)]
     return []
+
+
+# A credential of the wrong kind for the runner's forge or engine: one place decides
+# (settings._credential_problem), and no message shows the token.
+GITLAB_RUNNER = {"name": "gl", "platform": "gitlab", "labels": ["gpu"]}
+GITLAB_CML = {**GITLAB_RUNNER, "engine": "cml", "mode": "always"}
+WRONG_CREDENTIALS = {
+    "a GitLab access token on a GitHub runner": (
+        [{"name": "cml-runner"}],
+        {"cml-runner": "glpat-" + "a" * 20},
+        "a GitLab token on a GitHub runner",
+    ),
+    "a GitLab runner token on a GitHub runner": (
+        [{"name": "cml-runner"}],
+        {"cml-runner": "glrt-" + "r" * 24},
+        "a GitLab token on a GitHub runner",
+    ),
+    "a GitHub token on a GitLab runner": (
+        [GITLAB_RUNNER],
+        {"gl": "ghp_" + "x" * 36},
+        "a GitHub token on a GitLab runner",
+    ),
+    "a GitLab deploy token": (
+        [GITLAB_RUNNER],
+        {"gl": "gldt-" + "d" * 20},
+        "a GitLab deploy token, which can neither register a runner nor use the API",
+    ),
+    "a runner token on CML, which registers through the API": (
+        [GITLAB_CML],
+        {"gl": "glrt-" + "r" * 24},
+        "a runner authentication token, which CML cannot use",
+    ),
+    "a token with a trailing newline": (
+        [{"name": "cml-runner"}],
+        {"cml-runner": TOKEN + "\n"},
+        "has spaces or a line break around it",
+    ),
+    "a GitHub App pasted as one JSON value": (
+        [{"name": "cml-runner", "engine": "arc"}],
+        {"cml-runner": '{"appId": "1", "installationId": "2", "privateKey": "k"}'},
+        "looks like JSON, a GitHub App pasted as one value",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("runners", "tokens", "reason"), WRONG_CREDENTIALS.values(), ids=list(WRONG_CREDENTIALS)
+)
+def test_a_credential_the_runner_cannot_use_is_refused_without_showing_it(runners, tokens, reason):
+    message = rejected({RUNNERS: runners}, secrets={TOKENS: tokens})
+    (name,) = tokens
+    assert f"gpu-runners:runnerTokens.{name} = [secret]: {reason}" in message
+    assert tokens[name].strip() not in message
+
+
+def test_the_right_credentials_pass():
+    run_program(
+        {RUNNERS: [{"name": "cml-runner"}, GITLAB_RUNNER, {**GITLAB_CML, "name": "gl-cml"}]},
+        secrets={
+            TOKENS: {
+                "cml-runner": TOKEN,
+                "gl": "glrt-" + "r" * 24,
+                "gl-cml": "glpat-" + "a" * 20,
+            }
+        },
+    )
