@@ -13,13 +13,18 @@ TOKEN_LIKE = re.compile(
     r"glsoat-|glffct-|GR1348941)[A-Za-z0-9_\-.]*"
 )
 SECRET_SHOWN_AS = "[secret]"
+# The user-info of a URL (https://<user>:<token>@host): a credential of any shape, a classic
+# 40-hex GitHub token or an unprefixed GitLab one included, which no prefix would catch.
+URL_USER_INFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s'\"]+@", re.IGNORECASE)
 
 
 def mask(text: str, secrets: Iterable[str] = ()) -> str:
-    """The text with every token-like word and every given secret replaced by a mask."""
+    """The text with every token-like word, every URL's user-info and every given secret
+    replaced by a mask."""
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= 4:
             text = text.replace(secret, SECRET_SHOWN_AS)
+    text = URL_USER_INFO.sub(lambda m: f"{m.group(1)}{SECRET_SHOWN_AS}@", text)
     return TOKEN_LIKE.sub(lambda m: f"{m.group(1)}…{SECRET_SHOWN_AS}", text)
 
 

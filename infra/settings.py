@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import pulumi
 import yaml
@@ -53,16 +54,20 @@ _QUANTITY_FACTORS = {
     **{"Pi": 2**50, "Ei": 2**60},
 }
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-# registry/path:tag or registry/path@sha256:digest (the reference grammar of the
-# distribution spec, less the rarely used forms).
+# registry/path:tag, registry/path@sha256:digest, or both (registry/path:tag@sha256:digest,
+# as dependency bots pin): the reference grammar of the distribution spec, less the rarely
+# used forms.
 _IMAGE = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)+"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$"
+    r"(?=[:@])(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
-_GITHUB_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")
-_GITLAB_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+$")
+# The providers refuse a name ending in .git (it is no repository's name on either forge).
+_GITHUB_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+(?<!\.git)$")
+_GITLAB_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+(?<!\.git)$")
 _HTTPS_ORIGIN = re.compile(r"^https://[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?$")
-_POOL_ID = re.compile(r"^(?!gcp-)[a-z0-9-]{4,32}$")
+# Google: 4 to 32 characters, lowercase letters, digits and hyphens, starting with a letter;
+# the gcp- prefix is reserved.
+_POOL_ID = re.compile(r"^(?!gcp-)[a-z][a-z0-9-]{3,31}$")
 _NUMERIC_ID = re.compile(r"^[1-9][0-9]{0,19}$")
 _KMS_KEY = re.compile(
     r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z0-9-]+"
@@ -356,14 +361,32 @@ def _check_runner_name(name: str) -> str:
 
 
 def _repository_url(url: Any) -> Any:
-    """What a browser's address bar gives works too: a trailing '/' or '.git' is dropped."""
+    """What a browser's address bar gives works too: a trailing '/' or '.git' is dropped, and
+    the host is lowercased (host names are not case-sensitive)."""
     if isinstance(url, str):
         url = url.strip().rstrip("/").removesuffix(".git")
+        scheme, _, rest = url.partition("://")
+        host, slash, path = rest.partition("/")
+        if "@" not in host:
+            url = f"{scheme.lower()}://{host.lower()}{slash}{path}" if rest else url
     return url
 
 
 def _check_repository(url: str, info: ValidationInfo) -> str:
     platform = info.data.get("platform")
+    if "@" in urlsplit(url).netloc:
+        # It would stand in plain Kubernetes objects and outputs; messages mask it.
+        raise _invalid(
+            "holds a name or token before '@', which would be stored in plain text; allowed: "
+            "the URL without it (the token belongs in runnerTokens)"
+        )
+    if platform == "github" and url.startswith(
+        ("https://github.com/enterprises/", "https://github.com/orgs/")
+    ):
+        raise _invalid(
+            "is an enterprise or organisation page, not a repository; allowed: "
+            "https://github.com/<owner>/<repo> (runners here serve one repository)"
+        )
     if platform == "gitlab" and "/-/" in url:
         page = url[url.index("/-/") :]
         raise _invalid(
@@ -753,7 +776,10 @@ class CiSettings(_Section):
     ] = None
     pool_id: Annotated[
         str,
-        _matching(_POOL_ID, "4 to 32 lowercase letters, digits and hyphens, not gcp-*"),
+        _matching(
+            _POOL_ID,
+            "4 to 32 lowercase letters, digits and hyphens, starting with a letter, not gcp-*",
+        ),
     ] = "gpu-runners-ci"
 
     @property

@@ -347,3 +347,72 @@ def test_the_right_credentials_pass():
             }
         },
     )
+
+
+CLASSIC_TOKEN = "0123456789abcdef0123456789abcdef01234567"  # 40 hex: no prefix to spot
+
+
+def test_a_token_in_a_repository_url_is_refused_and_never_shown():
+    url = f"https://ml-bot:{CLASSIC_TOKEN}@github.com/ml-team/churn-model"
+    message = rejected(runner(repository=url))
+    assert (
+        "gpu-runners:runners[0].repository = 'https://[secret]@github.com/ml-team/churn-model'"
+        in (message)
+    )
+    assert "holds a name or token before '@'" in message
+    assert CLASSIC_TOKEN not in message
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "allowed"),
+    [
+        (
+            runner(repository="https://github.com/enterprises/ml-team"),
+            "gpu-runners:runners[0].repository",
+            "is an enterprise or organisation page, not a repository",
+        ),
+        (
+            {"gpu-runners:ci": {"githubRepository": "ml-team/gpu-runners.git"}},
+            "gpu-runners:ci.githubRepository = 'ml-team/gpu-runners.git'",
+            "allowed: owner/repo of the infrastructure repository",
+        ),
+        (
+            {"gpu-runners:ci": {"gitlabProject": "ml-team/infra.git"}},
+            "gpu-runners:ci.gitlabProject = 'ml-team/infra.git'",
+            "allowed: group/project",
+        ),
+        (
+            {"gpu-runners:ci": {"poolId": "1-runners-ci"}},
+            "gpu-runners:ci.poolId = '1-runners-ci'",
+            "starting with a letter",
+        ),
+    ],
+    ids=["enterprise URL", "ci repository .git", "ci project .git", "pool ID digit"],
+)
+def test_urls_and_ids_the_forge_or_provider_would_refuse_are_refused(config, key, allowed):
+    message = rejected(config)
+    assert key in message and allowed in message
+
+
+def test_good_input_that_looked_odd_is_accepted():
+    digest = "sha256:" + "a" * 64
+    program = run_program(
+        {
+            RUNNERS: [
+                {
+                    "name": "cml-runner",
+                    "engine": "arc",
+                    # Tag and digest, as dependency bots pin.
+                    "image": f"ghcr.io/ml-team/runner:2.338.0@{digest}",
+                    # A host name in capitals: host names are not case-sensitive.
+                    "repository": "https://GitHub.com/ml-team/churn-model",
+                }
+            ]
+        }
+    )
+    (release,) = [
+        r for r in program.of_type("kubernetes:helm.sh/v3:Release") if r.name == "cml-runner"
+    ]
+    values = release.inputs["values"]
+    assert values["githubConfigUrl"] == "https://github.com/ml-team/churn-model"
+    assert values["template"]["spec"]["containers"][0]["image"].endswith(digest)
