@@ -79,7 +79,11 @@ _BRANCH = re.compile(r"^(?!refs/)(?!.*\.\.)(?!.*//)[A-Za-z0-9_-][A-Za-z0-9._/-]*
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _APP_ID = re.compile(r"^(?:[0-9]+|Iv[0-9A-Za-z.]+)$")
-_PRIVATE_KEY = re.compile(r"-----BEGIN (?:RSA )?PRIVATE KEY-----")
+# A whole PEM key: the BEGIN line, lines of key, the matching END line. A key pasted as one
+# line with literal \n, or cut after its first line, is no key ARC can sign with.
+_PRIVATE_KEY = re.compile(
+    r"^-----BEGIN (RSA |)PRIVATE KEY-----\n(?:[^\n]+\n)+-----END \1PRIVATE KEY-----\s*$"
+)
 GITHUB_APP_KEYS = ("appId", "installationId", "privateKey")
 GITLAB_RUNNER_TOKEN_PREFIX = "glrt-"
 GITLAB_REGISTRATION_PREFIX = "GR1348941"
@@ -996,7 +1000,12 @@ def _github_app_problems(key: str, app: dict[str, Any]) -> list[str]:
     for name, pattern, allowed in (
         ("appId", _APP_ID, "the App's numeric ID, or its client ID (Iv…)"),
         ("installationId", _DIGITS, "the installation's numeric ID"),
-        ("privateKey", _PRIVATE_KEY, "the App's private key, PEM, as GitHub gave it"),
+        (
+            "privateKey",
+            _PRIVATE_KEY,
+            "the App's private key, PEM, as GitHub gave it: BEGIN line, key lines, END line, "
+            "with real line breaks",
+        ),
     ):
         value = app.get(name)
         if value is None:
@@ -1127,6 +1136,43 @@ def parse_sections(
     return parsed, runners or []
 
 
+def _fleet_problems(
+    namespace: str, parsed: dict[str, Any], runners: list[RunnerSettings]
+) -> list[str]:
+    """What no single runner shows: GPU runners kept up for good that the GPU pool can never
+    hold together, and two runners of one repository that a job's labels cannot tell apart."""
+    problems = []
+    pool = parsed.get("gpuPool")
+    if pool:
+        capacity = pool.max_nodes * pool.gpus_per_node
+        always = [(i, r) for i, r in enumerate(runners) if r.gpus and r.scaling_mode == "always"]
+        held = 0
+        for index, runner in always:
+            held += runner.replica_count * runner.gpus
+            if held > capacity:
+                problems.append(
+                    f"{namespace}:{RUNNERS_KEY}[{index}].replicas = {runner.replica_count}: "
+                    f"always-on GPU runners would hold {held} GPUs, and the GPU pool has at most "
+                    f"{capacity} (gpuPool.maxNodes {pool.max_nodes} times {pool.gpus_per_node} per "
+                    "node); the rest would wait for good. Allowed: fewer replicas, or a larger "
+                    "gpuPool.maxNodes"
+                )
+                break
+    for later, runner in enumerate(runners):
+        for earlier, other in enumerate(runners[:later]):
+            shared = sorted(set(runner.labels) & set(other.labels))
+            if runner.repository == other.repository and shared:
+                # A job asks for labels; a runner with all of them may take it, so a GPU job
+                # can land on the other runner (GitHub and GitLab match labels, not names).
+                problems.append(
+                    f"{namespace}:{RUNNERS_KEY}[{later}].labels = {messages.show(runner.labels)}: "
+                    f"shares {', '.join(shared)} with runners[{earlier}] ({other.name}) on the "
+                    "same repository, so a job for one may run on the other; allowed: labels "
+                    "of its own"
+                )
+    return problems
+
+
 def _project_unique_ids(
     sections: dict[str, Any], runners: list[RunnerSettings]
 ) -> dict[str, names.ProjectId]:
@@ -1204,6 +1250,7 @@ def load() -> StackSettings:
     ]
     problems += _misplaced_token_problems(namespace, values)
     parsed, runners = parse_sections(namespace, given, problems)
+    problems += _fleet_problems(namespace, parsed, runners)
     raw_runners = given.get(RUNNERS_KEY) or []
     tokens = given.get(TOKENS_KEY)
     problems += _runner_problems(

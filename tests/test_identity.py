@@ -43,8 +43,8 @@ def test_each_runner_service_account_is_bound_by_workload_identity():
     program = run_program(
         {
             "gpu-runners:runners": [
-                {"name": "train-gpu", "gpus": 1},
-                {"name": "eval-cpu", "gpus": 0, "cpu": "500m"},
+                {"name": "train-gpu", "gpus": 1, "labels": ["train"]},
+                {"name": "eval-cpu", "gpus": 0, "cpu": "500m", "labels": ["eval"]},
             ]
         }
     )

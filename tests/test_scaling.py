@@ -175,7 +175,13 @@ def test_a_pool_runs_up_to_max_runners_at_once(pool_of_three):
 
 
 def test_always_runners_keep_replicas_waiting_without_asking_the_forge():
-    program = run_program({RUNNERS: [{"name": "cml-runner", "mode": "always", "replicas": 2}]})
+    program = run_program(
+        {
+            RUNNERS: [{"name": "cml-runner", "mode": "always", "replicas": 2}],
+            # Room for both: two always-on GPU runners hold two GPU nodes.
+            "gpu-runners:gpuPool": {"maxNodes": 2},
+        }
+    )
     spec = scaled_job_spec(program)
     # Equal bounds: KEDA tops the unfinished Jobs up to 2 and the trigger never adds more.
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 2)
@@ -191,7 +197,7 @@ def test_idle_timeout_is_the_configured_one_in_either_mode():
         {
             RUNNERS: [
                 {"name": "waits-long", "mode": "always", "idleTimeoutSeconds": 7200},
-                {"name": "waits-short", "idleTimeoutSeconds": 120},
+                {"name": "waits-short", "idleTimeoutSeconds": 120, "labels": ["short"]},
             ]
         }
     )

@@ -338,7 +338,13 @@ def test_a_credential_the_runner_cannot_use_is_refused_without_showing_it(runner
 
 def test_the_right_credentials_pass():
     run_program(
-        {RUNNERS: [{"name": "cml-runner"}, GITLAB_RUNNER, {**GITLAB_CML, "name": "gl-cml"}]},
+        {
+            RUNNERS: [
+                {"name": "cml-runner"},
+                GITLAB_RUNNER,
+                {**GITLAB_CML, "name": "gl-cml", "labels": ["cml"], "gpus": 0, "cpu": "500m"},
+            ]
+        },
         secrets={
             TOKENS: {
                 "cml-runner": TOKEN,
@@ -416,3 +422,55 @@ def test_good_input_that_looked_odd_is_accepted():
     values = release.inputs["values"]
     assert values["githubConfigUrl"] == "https://github.com/ml-team/churn-model"
     assert values["template"]["spec"]["containers"][0]["image"].endswith(digest)
+
+
+def test_always_on_gpu_runners_the_pool_can_never_hold_are_refused():
+    message = rejected(runner(mode="always", replicas=5000))
+    assert (
+        "gpu-runners:runners[0].replicas = 5000: always-on GPU runners would hold 5000 GPUs, "
+        "and the GPU pool has at most 1 (gpuPool.maxNodes 1 times 1 per node)"
+    ) in message
+
+
+def test_two_runners_of_one_repository_sharing_a_label_are_refused():
+    message = rejected(
+        {
+            RUNNERS: [
+                {"name": "train-gpu", "labels": ["gpu", "train"]},
+                {"name": "lint-cpu", "gpus": 0, "cpu": "500m", "labels": ["lint", "gpu"]},
+            ]
+        }
+    )
+    assert (
+        'gpu-runners:runners[1].labels = ["lint", "gpu"]: shares gpu with runners[0] '
+        "(train-gpu) on the same repository"
+    ) in message
+    # On different repositories the same label is no clash.
+    run_program(
+        {
+            RUNNERS: [
+                {"name": "train-gpu", "labels": ["gpu"]},
+                {
+                    "name": "other-repo",
+                    "labels": ["gpu"],
+                    "repository": "https://github.com/ml-team/other-model",
+                },
+            ]
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "-----BEGIN RSA PRIVATE KEY-----\\nMIIEfake\\n-----END RSA PRIVATE KEY-----",
+        "-----BEGIN RSA PRIVATE KEY-----\n",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n",
+    ],
+    ids=["one line with literal \\n", "only the BEGIN line", "END of another kind"],
+)
+def test_a_github_app_key_arc_cannot_sign_with_is_refused_unshown(key):
+    app = {"appId": "123456", "installationId": "7890123", "privateKey": key}
+    message = rejected(runner(engine="arc"), secrets={TOKENS: {"cml-runner": app}})
+    assert "gpu-runners:runnerTokens.cml-runner.privateKey = [secret]" in message
+    assert "MIIEfake" not in message
