@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from infra import messages
 from infra import settings as stack_settings
 from infra.stack_file import PROJECT, StackFileError, read_config
 
@@ -99,7 +100,8 @@ def estimate(config: dict) -> Estimate:
     problems: list[str] = []
     sections, runners = stack_settings.parse_sections(namespace, given, problems)
     if problems:
-        raise stack_settings.SettingsError("\n".join(problems))
+        # Masked as the program masks them: a token in a URL's user-info included.
+        raise stack_settings.SettingsError(messages.mask("\n".join(problems)))
     cluster, system, gpu = sections["cluster"], sections["systemPool"], sections["gpuPool"]
     region, hours = cluster.region, catalog()["hours_per_month"]
     system_hour = node_hour(region, system.machine_type, system.spot, system.disk_size_gb)

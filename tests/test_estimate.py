@@ -103,3 +103,16 @@ def test_the_readmes_idle_figures_are_the_estimates():
     for name in ("dev", "prod"):
         idle = by_label(estimate.estimate(stack(name)))["Month while idle"]
         assert f"{idle:.2f}" in readme, name
+
+
+def test_a_token_in_a_repository_url_is_never_printed(tmp_path, capsys):
+    token = "0123456789abcdef0123456789abcdef01234567"
+    stack = tmp_path / "Pulumi.leaky.yaml"
+    stack.write_text(
+        "config:\n  gpu-runners:runners:\n    - name: cml-runner\n"
+        f"      repository: https://bot:{token}@github.com/ml-team/churn-model\n"
+    )
+    assert estimate.main([str(stack)]) == 2
+    captured = capsys.readouterr()
+    assert token not in captured.out + captured.err
+    assert "https://[secret]@github.com" in captured.err
