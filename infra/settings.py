@@ -1136,6 +1136,39 @@ def parse_sections(
     return parsed, runners or []
 
 
+# Where GKE and Kubernetes keep their own node labels. A key under these that _pool_labels does
+# not know is not refused: GKE sets more than these, and may add some.
+_PLATFORM_LABEL_PREFIXES = (
+    "cloud.google.com/",
+    "kubernetes.io/",
+    "node.kubernetes.io/",
+    "topology.kubernetes.io/",
+    "beta.kubernetes.io/",
+)
+
+
+def _pool_labels(name: str, pool: SystemPoolSettings | GpuPoolSettings) -> dict[str, set[str]]:
+    """The labels a pool's nodes carry, key -> values: the stack's (infra/cluster.py), and
+    those GKE sets (GKE docs: "Spot VMs", cloud.google.com/gke-spot; "Run GPUs",
+    cloud.google.com/gke-accelerator; gke-nodepool, instance-type and zone on every node)."""
+    labels = {key: {value} for key, value in pool.node_labels.items()}
+    labels["cloud.google.com/gke-nodepool"] = {"gpu" if name == "gpuPool" else "system"}
+    labels["node.kubernetes.io/instance-type"] = {pool.machine_type}
+    labels["topology.kubernetes.io/zone"] = set(pool.zones)
+    labels["cloud.google.com/gke-spot"] = {"true"} if pool.spot else set()
+    labels["kubernetes.io/arch"] = {"amd64"}
+    labels["kubernetes.io/os"] = {"linux"}
+    if isinstance(pool, GpuPoolSettings):
+        labels["cloud.google.com/gke-accelerator"] = {pool.accelerator_type}
+    return labels
+
+
+def _carries(labels: dict[str, set[str]], key: str, value: str) -> bool:
+    if key in labels:
+        return value in labels[key]
+    return key.startswith(_PLATFORM_LABEL_PREFIXES)
+
+
 def _fleet_problems(
     namespace: str, parsed: dict[str, Any], runners: list[RunnerSettings]
 ) -> list[str]:
@@ -1158,6 +1191,28 @@ def _fleet_problems(
                     "gpuPool.maxNodes"
                 )
                 break
+    pools = {
+        name: _pool_labels(name, parsed[name])
+        for name in ("systemPool", "gpuPool")
+        if parsed.get(name)
+    }
+    for index, runner in enumerate(runners):
+        selector = runner.node_selector or {}
+        pool = "gpuPool" if runner.gpus or selector.get(GPU_LABEL) == "true" else "systemPool"
+        missing = [
+            f"{key}={value}"
+            for key, value in selector.items()
+            if pool in pools and not _carries(pools[pool], key, value)
+        ]
+        if missing:
+            problems.append(
+                f"{namespace}:{RUNNERS_KEY}[{index}].nodeSelector = {messages.show(selector)}: "
+                f"the {pool} nodes it must land on carry no {', '.join(missing)}, so the pod "
+                f"would never schedule; allowed: labels of {pool} ({pool}.labels, gpu, and "
+                "GKE's own: cloud.google.com/gke-nodepool, cloud.google.com/gke-accelerator, "
+                "cloud.google.com/gke-spot, node.kubernetes.io/instance-type, "
+                "topology.kubernetes.io/zone)"
+            )
     for later, runner in enumerate(runners):
         for earlier, other in enumerate(runners[:later]):
             shared = sorted(set(runner.labels) & set(other.labels))

@@ -474,3 +474,38 @@ def test_a_github_app_key_arc_cannot_sign_with_is_refused_unshown(key):
     message = rejected(runner(engine="arc"), secrets={TOKENS: {"cml-runner": app}})
     assert "gpu-runners:runnerTokens.cml-runner.privateKey = [secret]" in message
     assert "MIIEfake" not in message
+
+
+@pytest.mark.parametrize(
+    ("selector", "pool_changes", "missing"),
+    [
+        (
+            {"gpu": "true", "cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
+            {},
+            "cloud.google.com/gke-accelerator=nvidia-tesla-a100",
+        ),
+        (
+            {"gpu": "true", "cloud.google.com/gke-spot": "true"},
+            {"spot": False},
+            "cloud.google.com/gke-spot=true",
+        ),
+        ({"gpu": "true", "team": "vision"}, {}, "team=vision"),
+    ],
+    ids=["a GPU the pool does not have", "Spot on an on-demand pool", "a label no pool sets"],
+)
+def test_a_node_selector_no_pool_satisfies_is_refused(selector, pool_changes, missing):
+    message = rejected({**runner(nodeSelector=selector), GPU_POOL: pool_changes})
+    assert "gpu-runners:runners[0].nodeSelector = " in message
+    assert f"the gpuPool nodes it must land on carry no {missing}" in message
+
+
+def test_a_node_selector_the_pool_satisfies_is_accepted():
+    selector = {
+        "gpu": "true",
+        "team": "vision",
+        "cloud.google.com/gke-accelerator": "nvidia-l4",
+        "cloud.google.com/gke-spot": "true",
+        # A GKE label this stack does not track is left to GKE.
+        "cloud.google.com/gke-os-distribution": "cos",
+    }
+    run_program({**runner(nodeSelector=selector), GPU_POOL: {"labels": {"team": "vision"}}})
