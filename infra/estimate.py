@@ -18,6 +18,8 @@ import yaml
 
 from infra import messages
 from infra import settings as stack_settings
+from infra.markdown import bounded
+from infra.markdown import text as markdown_text
 from infra.stack_file import PROJECT, StackFileError, read_config
 
 CATALOG = Path(__file__).parent / "data" / "prices.yaml"
@@ -156,7 +158,7 @@ def _usd(value: float | None) -> str:
 def markdown(title: str, this: Estimate, base: Estimate | None = None) -> str:
     """The figures as a Markdown table, beside the base branch's when given."""
     heading = (
-        f"### Cost estimate: {title}\n\n{this.about} USD, list prices of "
+        f"### Cost estimate: {markdown_text(title)}\n\n{this.about} USD, list prices of "
         f"{catalog()['as_of']} (infra/data/prices.yaml)."
     )
     if base is None:
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     except (stack_settings.SettingsError, StackFileError) as error:
         print(f"Cannot estimate {args.stack_file}:\n{error}", file=sys.stderr)
         return 2
-    print(markdown(args.stack_file.name, this, base))
+    print(bounded(markdown(args.stack_file.name, this, base)))
     return 0
 
 

@@ -30,6 +30,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.deserialize import deserialize_properties
 
+from infra.markdown import bounded, code_block, text
 from infra.mock_engine import (
     STAND_IN_ENDPOINT,
     STAND_IN_GITLAB_PROJECT_ID,
@@ -199,15 +200,13 @@ def _resource_sections(resources: list[Resource]) -> list[str]:
             lines += [
                 f"<details><summary><code>{resource.type}</code> {resource.name}</summary>",
                 "",
-                "```yaml",
-                _yaml(shown(resource.inputs)).rstrip(),
-                "```",
+                code_block(_yaml(shown(resource.inputs)).rstrip(), "yaml"),
                 "</details>",
             ]
     manifests = [manifest(r) for r in resources if is_kubernetes_object(r)]
-    lines += ["", "#### Kubernetes manifests", "", "```yaml"]
-    lines += [f"---\n{_yaml(m).rstrip()}" for m in manifests]
-    lines += ["```", "", "#### Helm releases", ""]
+    lines += ["", "#### Kubernetes manifests", ""]
+    lines.append(code_block("\n".join(f"---\n{_yaml(m).rstrip()}" for m in manifests), "yaml"))
+    lines += ["", "#### Helm releases", ""]
     for release in (r for r in resources if r.type == HELM_RELEASE):
         inputs = shown(release.inputs)
         lines += [
@@ -215,9 +214,7 @@ def _resource_sections(resources: list[Resource]) -> list[str]:
             f"{inputs.get('version')}, namespace <code>{inputs.get('namespace')}</code>"
             "</summary>",
             "",
-            "```yaml",
-            _yaml(inputs.get("values") or {}).rstrip(),
-            "```",
+            code_block(_yaml(inputs.get("values") or {}).rstrip(), "yaml"),
             "</details>",
         ]
     return lines
@@ -228,7 +225,7 @@ def markdown(
 ) -> str:
     """The plan of a stack file whose program ran, with the policy pack's verdicts, as Markdown."""
     lines = [
-        f"### Offline plan: {path.name} (stack {stack_file.stack})",
+        f"### Offline plan: {text(path.name)} (stack {text(stack_file.stack)})",
         "",
         "No cloud was called: this is what `pulumi up` would create in an empty project, from "
         f"the stack file alone. Secret values show as `{PLACEHOLDER}`. What only the cloud "
@@ -258,19 +255,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.plan", description=__doc__)
     parser.add_argument("stack_file", nargs="?", default="Pulumi.dev.yaml", type=Path)
     args = parser.parse_args(argv)
-    heading = f"### Offline plan: {args.stack_file.name}"
+    heading = f"### Offline plan: {text(args.stack_file.name)}"
     try:
         stack_file = read_stack_file(args.stack_file)
     except StackFileError as error:
-        print(f"{heading}\n\nThe stack file cannot be read: {error}")
+        print(f"{heading}\n\nThe stack file cannot be read: {text(str(error))}")
         return 2
     run = run_stack(stack_file.config, stack_file.secret_keys, stack_file.stack)
     if run.error is not None:
-        print(f"{heading}\n\nThe program stops:\n\n```\n{run.error}\n```")
+        print(bounded(f"{heading}\n\nThe program stops:\n\n{code_block(str(run.error))}"))
         return 2
     resources = sorted(run.registered, key=lambda r: (r.type, r.name))
     found = verdicts(resources)
-    print(markdown(args.stack_file, stack_file, resources, found))
+    print(bounded(markdown(args.stack_file, stack_file, resources, found)))
     return 1 if any(v.level == EnforcementLevel.MANDATORY for v in found) else 0
 
 

@@ -5,8 +5,9 @@ import time
 from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
 
-from infra import estimate, plan
+from infra import estimate, markdown, plan
 
 SECRET_LOOKING = "ghp_" + "h" * 36
 ALIAS_BOMB = "\n".join(
@@ -81,3 +82,36 @@ def test_both_tools_refuse_a_hostile_stack_file_in_one_line(kind, tmp_path, caps
         assert path.name in text
         assert SECRET_LOOKING not in text and "Traceback" not in text
         assert elapsed < 5, (tool.__name__, elapsed)
+
+
+def block_structure(markdown_text: str) -> list[str]:
+    """The block-level tokens a Markdown renderer makes: headings, fences, HTML blocks."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(markdown_text)
+    return [t.type for t in tokens if t.type in ("heading_open", "fence", "html_block")]
+
+
+def test_a_key_or_file_name_cannot_change_the_plans_markdown(tmp_path, capsys):
+    hostile = "x\n```\n## Injected\n<details>@team"
+    benign = tmp_path / "Pulumi.benign.yaml"
+    benign.write_text('config:\n  gpu-runners:nope: "1"\n')
+    sneaky = tmp_path / "Pulumi.sneaky.yaml"
+    # A double-quoted key, so its \n are line breaks: the fence would start a line.
+    sneaky.write_text('config:\n  "gpu-runners:' + hostile.replace("\n", "\\n") + '": "1"\n')
+    structures = []
+    for path in (benign, sneaky):
+        assert plan.main([str(path)]) == 2
+        structures.append(block_structure(capsys.readouterr().out))
+    assert structures[0] == structures[1]
+    named = tmp_path / "Pulumi.`<details>`.yaml"
+    named.write_text(benign.read_text())
+    plan.main([str(named)])
+    assert block_structure(capsys.readouterr().out) == structures[0]
+
+
+def test_output_past_a_job_summary_is_cut_with_a_note():
+    document = "\n".join(f"line {i}" for i in range(100_000))
+    cut = markdown.bounded(document)
+    assert len(cut) < markdown.MAX_CHARS + 200
+    assert cut.endswith("more characters do not fit a job summary.*\n")
+    assert markdown.bounded("short") == "short"
+    assert markdown.code_block("a ``` b").startswith("````")
