@@ -90,6 +90,13 @@ def _masked(value: Any, field: str = "") -> tuple[Any, bool]:
     """A value with each secure value replaced by a placeholder, and whether any was."""
     if _is_secure(value):
         return _SHAPED_PLACEHOLDERS.get(field, PLACEHOLDER), True
+    if isinstance(value, dict) and "secure" in value:
+        # Not the CLI's shape for a secret (a map whose one key `secure` holds a string), yet
+        # most likely ciphertext: refused, never shown as a plain value.
+        raise StackFileError(
+            "a `secure:` value of another shape than `secure: <ciphertext>`; set it again with "
+            "`pulumi config set --secret`"
+        )
     if isinstance(value, dict):
         pairs = {k: _masked(v, str(k)) for k, v in value.items()}
         return {k: v for k, (v, _) in pairs.items()}, any(s for _, s in pairs.values())
@@ -170,7 +177,10 @@ def read_config(path: Path) -> StackConfig:
     values, secret_keys = {}, set()
     for key, value in (config or {}).items():
         full = _full_key(str(key))
-        values[full], secret = _masked(value)
+        try:
+            values[full], secret = _masked(value)
+        except StackFileError as error:
+            raise StackFileError(f"{path.name}: {full}: {error}") from None
         if secret:
             secret_keys.add(full)
     return StackConfig(values, secret_keys)

@@ -5,6 +5,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from infra import estimate, markdown, plan
@@ -115,3 +118,78 @@ def test_output_past_a_job_summary_is_cut_with_a_note():
     assert cut.endswith("more characters do not fit a job summary.*\n")
     assert markdown.bounded("short") == "short"
     assert markdown.code_block("a ``` b").startswith("````")
+
+
+# Generated stack files: every shape a hostile or broken file can take, for both tools.
+# Prefixed tokens are masked wherever they stand; a prefix-less one (40 hex, a classic GitHub
+# token) only where it is known to be a credential, a URL's user-info.
+PREFIXED = ["ghp_" + "a" * 36, "glpat-" + "b" * 20]
+UNPREFIXED = "0123456789abcdef" * 2 + "01234567"
+TOKENS = [*PREFIXED, UNPREFIXED]
+CIPHERTEXT = "v1:c2VjcmV0Y2lwaGVydGV4dA==:Zm9vYmFy"
+scalars = st.one_of(
+    st.sampled_from([*PREFIXED, f"https://u:{UNPREFIXED}@github.com/a/b", "on", "1:20", ""]),
+    st.text(max_size=20),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+)
+secure = st.sampled_from(
+    [
+        {"secure": CIPHERTEXT},
+        {"secure": [CIPHERTEXT]},
+        {"secure": CIPHERTEXT, "other": 1},
+        {"secure": {"secure": CIPHERTEXT}},
+    ]
+)
+values = st.recursive(
+    st.one_of(scalars, secure),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.text(max_size=12), children, max_size=4),
+    ),
+    max_leaves=20,
+)
+keys = st.one_of(
+    st.sampled_from(
+        [
+            "gcp:project",
+            *(
+                f"gpu-runners:{key}"
+                for key in ("cluster", "systemPool", "gpuPool", "dvcRemote", "ci", "runners")
+            ),
+            "gpu-runners:runnerTokens",
+        ]
+    ),
+    st.text(max_size=16).map(lambda k: f"gpu-runners:{k}"),
+)
+documents = st.dictionaries(keys, values, max_size=5).map(lambda config: {"config": config})
+
+
+def as_yaml(document: dict) -> str:
+    return yaml.safe_dump(document, allow_unicode=True)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(document=documents, tail=st.sampled_from(["", "\n\xff", "x: &a [*a]\n", "\n" + "[" * 3000]))
+def test_generated_stack_files_never_leak_hang_or_crash(document, tail, tmp_path, capsys):
+    path = tmp_path / "Pulumi.generated.yaml"
+    path.write_bytes(as_yaml(document).encode() + tail.encode("utf-8", "surrogateescape"))
+    for tool in (plan, estimate):
+        started = time.monotonic()
+        status = tool.main([str(path)])
+        captured = capsys.readouterr()
+        text = captured.out + captured.err
+        assert status in (0, 1, 2)
+        assert time.monotonic() - started < 10
+        assert "Traceback" not in text
+        assert CIPHERTEXT not in text
+        assert not any(token in text for token in TOKENS), text[:500]
+        # No heading or HTML block that the tool did not write itself.
+        for token in MarkdownIt("commonmark").parse(captured.out):
+            if token.type == "html_block":
+                assert token.content.startswith(("<details>", "</details>")), token.content
