@@ -73,7 +73,13 @@ def reason(error: dict, known_keys: Sequence[str]) -> str:
                 "should be text; YAML reads an unquoted true, false, yes or no as a boolean: "
                 f'quote it ("{str(value).lower()}")'
             )
-        if isinstance(value, int | float):
+        if isinstance(value, float):
+            # The number has lost what the text had (0.20 reads as 0.2): no hint can restore it.
+            return (
+                f"should be text; YAML read a number ({value}), which drops trailing zeros: "
+                "quote the value exactly as you wrote it"
+            )
+        if isinstance(value, int):
             return f'should be text; quote it ("{value}")'
         return "should be text"
     if kind in ("int_type", "int_parsing", "int_from_float"):

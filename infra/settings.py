@@ -914,6 +914,27 @@ def _runner_names(raw_runners: Any) -> list[str]:
     ]
 
 
+def _platform_problems(namespace: str, raw_runners: Any) -> list[str]:
+    """A runner left on the default platform (github) whose repository or engine is GitLab's:
+    name the key to set, not only what then fails to fit."""
+    problems = []
+    for index, raw in enumerate(raw_runners if isinstance(raw_runners, list) else []):
+        if not isinstance(raw, dict) or "platform" in raw:
+            continue
+        repository = raw.get("repository")
+        # The host alone: never the user-info, which may hold a token.
+        host = (urlsplit(repository).hostname or "") if isinstance(repository, str) else ""
+        gitlab_repository = host not in ("", "github.com", "www.github.com")
+        if gitlab_repository or raw.get("engine") == "gitlab-runner":
+            why = f"a repository on {host}" if gitlab_repository else "the engine gitlab-runner"
+            problems.append(
+                f"{namespace}:{RUNNERS_KEY}[{index}].platform is not set, so github, but the "
+                f"runner names {why}; run `pulumi config set --path "
+                f"'{RUNNERS_KEY}[{index}].platform' gitlab`"
+            )
+    return problems
+
+
 def _runner_platforms(raw_runners: Any) -> dict[str, str]:
     """Each named runner's forge, as configured or by default, so its token is checked for it."""
     if not isinstance(raw_runners, list):
@@ -1304,6 +1325,7 @@ def load() -> StackSettings:
         text for k in keys if is_config_secret(k) for _, text in messages.strings_in(values[k], k)
     ]
     problems += _misplaced_token_problems(namespace, values)
+    problems += _platform_problems(namespace, given.get(RUNNERS_KEY))
     parsed, runners = parse_sections(namespace, given, problems)
     problems += _fleet_problems(namespace, parsed, runners)
     raw_runners = given.get(RUNNERS_KEY) or []

@@ -199,8 +199,9 @@ def fill_quickstart_values(
     if "gcp:project" not in config:
         config["gcp:project"] = project
         filled.append("gcp:project")
-    runners = config.get(RUNNERS, [])
-    for index, runner in enumerate(runners if isinstance(runners, list) else []):
+    runners = config.get(RUNNERS)
+    runners = runners if isinstance(runners, list) else []
+    for index, runner in enumerate(runners):
         if not isinstance(runner, dict):
             continue
         if "repository" not in runner:

@@ -509,3 +509,24 @@ def test_a_node_selector_the_pool_satisfies_is_accepted():
         "cloud.google.com/gke-os-distribution": "cos",
     }
     run_program({**runner(nodeSelector=selector), GPU_POOL: {"labels": {"team": "vision"}}})
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"repository": "https://gitlab.com/ml-team/churn-model"}, "a repository on gitlab.com"),
+        ({"engine": "gitlab-runner"}, "the engine gitlab-runner"),
+    ],
+)
+def test_a_gitlab_runner_left_on_the_default_platform_is_told_to_set_it(fields, why):
+    message = rejected(runner(labels=["gpu"], **fields))
+    assert (
+        f"gpu-runners:runners[0].platform is not set, so github, but the runner names {why}; "
+        "run `pulumi config set --path 'runners[0].platform' gitlab`"
+    ) in message
+
+
+def test_a_tag_yaml_read_as_a_number_gets_no_wrong_hint():
+    message = rejected(runner(imageTag=0.20))
+    assert "gpu-runners:runners[0].imageTag = 0.2: should be text; YAML read a number" in message
+    assert '"0.2"' not in message

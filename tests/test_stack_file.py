@@ -193,3 +193,11 @@ def test_generated_stack_files_never_leak_hang_or_crash(document, tail, tmp_path
         for token in MarkdownIt("commonmark").parse(captured.out):
             if token.type == "html_block":
                 assert token.content.startswith(("<details>", "</details>")), token.content
+
+
+def test_a_null_runner_list_is_refused_not_a_crash(tmp_path, capsys):
+    # Found by the generated files above: the quickstart stand-ins iterated None.
+    path = tmp_path / "Pulumi.null.yaml"
+    path.write_text("config:\n  gpu-runners:runners: null\n")
+    assert plan.main([str(path)]) == 2
+    assert "gpu-runners:runners" in capsys.readouterr().out
