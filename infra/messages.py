@@ -16,6 +16,8 @@ SECRET_SHOWN_AS = "[secret]"
 # The user-info of a URL (https://<user>:<token>@host): a credential of any shape, a classic
 # 40-hex GitHub token or an unprefixed GitLab one included, which no prefix would catch.
 URL_USER_INFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s'\"]+@", re.IGNORECASE)
+# A classic GitHub token: 40 hex characters, no prefix.
+CLASSIC_TOKEN = re.compile(r"\b[0-9a-f]{40}\b")
 
 
 def mask(text: str, secrets: Iterable[str] = ()) -> str:
@@ -25,6 +27,7 @@ def mask(text: str, secrets: Iterable[str] = ()) -> str:
         if len(secret) >= 4:
             text = text.replace(secret, SECRET_SHOWN_AS)
     text = URL_USER_INFO.sub(lambda m: f"{m.group(1)}{SECRET_SHOWN_AS}@", text)
+    text = CLASSIC_TOKEN.sub(SECRET_SHOWN_AS, text)
     return TOKEN_LIKE.sub(lambda m: f"{m.group(1)}…{SECRET_SHOWN_AS}", text)
 
 

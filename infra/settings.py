@@ -599,6 +599,18 @@ def _check_image_tag(tag: str | None) -> str | None:
 
 
 Quantity = Annotated[str, BeforeValidator(_quantity_text), AfterValidator(_check_quantity)]
+
+
+def _check_label_is_no_token(label: str) -> str:
+    """A label stands in plain objects and outputs: no credential may hide in one."""
+    if messages.CLASSIC_TOKEN.fullmatch(label) or messages.TOKEN_LIKE.match(label):
+        raise _invalid(
+            "looks like a token, which would stand in plain Kubernetes objects and outputs; "
+            "allowed: a word for the runner's kind, like gpu (tokens go in runnerTokens)"
+        )
+    return label
+
+
 RunnerLabel = Annotated[
     str,
     _matching(
@@ -606,6 +618,7 @@ RunnerLabel = Annotated[
         "at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or "
         "digit (no commas or spaces)",
     ),
+    AfterValidator(_check_label_is_no_token),
 ]
 
 

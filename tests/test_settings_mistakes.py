@@ -530,3 +530,9 @@ def test_a_tag_yaml_read_as_a_number_gets_no_wrong_hint():
     message = rejected(runner(imageTag=0.20))
     assert "gpu-runners:runners[0].imageTag = 0.2: should be text; YAML read a number" in message
     assert '"0.2"' not in message
+
+
+def test_a_label_that_looks_like_a_classic_token_is_refused_unshown():
+    message = rejected(runner(labels=["gpu", CLASSIC_TOKEN]))
+    assert "gpu-runners:runners[0].labels[1] = '[secret]': looks like a token" in message
+    assert CLASSIC_TOKEN not in message
