@@ -161,6 +161,7 @@ runners |= {
             max_runners=runner.max_runner_count,
             image_tag=runner.image_tag,
             manager_node_selector=system_nodes,
+            gitlab_url=runner.gitlab_url,
         ),
         opts=on_cluster,
     )

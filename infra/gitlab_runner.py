@@ -96,6 +96,9 @@ class GitlabRunnerArgs(RunnerBaseArgs):
     """Tag of iterativeai/cml for the jobs' default image (-gpu appended for GPU runners)."""
     manager_node_selector: Mapping[str, str] | None = None
     """Node labels for the manager pod; it needs no GPU."""
+    gitlab_url: str | None = None
+    """The GitLab instance, when it is not the repository's origin (a relative URL root, like
+    https://host/gitlab): GitLab Runner and the API are reached there."""
 
 
 class GitlabRunner(pulumi.ComponentResource):
@@ -136,7 +139,7 @@ class GitlabRunner(pulumi.ComponentResource):
             # The manager's Deployment (and the chart's other objects) named after the runner,
             # not `<runner>-gitlab-runner`.
             "fullnameOverride": name,
-            "gitlabUrl": _origin(args.repository),
+            "gitlabUrl": _instance(args),
             "concurrent": args.max_runners,
             "rbac": {"create": True, "clusterWideAccess": False, "rules": MANAGER_RULES},
             "serviceAccount": {"create": True, "name": f"{name}-manager"},
@@ -248,10 +251,17 @@ def _fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
-def _origin(repository: str) -> str:
-    """https://host of a project URL."""
-    parts = urlsplit(repository)
+def _instance(args: GitlabRunnerArgs) -> str:
+    """The GitLab instance: as given, or https://host of the project's URL."""
+    if args.gitlab_url:
+        return args.gitlab_url
+    parts = urlsplit(args.repository)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _project_path(args: GitlabRunnerArgs) -> str:
+    """group/project: the repository URL past the instance's."""
+    return args.repository.removeprefix(_instance(args)).strip("/")
 
 
 def _created_runner(
@@ -260,13 +270,13 @@ def _created_runner(
     """A project runner made through GitLab's API; tags are the labels, untagged jobs refused."""
     provider = gitlab.Provider(
         f"{name}-gitlab",
-        base_url=f"{_origin(args.repository)}/api/v4/",
+        base_url=f"{_instance(args)}/api/v4/",
         token=pulumi.Output.secret(create.api_token),
         opts=opts,
     )
     on_gitlab = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider))
     project = gitlab.get_project_output(
-        path_with_namespace=urlsplit(args.repository).path.strip("/"),
+        path_with_namespace=_project_path(args),
         opts=pulumi.InvokeOptions(provider=provider),
     )
     runner = gitlab.UserRunner(

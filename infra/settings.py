@@ -65,6 +65,8 @@ _IMAGE = re.compile(
 _GITHUB_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+(?<!\.git)$")
 _GITLAB_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+(?<!\.git)$")
 _HTTPS_ORIGIN = re.compile(r"^https://[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?$")
+# A GitLab instance, at a host's root or under a relative URL root (https://host/gitlab).
+_GITLAB_INSTANCE = re.compile(r"^https://[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?(?:/[A-Za-z0-9_.-]+)*$")
 # Google: 4 to 32 characters, lowercase letters, digits and hyphens, starting with a letter;
 # the gcp- prefix is reserved.
 _POOL_ID = re.compile(r"^(?!gcp-)[a-z][a-z0-9-]{3,31}$")
@@ -378,6 +380,15 @@ def _repository_url(url: Any) -> Any:
 
 def _check_repository(url: str, info: ValidationInfo) -> str:
     platform = info.data.get("platform")
+    instance = info.data.get("gitlab_url")
+    if instance and platform != "gitlab":
+        raise _invalid("gitlabUrl is set, which only GitLab runners read; set platform: gitlab")
+    if instance and not url.startswith(f"{instance}/"):
+        raise _invalid(
+            f"is not under gitlabUrl ({instance}); allowed: {instance}/<group>/<project>"
+        )
+    if instance and len(url.removeprefix(f"{instance}/").split("/")) < 2:
+        raise _invalid(f"names no project under gitlabUrl; allowed: {instance}/<group>/<project>")
     if "@" in urlsplit(url).netloc:
         # It would stand in plain Kubernetes objects and outputs; messages mask it.
         raise _invalid(
@@ -629,6 +640,11 @@ class RunnerSettings(_Section):
     platform: Literal["github", "gitlab"] = "github"
     engine: Annotated[
         Literal["cml", "arc", "gitlab-runner"] | None, AfterValidator(_check_engine)
+    ] = None
+    gitlab_url: Annotated[
+        str | None,
+        BeforeValidator(_repository_url),
+        _matching(_GITLAB_INSTANCE, "https://<host> or https://<host>/<path>, no trailing /"),
     ] = None
     repository: Annotated[str, BeforeValidator(_repository_url), AfterValidator(_check_repository)]
     labels: Annotated[tuple[RunnerLabel, ...], Field(min_length=1)] = runner_base.DEFAULT_LABELS

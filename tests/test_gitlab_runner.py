@@ -287,3 +287,44 @@ def test_a_new_token_restarts_the_manager_without_revealing_either(given_token):
     assert RUNNER_TOKEN[5:] not in annotation
     # Nothing secret in the values, so a preview shows them all.
     assert not is_secret(given_token.one(RELEASE, "gl-gpu").inputs["values"])
+
+
+def test_a_gitlab_under_a_relative_url_root_is_reached_there():
+    instance = "https://git.example.org/gitlab"
+    runner = {
+        "name": "gl-gpu",
+        "platform": "gitlab",
+        "labels": ["gpu"],
+        "gitlabUrl": instance,
+        "repository": f"{instance}/ml-team/churn-model",
+    }
+    given = run_program({RUNNERS: [runner]}, secrets={TOKENS: {"gl-gpu": RUNNER_TOKEN}})
+    assert chart_values(given)["gitlabUrl"] == instance
+    created = run_program({RUNNERS: [runner]}, secrets={TOKENS: {"gl-gpu": ACCESS_TOKEN}})
+    provider = created.one("pulumi:providers:gitlab")
+    assert reveal(provider.inputs["baseUrl"]) == f"{instance}/api/v4/"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message_part"),
+    [
+        (
+            {"repository": "https://git.example.org/other/ml-team/churn"},
+            "is not under gitlabUrl (https://git.example.org/gitlab)",
+        ),
+        ({"platform": "github", "repository": "https://github.com/a/b"}, "only GitLab runners"),
+    ],
+)
+def test_a_gitlab_url_that_does_not_fit_the_repository_is_refused(fields, message_part):
+    runner = {
+        "name": "gl-gpu",
+        "platform": "gitlab",
+        "labels": ["gpu"],
+        "gitlabUrl": "https://git.example.org/gitlab",
+        **fields,
+    }
+    error, registered = run_rejected_program(
+        {RUNNERS: [runner]}, secrets={TOKENS: {"gl-gpu": RUNNER_TOKEN}}
+    )
+    assert registered == []
+    assert message_part in str(error)
