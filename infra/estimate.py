@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         this = estimate(_config(args.stack_file))
         base = estimate(_config(args.base)) if args.base and args.base.exists() else None
     except (stack_settings.SettingsError, StackFileError) as error:
-        print(f"Cannot estimate {args.stack_file}:\n{error}", file=sys.stderr)
+        print(bounded(f"Cannot estimate {args.stack_file}:\n{error}"), file=sys.stderr)
         return 2
     print(bounded(markdown(args.stack_file.name, this, base)))
     return 0

@@ -10,7 +10,8 @@ _SPECIAL = re.compile(r"([\\`*_{}\[\]#|<>~])")
 
 def text(value: str) -> str:
     """Inline text (a file name, a key) that renders as itself: no code, link, HTML or mention."""
-    return _SPECIAL.sub(r"\\\1", value.replace("\n", " ")).replace("@", "@\u200b")
+    flat = re.sub(r"[\x00-\x1f\x7f\u2028\u2029]", " ", value)  # no line of its own
+    return _SPECIAL.sub(r"\\\1", flat).replace("@", "@\u200b")
 
 
 def code_block(body: str, info: str = "") -> str:
@@ -27,5 +28,9 @@ def bounded(document: str, limit: int = MAX_CHARS) -> str:
         return document
     cut = document.rfind("\n", 0, limit)
     cut = cut if cut > 0 else limit
+    kept = document[:cut]
+    # Close a fence left open, so the note and what follows are not code.
+    fences = re.findall(r"^(`{3,})", kept, re.M)
+    closing = f"\n{fences[-1]}" if len(fences) % 2 else ""
     note = f"\n\n*Cut here: {len(document) - cut:,} more characters do not fit a job summary.*\n"
-    return document[:cut] + note
+    return kept + closing + note

@@ -15,7 +15,12 @@ TOKEN_LIKE = re.compile(
 SECRET_SHOWN_AS = "[secret]"
 # The user-info of a URL (https://<user>:<token>@host): a credential of any shape, a classic
 # 40-hex GitHub token or an unprefixed GitLab one included, which no prefix would catch.
-URL_USER_INFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s'\"]+@", re.IGNORECASE)
+URL_USER_INFO = re.compile(
+    # With a scheme, up to the last @ before the path (a password may hold @); without one,
+    # user:secret@host.
+    r"(\b[a-z][a-z0-9+.-]*://)[^/\s'\"]*@|(?<![\w/:@])()[^\s/'\"@:]+:[^\s/'\"]*@(?=[\w.-])",
+    re.IGNORECASE,
+)
 # A classic GitHub token: 40 hex characters, no prefix.
 CLASSIC_TOKEN = re.compile(r"\b[0-9a-f]{40}\b")
 
@@ -26,9 +31,18 @@ def mask(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= 4:
             text = text.replace(secret, SECRET_SHOWN_AS)
-    text = URL_USER_INFO.sub(lambda m: f"{m.group(1)}{SECRET_SHOWN_AS}@", text)
+    text = URL_USER_INFO.sub(lambda m: f"{m.group(1) or ''}{SECRET_SHOWN_AS}@", text)
     text = CLASSIC_TOKEN.sub(SECRET_SHOWN_AS, text)
     return TOKEN_LIKE.sub(lambda m: f"{m.group(1)}…{SECRET_SHOWN_AS}", text)
+
+
+def shortened(text: str, limit: int = 2000) -> str:
+    """Each line of an already masked message at most `limit` characters (a value can be
+    long; cutting it before masking could leave part of a secret unmasked)."""
+    return "\n".join(
+        line if len(line) <= limit else f"{line[:limit]}… ({len(line) - limit:,} more characters)"
+        for line in text.split("\n")
+    )
 
 
 def show(value: Any) -> str:

@@ -84,7 +84,7 @@ _APP_ID = re.compile(r"^(?:[0-9]+|Iv[0-9A-Za-z.]+)$")
 # A whole PEM key: the BEGIN line, lines of key, the matching END line. A key pasted as one
 # line with literal \n, or cut after its first line, is no key ARC can sign with.
 _PRIVATE_KEY = re.compile(
-    r"^-----BEGIN (RSA |)PRIVATE KEY-----\n(?:[^\n]+\n)+-----END \1PRIVATE KEY-----\s*$"
+    r"^-----BEGIN (RSA |)PRIVATE KEY-----\r?\n(?:[^\r\n]+\r?\n)+-----END \1PRIVATE KEY-----\s*$"
 )
 GITHUB_APP_KEYS = ("appId", "installationId", "privateKey")
 GITLAB_RUNNER_TOKEN_PREFIX = "glrt-"
@@ -952,7 +952,10 @@ def _platform_problems(namespace: str, raw_runners: Any) -> list[str]:
             continue
         repository = raw.get("repository")
         # The host alone: never the user-info, which may hold a token.
-        host = (urlsplit(repository).hostname or "") if isinstance(repository, str) else ""
+        try:
+            host = (urlsplit(repository).hostname or "") if isinstance(repository, str) else ""
+        except ValueError:  # not a URL at all: the repository's own check says so
+            host = ""
         gitlab_repository = host not in ("", "github.com", "www.github.com")
         if gitlab_repository or raw.get("engine") == "gitlab-runner":
             why = f"a repository on {host}" if gitlab_repository else "the engine gitlab-runner"
@@ -990,7 +993,16 @@ def _runner_engines(raw_runners: Any) -> dict[str, str]:
 # "Token prefixes"). A GitLab deploy token (gldt-) reads a repository or registry; it can
 # neither register a runner nor call the API.
 _GITHUB_TOKEN_PREFIXES = ("ghp_", "github_pat_", "gho_", "ghu_", "ghs_", "ghr_")
-_GITLAB_TOKEN_PREFIXES = ("glpat-", "glrt-", "glrtr-", "gldt-", "glptt-", "glcbt-", "gloas-")
+_GITLAB_TOKEN_PREFIXES = (
+    "glpat-",
+    "glrt-",
+    "glrtr-",
+    "gldt-",
+    "glptt-",
+    "glcbt-",
+    "gloas-",
+    GITLAB_REGISTRATION_PREFIX,
+)
 _GITLAB_DEPLOY_TOKEN_PREFIX = "gldt-"
 
 
@@ -1265,15 +1277,17 @@ def _fleet_problems(
             )
     for later, runner in enumerate(runners):
         for earlier, other in enumerate(runners[:later]):
-            shared = sorted(set(runner.labels) & set(other.labels))
-            if runner.repository == other.repository and shared:
-                # A job asks for labels; a runner with all of them may take it, so a GPU job
-                # can land on the other runner (GitHub and GitLab match labels, not names).
+            mine, theirs = set(runner.labels), set(other.labels)
+            same_repository = runner.repository.lower() == other.repository.lower()
+            if same_repository and (mine <= theirs or theirs <= mine):
+                # A job asks for labels, and a runner carrying all of them may take it
+                # (GitHub and GitLab match labels, not names): when one runner's labels are all
+                # the other's too, a job for it may run on the other.
                 problems.append(
                     f"{namespace}:{RUNNERS_KEY}[{later}].labels = {messages.show(runner.labels)}: "
-                    f"shares {', '.join(shared)} with runners[{earlier}] ({other.name}) on the "
-                    "same repository, so a job for one may run on the other; allowed: labels "
-                    "of its own"
+                    f"runners[{earlier}] ({other.name}) on the same repository carries "
+                    f"{'all of these' if mine <= theirs else 'only labels among these'}, so a "
+                    "job for one may run on the other; allowed: a label the other has not"
                 )
     return problems
 
@@ -1370,10 +1384,12 @@ def load() -> StackSettings:
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
         raise SettingsError(
-            messages.mask(
-                f"Invalid stack configuration ({stack_file}); nothing was created.\n"
-                + "\n".join(f"  - {problem}" for problem in problems),
-                secrets,
+            messages.shortened(
+                messages.mask(
+                    f"Invalid stack configuration ({stack_file}); nothing was created.\n"
+                    + "\n".join(f"  - {problem}" for problem in problems),
+                    secrets,
+                )
             )
         )
     return StackSettings(

@@ -41,6 +41,8 @@ class StackFileError(Exception):
 # file is not a stack file.
 MAX_BYTES = 1024 * 1024
 MAX_EXPANDED_NODES = 100_000
+# Aliases of one long string multiply characters, not nodes.
+MAX_EXPANDED_CHARS = 2 * MAX_BYTES
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -50,6 +52,8 @@ class _Yaml12Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges a mapping in, as yaml.v3 reads it
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, list | dict):
                 continue  # left to the constructor, which refuses unhashable keys
@@ -129,15 +133,20 @@ def _text(path: Path) -> str:
         raise StackFileError(f"{path.name}: not UTF-8 (byte {error.start})") from None
 
 
-def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
-    """How many nodes the document has once every alias is expanded (memoised per node)."""
+def _expanded_size(node: yaml.Node, sizes: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """How many nodes and characters the document has once every alias is expanded
+    (memoised per node)."""
     if id(node) not in sizes:
-        children: list = []
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = (1, len(node.value))
+        else:
+            children = (
+                node.value
+                if isinstance(node, yaml.SequenceNode)
+                else [part for pair in node.value for part in pair]
+            )
+            parts = [_expanded_size(child, sizes) for child in children]
+            sizes[id(node)] = (1 + sum(n for n, _ in parts), sum(c for _, c in parts))
     return sizes[id(node)]
 
 
@@ -146,8 +155,10 @@ def _load(text: str) -> Any:
     loader = _Yaml12Loader(text)
     try:
         node = loader.get_single_node()
-        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
-            raise StackFileError("excessive aliasing (YAML anchors and aliases)")
+        if node is not None:
+            nodes, chars = _expanded_size(node, {})
+            if nodes > MAX_EXPANDED_NODES or chars > MAX_EXPANDED_CHARS:
+                raise StackFileError("excessive aliasing (YAML anchors and aliases)")
         return loader.construct_document(node) if node is not None else None
     except RecursionError:
         raise StackFileError("nested too deeply") from None

@@ -432,24 +432,27 @@ def test_always_on_gpu_runners_the_pool_can_never_hold_are_refused():
     ) in message
 
 
-def test_two_runners_of_one_repository_sharing_a_label_are_refused():
+def test_a_runner_whose_labels_another_of_its_repository_all_carries_is_refused():
     message = rejected(
         {
             RUNNERS: [
                 {"name": "train-gpu", "labels": ["gpu", "train"]},
-                {"name": "lint-cpu", "gpus": 0, "cpu": "500m", "labels": ["lint", "gpu"]},
+                {"name": "any-gpu", "labels": ["gpu"]},
             ]
         }
     )
+    # A job for any-gpu (runs-on: [gpu]) may land on train-gpu, which carries gpu too.
     assert (
-        'gpu-runners:runners[1].labels = ["lint", "gpu"]: shares gpu with runners[0] '
-        "(train-gpu) on the same repository"
+        'gpu-runners:runners[1].labels = ["gpu"]: runners[0] (train-gpu) on the same '
+        "repository carries all of these"
     ) in message
-    # On different repositories the same label is no clash.
+    # Labels that overlap but each have one of their own keep jobs apart; and on different
+    # repositories the same labels are no clash.
     run_program(
         {
             RUNNERS: [
-                {"name": "train-gpu", "labels": ["gpu"]},
+                {"name": "train-gpu", "labels": ["gpu", "linux"]},
+                {"name": "lint-cpu", "gpus": 0, "cpu": "500m", "labels": ["cpu", "linux"]},
                 {
                     "name": "other-repo",
                     "labels": ["gpu"],
@@ -536,3 +539,8 @@ def test_a_label_that_looks_like_a_classic_token_is_refused_unshown():
     message = rejected(runner(labels=["gpu", CLASSIC_TOKEN]))
     assert "gpu-runners:runners[0].labels[1] = '[secret]': looks like a token" in message
     assert CLASSIC_TOKEN not in message
+
+
+def test_a_repository_that_is_no_url_is_named_not_a_crash():
+    message = rejected(runner(repository="https://[::1/g/p"))
+    assert "gpu-runners:runners[0].repository = 'https://[::1/g/p'" in message

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from infra import estimate, markdown, plan
+from infra.stack_file import REPO
 
 SECRET_LOOKING = "ghp_" + "h" * 36
 ALIAS_BOMB = "\n".join(
@@ -201,3 +202,59 @@ def test_a_null_runner_list_is_refused_not_a_crash(tmp_path, capsys):
     path.write_text("config:\n  gpu-runners:runners: null\n")
     assert plan.main([str(path)]) == 2
     assert "gpu-runners:runners" in capsys.readouterr().out
+
+
+def test_aliases_of_a_long_string_are_refused_quickly(tmp_path, capsys):
+    path = tmp_path / "Pulumi.strings.yaml"
+    aliases = ", ".join(["*a"] * 2000)
+    path.write_text(f"config:\n  gpu-runners:cluster:\n    name: [&a {'A' * 200_000}, {aliases}]\n")
+    for tool in (plan, estimate):
+        started = time.monotonic()
+        assert tool.main([str(path)]) == 2
+        out = capsys.readouterr()
+        assert "excessive aliasing" in out.out + out.err
+        assert len(out.out + out.err) < 10_000
+        assert time.monotonic() - started < 5
+
+
+def test_a_merge_key_is_read_as_the_cli_reads_it(tmp_path, capsys):
+    dev = (REPO / "Pulumi.dev.yaml").read_text()
+    merged = dev.replace(
+        "  gpu-runners:gpuPool:\n", "  gpu-runners:gpuPool:\n    <<: {spot: true}\n"
+    )
+    assert merged != dev
+    path = tmp_path / "Pulumi.dev.yaml"
+    path.write_text(merged)
+    assert plan.main([str(path)]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["oauth2:Zq9xK2mB7vLp4TnR8sWy@gitlab.com/g/p", "https://user:p@ssW0rdSecretXYZ@github.com/o/r"],
+    ids=["no scheme", "@ in the password"],
+)
+def test_user_info_is_masked_in_any_form(url, tmp_path, capsys):
+    path = tmp_path / "Pulumi.url.yaml"
+    path.write_text(
+        f"config:\n  gpu-runners:runners:\n    - name: gl\n      platform: gitlab\n"
+        f"      repository: '{url}'\n"
+    )
+    for tool in (plan, estimate):
+        assert tool.main([str(path)]) == 2
+        out = capsys.readouterr()
+        assert "Zq9xK2mB7vLp4TnR8sWy" not in out.out + out.err
+        assert "ssW0rdSecretXYZ" not in out.out + out.err
+
+
+def test_a_line_break_of_any_kind_in_a_key_cannot_restructure_the_plan(tmp_path, capsys):
+    path = tmp_path / "Pulumi.cr.yaml"
+    path.write_text('config:\n  "gpu-runners:x\\r\\r=====\\r- item\\r---": {secure: 1}\n')
+    assert plan.main([str(path)]) == 2
+    assert block_structure(capsys.readouterr().out) == ["heading_open"]
+
+
+def test_a_cut_inside_a_code_block_closes_it():
+    document = "# Plan\n\n```yaml\n" + "\n".join(f"k{i}: v" for i in range(100_000)) + "\n```\n"
+    cut = markdown.bounded(document)
+    assert block_structure(cut) == ["heading_open", "fence"]
+    assert "*Cut here:" in cut.split("```")[-1]
