@@ -1258,6 +1258,25 @@ def _fleet_problems(
         for name in ("systemPool", "gpuPool")
         if parsed.get(name)
     }
+    system = parsed.get("systemPool")
+    node = machines.machine(system.machine_type) if system else None
+    if node is not None:
+        # Always-on CPU runners wait on the system pool: its nodes must hold them all.
+        room = system.max_nodes * machines.allocatable_cpu(node)
+        held = 0.0
+        for index, runner in enumerate(runners):
+            if runner.gpus or runner.scaling_mode != "always":
+                continue
+            held += runner.replica_count * (_quantity_value(runner.cpu) or 0)
+            if held > room:
+                problems.append(
+                    f"{namespace}:{RUNNERS_KEY}[{index}].replicas = {runner.replica_count}: "
+                    f"always-on CPU runners would ask for {held:g} CPUs, and the system pool "
+                    f"leaves at most {room:g} to pods (systemPool.maxNodes {system.max_nodes}); "
+                    "the rest would wait for good. Allowed: fewer replicas, or a larger "
+                    "systemPool.maxNodes"
+                )
+                break
     for index, runner in enumerate(runners):
         selector = runner.node_selector or {}
         pool = "gpuPool" if runner.gpus or selector.get(GPU_LABEL) == "true" else "systemPool"

@@ -544,3 +544,11 @@ def test_a_label_that_looks_like_a_classic_token_is_refused_unshown():
 def test_a_repository_that_is_no_url_is_named_not_a_crash():
     message = rejected(runner(repository="https://[::1/g/p"))
     assert "gpu-runners:runners[0].repository = 'https://[::1/g/p'" in message
+
+
+def test_always_on_cpu_runners_the_system_pool_can_never_hold_are_refused():
+    message = rejected(runner(gpus=0, cpu="500m", mode="always", replicas=5000))
+    assert "gpu-runners:runners[0].replicas = 5000: always-on CPU runners would ask for 2500" in (
+        message
+    )
+    assert "systemPool.maxNodes 2" in message
