@@ -967,25 +967,12 @@ def _platform_problems(namespace: str, raw_runners: Any) -> list[str]:
     return problems
 
 
-def _runner_platforms(raw_runners: Any) -> dict[str, str]:
-    """Each named runner's forge, as configured or by default, so its token is checked for it."""
+def _raw_runners_by_name(raw_runners: Any) -> dict[str, dict[str, Any]]:
+    """The config's runner entries by name, valid or not, so tokens are checked in any case."""
     if not isinstance(raw_runners, list):
         return {}
     return {
-        r["name"]: r.get("platform") or "github"
-        for r in raw_runners
-        if isinstance(r, dict) and isinstance(r.get("name"), str)
-    }
-
-
-def _runner_engines(raw_runners: Any) -> dict[str, str]:
-    """Each named runner's engine, as configured or by default, so its token is checked for it."""
-    if not isinstance(raw_runners, list):
-        return {}
-    return {
-        r["name"]: _engine(r)
-        for r in raw_runners
-        if isinstance(r, dict) and isinstance(r.get("name"), str)
+        r["name"]: r for r in raw_runners if isinstance(r, dict) and isinstance(r.get("name"), str)
     }
 
 
@@ -1392,11 +1379,13 @@ def load() -> StackSettings:
     problems += _fleet_problems(namespace, parsed, runners)
     raw_runners = given.get(RUNNERS_KEY) or []
     tokens = given.get(TOKENS_KEY)
+    by_name = _raw_runners_by_name(raw_runners)
     problems += _runner_problems(
         namespace,
         _runner_names(raw_runners),
-        _runner_engines(raw_runners),
-        _runner_platforms(raw_runners),
+        # Each runner's engine and forge, as configured or by default, for its token's check.
+        {name: _engine(r) for name, r in by_name.items()},
+        {name: r.get("platform") or "github" for name, r in by_name.items()},
         tokens,
     )
     problems += _shared_project_problems(namespace, project, parsed, runners, STACK_FILE_DIR)
