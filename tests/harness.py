@@ -1,6 +1,8 @@
 """The tests' way into infra/mock_engine.py: Pulumi.<stack>.yaml with per-test overrides."""
 
+import copy
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,12 +153,24 @@ def run_program(
     """Run __main__.py for a stack, as `pulumi up` would, and return what it registered.
 
     config: overrides merged into Pulumi.<stack>.yaml; secrets: keys set as secret config;
-    without: keys removed. Raises what the program raises.
+    without: keys removed. Raises what the program raises. The same arguments give a copy of
+    the first run's record: the program is deterministic, and many tests read the same stack.
     """
-    run = _run(config, secrets, stack, without)
-    if run.error is not None:
-        raise run.error
-    return finished_program(run)
+    key = json.dumps([config, secrets, stack, sorted(without)], sort_keys=True, default=str)
+    if key not in _PROGRAMS:
+        run = _run(config, secrets, stack, without)
+        if run.error is not None:
+            raise run.error
+        _PROGRAMS[key] = finished_program(run)
+    return copy.deepcopy(_PROGRAMS[key])
+
+
+_PROGRAMS: dict[str, Program] = {}
+
+
+def forget_programs() -> None:
+    """Drop the record of earlier runs, for a test that patches what the program reads."""
+    _PROGRAMS.clear()
 
 
 def run_rejected_program(
