@@ -13,7 +13,7 @@ from infra.gitlab_runner import GitlabRunner, GitlabRunnerArgs
 from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
 from infra.keda import Keda
 from infra.registry import ImageMirror
-from infra.runner_base import default_node_selector
+from infra.runner_base import SYSTEM_NODES
 
 settings = stack_settings.load()
 
@@ -51,6 +51,7 @@ cluster = GpuCluster(
         cluster=settings.cluster,
         system_pool=settings.system_pool,
         gpu_pool=settings.gpu_pool,
+        cpu_pool=settings.cpu_pool if any(r.gpus == 0 for r in settings.runners) else None,
         node_account_users=ci_members,
     ),
     opts=after_apis,
@@ -67,7 +68,8 @@ identity = RunnerIdentity(
         existing_bucket=settings.dvc_remote.bucket,
         force_destroy_bucket=settings.dvc_remote.force_destroy,
         kubernetes_service_accounts=[
-            KubernetesServiceAccount(namespace=r.name, name=r.name) for r in settings.runners
+            KubernetesServiceAccount(namespace=r.name, name=r.name, trusted=r.trust == "trusted")
+            for r in settings.runners
         ],
         account_admins=ci_members,
     ),
@@ -89,15 +91,14 @@ cml_runners = [r for r in settings.runners if r.runner_engine == "cml"]
 arc_runners = [r for r in settings.runners if r.runner_engine == "arc"]
 gitlab_runners = [r for r in settings.runners if r.runner_engine == "gitlab-runner"]
 on_cluster = pulumi.ResourceOptions(providers=[cluster.provider])
-system_nodes = default_node_selector(gpus=0)
 # What a preview reads in the cluster, for the previewer.
 if deployer:
     PreviewerReads("ci-previewer", deployer.previewer_email, opts=on_cluster)
 
 # KEDA, once, on the system pool, when a CML runner needs it to start its pods.
-keda = Keda("keda", node_selector=system_nodes, opts=on_cluster) if cml_runners else None
+keda = Keda("keda", node_selector=SYSTEM_NODES, opts=on_cluster) if cml_runners else None
 # actions-runner-controller, once, on the system pool, when a runner uses engine arc.
-arc = ArcController("arc", node_selector=system_nodes, opts=on_cluster) if arc_runners else None
+arc = ArcController("arc", node_selector=SYSTEM_NODES, opts=on_cluster) if arc_runners else None
 
 
 def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
@@ -109,8 +110,9 @@ def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
         "memory": runner.memory,
         "gpus": runner.gpus,
         "node_selector": runner.node_selector,
-        "google_service_account": identity.email,
+        "google_service_account": identity.email_for(runner.trust == "trusted"),
         "registries": mirror.registries,
+        "trusted": runner.trust == "trusted",
     }
 
 
@@ -143,7 +145,7 @@ runners |= {
             min_runners=runner.runner_range[0],
             max_runners=runner.runner_range[1],
             image=runner.image,
-            listener_node_selector=system_nodes,
+            listener_node_selector=SYSTEM_NODES,
         ),
         # Destroyed before the controller, which must clean the scale set up on GitHub.
         opts=pulumi.ResourceOptions.merge(
@@ -160,7 +162,7 @@ runners |= {
             credentials=settings.runner_credentials[runner.name],
             max_runners=runner.max_runner_count,
             image_tag=runner.image_tag,
-            manager_node_selector=system_nodes,
+            manager_node_selector=SYSTEM_NODES,
             gitlab_url=runner.gitlab_url,
         ),
         opts=on_cluster,
@@ -174,6 +176,8 @@ pulumi.export("clusterLocation", cluster.location)
 pulumi.export("nodeServiceAccount", cluster.node_service_account)
 pulumi.export("kubeconfig", cluster.kubeconfig)
 pulumi.export("runnerServiceAccount", identity.email)
+if identity.trusted_email is not None:
+    pulumi.export("trustedRunnerServiceAccount", identity.trusted_email)
 pulumi.export("dvcRemoteUrl", identity.bucket_name.apply(lambda bucket: f"gs://{bucket}"))
 pulumi.export(
     "runners",

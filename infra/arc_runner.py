@@ -10,11 +10,13 @@ from infra import arc
 from infra.options import child_options
 from infra.runner_base import (
     NOT_EVICTABLE,
+    RUNTIME_DEFAULT_SECCOMP,
     RunnerBaseArgs,
     RunnerObjects,
     app_labels,
     container_resources,
     placement,
+    pod_identity,
     pod_labels,
     runner_objects,
 )
@@ -92,6 +94,7 @@ class ArcRunner(pulumi.ComponentResource):
             _secret_data(args.credentials),
             COMPONENT_TYPE,
             child_options(self, opts),
+            github_job_hook=True,
         )
         values: dict = {
             "githubConfigUrl": args.repository,
@@ -167,18 +170,25 @@ def _pod_template(args: ArcRunnerArgs, labels: dict[str, str], objects: RunnerOb
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    if args.gpus > 0:
-        container["env"] = [{"name": "LD_LIBRARY_PATH", "value": NVIDIA_LIBRARIES}]
+    env = [{"name": "LD_LIBRARY_PATH", "value": NVIDIA_LIBRARIES}] if args.gpus > 0 else []
+    volumes = []
+    if objects.job_hook is not None:
+        env.append(objects.job_hook.env)
+        container["volumeMounts"] = [objects.job_hook.mount]
+        volumes.append(objects.job_hook.volume)
+    if env:
+        container["env"] = env
     return {
         "metadata": {"labels": pod_labels(labels, args), "annotations": NOT_EVICTABLE},
         "spec": {
-            "serviceAccountName": objects.service_account,
+            **({"volumes": volumes} if volumes else {}),
+            **pod_identity(objects.service_account),
             **placement(args),
             "securityContext": {
                 # The image's user is a name, which the kubelet cannot check as non-root.
                 "runAsNonRoot": True,
                 "runAsUser": RUNNER_UID,
-                "seccompProfile": {"type": "RuntimeDefault"},
+                **RUNTIME_DEFAULT_SECCOMP,
             },
             "containers": [container],
         },

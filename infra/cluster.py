@@ -1,4 +1,5 @@
-"""GpuCluster: a GKE Standard cluster with a CPU system pool and a GPU node pool."""
+"""GpuCluster: a GKE Standard cluster with a CPU system pool, a GPU node pool, and a CPU
+runner pool when the stack has CPU runners."""
 
 import json
 from collections.abc import Sequence
@@ -12,7 +13,8 @@ import yaml
 from infra.iam import grant_ci_account_role, grant_project_roles
 from infra.names import node_account_id
 from infra.options import child_options
-from infra.settings import ClusterSettings, GpuPoolSettings, SystemPoolSettings
+from infra.runner_base import CPU_JOBS_LABEL
+from infra.settings import ClusterSettings, CpuPoolSettings, GpuPoolSettings, SystemPoolSettings
 
 # What a node needs and nothing more. Kubernetes Engine Default Node Service Account is the role
 # GKE asks of a custom node account ("Configure GKE node service accounts": "At a minimum, these
@@ -58,6 +60,13 @@ DEPLOY_ROLES: dict[str, str] = {
 # the duplicate-taint reports of #7928) a pool manages only the taint keys it declares, and
 # pulumi-gcp 10 builds on it, so a taint GKE adds shows in effectiveTaints, not as a diff.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
+# Keeps everything but CPU runner pods (which tolerate it) off the CPU runner pool.
+CPU_JOBS_TAINT = {"key": CPU_JOBS_LABEL, "value": "true", "effect": "NO_SCHEDULE"}
+# The kubelet's unauthenticated read-only port (10255: pod specs, node metrics) stays closed.
+# GKE closes it by default only on clusters created at 1.32 or later ("Disable the kubelet
+# read-only port"); the field exists since terraform-provider-google 6.2 and updates a pool in
+# place (NodePools.Update with KubeletConfig).
+KUBELET_CONFIG = {"insecure_kubelet_readonly_port_enabled": "FALSE"}
 AUTOSCALING_PROFILE = "OPTIMIZE_UTILIZATION"
 # kube-dns-autoscaler's parameters as GKE starts it (`--default-params` of its
 # cluster-proportional-autoscaler; the Kubernetes docs' dns-horizontal-autoscaler.yaml carries
@@ -119,6 +128,8 @@ class GpuClusterArgs:
     cluster: ClusterSettings
     system_pool: SystemPoolSettings
     gpu_pool: GpuPoolSettings
+    cpu_pool: CpuPoolSettings | None
+    """The pool of CPU runners, when the stack has any."""
     node_account_users: Sequence[pulumi.Input[str]] = ()
     """Members (the CI deployer) that may create node pools running as the node account.
 
@@ -178,6 +189,9 @@ class GpuCluster(pulumi.ComponentResource):
             release_channel={"channel": settings.release_channel},
             workload_identity_config={"workload_pool": f"{args.project}.svc.id.goog"},
             enable_shielded_nodes=True,
+            **_network_policy_enforcement(settings.dataplane_v2),
+            master_authorized_networks_config=_authorized_networks(settings.authorized_networks),
+            node_pool_defaults={"node_config_defaults": KUBELET_CONFIG},
             # Removes empty nodes sooner than the default profile, which keeps an unneeded
             # node for 10 minutes: what a GPU node costs after its last job ("GKE cluster
             # autoscaler", autoscaling profiles; upstream FAQ for the 10-minute default).
@@ -256,6 +270,29 @@ class GpuCluster(pulumi.ComponentResource):
             opts=pool_options,
         )
 
+        cpu = args.cpu_pool
+        if cpu is not None:
+            gcp.container.NodePool(
+                f"{name}-cpu",
+                name="cpu",
+                project=args.project,
+                cluster=cluster.name,
+                location=settings.location,
+                node_locations=list(cpu.zones or system.zones),
+                initial_node_count=0,
+                autoscaling={
+                    "total_min_node_count": cpu.min_nodes,
+                    "total_max_node_count": cpu.max_nodes,
+                    "location_policy": "ANY",
+                },
+                management={"auto_repair": True, "auto_upgrade": True},
+                node_config=_node_config(
+                    node_sa.email, cpu.machine_type, cpu.disk_size_gb, cpu.node_labels
+                )
+                | {"spot": cpu.spot, "taints": [CPU_JOBS_TAINT]},
+                opts=pool_options,
+            )
+
         context = f"gke_{args.project}_{settings.location}_{settings.name}"
         self.name = cluster.name
         self.endpoint = cluster.endpoint
@@ -309,6 +346,33 @@ class GpuCluster(pulumi.ComponentResource):
         )
 
 
+def _network_policy_enforcement(dataplane_v2: bool) -> dict:
+    """Cluster arguments that make GKE enforce NetworkPolicies.
+
+    Dataplane V2 always enforces them ("GKE Dataplane V2"), but choosing it replaces a cluster
+    (datapath_provider is ForceNew in terraform-provider-google). A cluster made without it
+    enforces them through Calico instead, switched on in place: the add-on first, then
+    enforcement, which re-creates the nodes (GKE docs, "Enable network policy enforcement";
+    the provider applies addons_config before network_policy in one update).
+    """
+    if dataplane_v2:
+        return {"datapath_provider": "ADVANCED_DATAPATH"}
+    return {
+        "addons_config": {"network_policy_config": {"disabled": False}},
+        "network_policy": {"enabled": True, "provider": "CALICO"},
+    }
+
+
+def _authorized_networks(cidrs: Sequence[str] | None) -> dict | None:
+    """Who may reach the control plane besides the cluster's own nodes: anyone when unset."""
+    if cidrs is None:
+        return None
+    return {
+        "cidr_blocks": [{"cidr_block": cidr, "display_name": cidr} for cidr in cidrs],
+        "gcp_public_cidrs_access_enabled": False,
+    }
+
+
 def kube_dns_scaling(single_replica: bool) -> dict:
     """kube-dns-autoscaler's linear parameters: GKE's, or one replica for a one-node pool."""
     return GKE_KUBE_DNS_SCALING | {"preventSinglePointFailure": not single_replica}
@@ -328,6 +392,7 @@ def _node_config(
         "metadata": {"disable-legacy-endpoints": "true"},
         "workload_metadata_config": {"mode": "GKE_METADATA"},
         "gcfs_config": {"enabled": True},
+        "kubelet_config": KUBELET_CONFIG,
         # Secure boot holds with GKE-installed GPU drivers on COS: the COS GPU installer loads
         # drivers signed by Google and refuses unsigned ones unless told to
         # (cos-gpu-installer, install.go, -allow-unsigned-driver).

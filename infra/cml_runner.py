@@ -10,12 +10,14 @@ from infra import keda
 from infra.options import child_options
 from infra.runner_base import (
     NOT_EVICTABLE,
+    RUNTIME_DEFAULT_SECCOMP,
     Registries,
     RunnerBaseArgs,
     RunnerObjects,
     app_labels,
     container_resources,
     placement,
+    pod_identity,
     pod_labels,
     runner_objects,
 )
@@ -91,6 +93,8 @@ class CmlRunnerArgs(RunnerBaseArgs):
     """Tag of iterativeai/cml, 0-dvc3-base1 unless set; `-gpu` is appended for GPU runners."""
     on_demand: OnDemandScaling | None = None
     """Start runners from zero while jobs wait, instead of keeping `replicas` runners."""
+    keda_namespace: str = keda.NAMESPACE
+    """KEDA's namespace, where the scaler's copy of the token goes (on demand only)."""
 
 
 class CmlRunner(pulumi.ComponentResource):
@@ -128,24 +132,40 @@ class CmlRunner(pulumi.ComponentResource):
         # The runner runs as root to install packages, which `restricted` forbids; `baseline`
         # still forbids privileged pods and host access.
         objects = runner_objects(
-            name, args, labels, "baseline", {TOKEN_KEY: args.token}, COMPONENT_TYPE, child
+            name,
+            args,
+            labels,
+            "baseline",
+            {TOKEN_KEY: args.token},
+            COMPONENT_TYPE,
+            child,
+            github_job_hook=args.platform == "github",
         )
 
         if args.on_demand is not None:
+            # KEDA reads Secrets in its own namespace only (infra/keda.py), so the scaler's
+            # copy of the token lives there, behind a ClusterTriggerAuthentication.
+            scaler_token = k8s.core.v1.Secret(
+                f"{name}-github",
+                metadata={
+                    "name": f"{name}-github",
+                    "namespace": args.keda_namespace,
+                    "labels": labels,
+                },
+                type="Opaque",
+                string_data={TOKEN_KEY: pulumi.Output.secret(args.token)},
+                opts=child,
+            )
             authentication = k8s.apiextensions.CustomResource(
                 f"{name}-github",
                 api_version=keda.API_VERSION,
-                kind="TriggerAuthentication",
-                metadata={
-                    "name": f"{name}-github",
-                    "namespace": objects.namespace,
-                    "labels": labels,
-                },
+                kind="ClusterTriggerAuthentication",
+                metadata={"name": f"{name}-github", "labels": labels},
                 spec={
                     "secretTargetRef": [
                         {
                             "parameter": "personalAccessToken",
-                            "name": objects.secret,
+                            "name": scaler_token.metadata.name,
                             "key": TOKEN_KEY,
                         }
                     ]
@@ -240,46 +260,51 @@ def _runner_counts(args: CmlRunnerArgs) -> dict[str, int]:
 
 def _pod_template(args: CmlRunnerArgs, labels: dict[str, str], objects: RunnerObjects) -> dict:
     """The runner pod of each Job (camelCase, as Kubernetes)."""
+    container: dict = {
+        "name": "runner",
+        "image": runner_image(args.registries, args.image_tag, args.gpus),
+        "command": ["cml"],
+        "args": _runner_args(args),
+        "env": _runner_env(objects),
+        "resources": container_resources(args),
+        "securityContext": {
+            "privileged": False,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": list(KEPT_CAPABILITIES)},
+        },
+    }
+    spec: dict = {
+        **pod_identity(objects.service_account),
+        **placement(args),
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": RUNTIME_DEFAULT_SECCOMP,
+        "containers": [container],
+    }
+    if objects.job_hook is not None:
+        container["volumeMounts"] = [objects.job_hook.mount]
+        spec["volumes"] = [objects.job_hook.volume]
     return {
         "metadata": {"labels": pod_labels(labels, args), "annotations": NOT_EVICTABLE},
-        "spec": {
-            "serviceAccountName": objects.service_account,
-            **placement(args),
-            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "runner",
-                    "image": runner_image(args.registries, args.image_tag, args.gpus),
-                    "command": ["cml"],
-                    "args": _runner_args(args),
-                    "env": _runner_env(objects.secret),
-                    "resources": container_resources(args),
-                    "securityContext": {
-                        "privileged": False,
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"], "add": list(KEPT_CAPABILITIES)},
-                    },
-                }
-            ],
-        },
+        "spec": spec,
     }
 
 
-def _runner_env(token_secret: pulumi.Input[str]) -> list[dict]:
+def _runner_env(objects: RunnerObjects) -> list[dict]:
     """The runner's environment, with every variable fed from a Secret kept from CI jobs.
 
     CML starts the GitHub or GitLab runner, and so every job step, with a copy of its own
     environment less the colon-separated names in _CML_RUNNER_SENSITIVE_ENV (iterative/cml,
-    src/cml.js, startRunner; cml#721).
+    src/cml.js, startRunner; cml#721): the GitHub runner gets the job hook's variable so.
     """
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {
             "name": "REPO_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": token_secret, "key": TOKEN_KEY}},
+            "valueFrom": {"secretKeyRef": {"name": objects.secret, "key": TOKEN_KEY}},
         },
     ]
+    if objects.job_hook is not None:
+        env.append(objects.job_hook.env)
     secret = [e["name"] for e in env if "secretKeyRef" in e.get("valueFrom", {})]
     return [*env, {"name": SENSITIVE_ENV, "value": ":".join(secret)}]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from infra import messages
+from infra import machines, messages
 from infra import settings as stack_settings
 from infra.markdown import bounded
 from infra.markdown import text as markdown_text
@@ -94,17 +94,21 @@ def estimate(config: dict) -> Estimate:
         if key.startswith(f"{namespace}:")
     }
     # A fresh stack file leaves repositories to `pulumi config set`; prices do not need them.
-    given["runners"] = [
-        {"repository": PLACEHOLDER_REPOSITORIES.get(r.get("platform", "github"), "")} | r
-        for r in given.get("runners") or []
-        if isinstance(r, dict)
-    ]
+    # Anything but a list is left for the settings to refuse.
+    if isinstance(given.get("runners"), list):
+        given["runners"] = [
+            {"repository": PLACEHOLDER_REPOSITORIES.get(str(r.get("platform", "github")), "")} | r
+            if isinstance(r, dict)
+            else r
+            for r in given["runners"]
+        ]
     problems: list[str] = []
     sections, runners = stack_settings.parse_sections(namespace, given, problems)
     if problems:
         # Masked as the program masks them: a token in a URL's user-info included.
         raise stack_settings.SettingsError(messages.mask("\n".join(problems)))
     cluster, system, gpu = sections["cluster"], sections["systemPool"], sections["gpuPool"]
+    cpu = sections["cpuPool"]
     region, hours = cluster.region, catalog()["hours_per_month"]
     system_hour = node_hour(region, system.machine_type, system.spot, system.disk_size_gb)
     gpu_hour = node_hour(region, gpu.machine_type, gpu.spot, gpu.disk_size_gb)
@@ -118,15 +122,31 @@ def estimate(config: dict) -> Estimate:
     idle_gpu_nodes = min(
         gpu.max_nodes, max(gpu.min_nodes, math.ceil(waiting_gpus / gpu.gpus_per_node))
     )
+    # CPU runners have a pool of their own (infra/cluster.py), created with the first one.
+    cpu_runners = [r for r in runners if r.gpus == 0]
+    cpu_hour = node_hour(region, cpu.machine_type, cpu.spot, cpu.disk_size_gb)
+    waiting_cpus = sum(
+        r.replica_count * stack_settings.quantity_value(r.cpu)
+        for r in cpu_runners
+        if r.scaling_mode == "always"
+    )
+    per_node = machines.allocatable_cpu(machines.machine(cpu.machine_type))
+    idle_cpu_nodes = (
+        min(cpu.max_nodes, max(cpu.min_nodes, math.ceil(waiting_cpus / per_node)))
+        if cpu_runners
+        else 0
+    )
     idle = _sum(
         fee,
         _times(system.min_nodes * hours, system_hour),
         _times(idle_gpu_nodes * hours, gpu_hour),
+        _times(idle_cpu_nodes * hours, cpu_hour),
     )
     worst = _sum(
         fee,
         _times(system.max_nodes * hours, system_hour),
         _times(gpu.max_nodes * hours, gpu_hour),
+        _times((cpu.max_nodes if cpu_runners else 0) * hours, cpu_hour),
     )
     lines = [
         Figure("Month while idle", idle),
@@ -148,6 +168,8 @@ def estimate(config: dict) -> Estimate:
         f"System pool: {system.machine_type}, {buying[system.spot]}. "
         f"GPU pool: {gpu.machine_type}, {buying[gpu.spot]}."
     )
+    if cpu_runners:
+        about += f" CPU runner pool: {cpu.machine_type}, {buying[cpu.spot]}."
     return Estimate(about, lines)
 
 

@@ -14,11 +14,14 @@ import tomli_w
 from infra import cml_runner
 from infra.options import child_options
 from infra.runner_base import (
+    CPU_JOBS_LABEL,
     GPU_RESOURCE,
     NOT_EVICTABLE,
+    RUNTIME_DEFAULT_SECCOMP,
+    SYSTEM_NODES,
     RunnerBaseArgs,
     app_labels,
-    default_node_selector,
+    node_selector,
     runner_objects,
 )
 
@@ -135,6 +138,7 @@ class GitlabRunner(pulumi.ComponentResource):
             COMPONENT_TYPE,
             child_options(self, opts),
         )
+        _manager_egress(name, objects.namespace, labels, child_options(self, opts))
         values = {
             # The manager's Deployment (and the chart's other objects) named after the runner,
             # not `<runner>-gitlab-runner`.
@@ -143,7 +147,7 @@ class GitlabRunner(pulumi.ComponentResource):
             "concurrent": args.max_runners,
             "rbac": {"create": True, "clusterWideAccess": False, "rules": MANAGER_RULES},
             "serviceAccount": {"create": True, "name": f"{name}-manager"},
-            "nodeSelector": dict(args.manager_node_selector or default_node_selector(0)),
+            "nodeSelector": dict(args.manager_node_selector or SYSTEM_NODES),
             # The manager reads its token once, at start, and the chart's own checksum ignores
             # a Secret it did not render: a new token must restart the manager by itself.
             # The digest is not secret; a secret value would hide all the values in previews.
@@ -216,34 +220,70 @@ def runner_config(
         "cap_drop": ["ALL"],
         "cap_add": list(cml_runner.KEPT_CAPABILITIES),
         "service_account": service_account,
+        # No API token in job pods (the service account says so too); since runner 16.9.
+        "automount_service_account_token": False,
         "poll_timeout": POLL_TIMEOUT_SECONDS,
         "cpu_request": args.cpu,
         "cpu_limit": args.cpu,
         "memory_request": args.memory,
         "memory_limit": args.memory,
-        "node_selector": dict(args.node_selector or default_node_selector(args.gpus)),
+        "node_selector": node_selector(args),
         "pod_annotations": dict(NOT_EVICTABLE),
     }
+    # Runner 18.9 has no setting for a seccomp profile (18.11 adds one) nor for extended
+    # resources: both are set by patching the pod (GitLab's GPU guide does the same for
+    # GPUs, docs/configuration/gpus.md), which needs the advanced pod spec feature flag. It
+    # stands in [runners.feature_flags], which a job's variables cannot override
+    # (common/build_settings.go, populateFeatureFlags).
+    patch: dict = {"securityContext": RUNTIME_DEFAULT_SECCOMP}
+    if args.gpus > 0:
+        gpus = {GPU_RESOURCE: str(args.gpus)}
+        patch["containers"] = [{"name": "build", "resources": {"requests": gpus, "limits": gpus}}]
+        kubernetes["node_tolerations"] = {f"{GPU_RESOURCE}=present": "NoSchedule"}
+    else:
+        kubernetes["node_tolerations"] = {CPU_JOBS_LABEL: "NoSchedule"}
+    # JSON is YAML, the patch format the executor reads.
+    kubernetes["pod_spec"] = [
+        {"name": "hardening", "patch": json.dumps(patch), "patch_type": "strategic"}
+    ]
     # With token expiry set on the GitLab instance or project, the runner would rotate its
     # token into its own config.toml (commands/multi.go, resetOneRunnerToken), which lives in
     # the pod's memory: the next manager start would register with the Secret's old, revoked
     # token. Rotation is done through the stack instead (docs/upgrading-gitlab-runner.md).
     # The flag exists since runner 17.0.
-    feature_flags = {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
-    runner: dict = {"executor": "kubernetes", "kubernetes": kubernetes}
-    if args.gpus > 0:
-        kubernetes["node_tolerations"] = {f"{GPU_RESOURCE}=present": "NoSchedule"}
-        # The executor has no setting for extended resources: GitLab's GPU guide patches the
-        # build container, which needs this feature flag (docs/configuration/gpus.md).
-        gpus = {GPU_RESOURCE: str(args.gpus)}
-        patch = {"containers": [{"name": "build", "resources": {"requests": gpus, "limits": gpus}}]}
-        kubernetes["pod_spec"] = [
-            # JSON is YAML, the patch format the executor reads.
-            {"name": "gpu", "patch": json.dumps(patch), "patch_type": "strategic"}
-        ]
-        feature_flags["FF_USE_ADVANCED_POD_SPEC_CONFIGURATION"] = True
-    runner["feature_flags"] = feature_flags
+    feature_flags = {
+        "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True,
+        "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION": True,
+    }
+    runner = {"executor": "kubernetes", "kubernetes": kubernetes, "feature_flags": feature_flags}
     return tomli_w.dumps({"runners": [runner]})
+
+
+def _manager_egress(
+    name: str, namespace: pulumi.Input[str], labels: dict[str, str], opts: pulumi.ResourceOptions
+) -> None:
+    """What the manager reaches besides what every pod of the namespace may: HTTPS anywhere,
+    for the Kubernetes API server (an address of the cluster's network) and a GitLab instance
+    that may be private. It reaches job pods only through the API server (executors/kubernetes,
+    exec.go: attach and exec; service_proxy.go: services/proxy)."""
+    k8s.networking.v1.NetworkPolicy(
+        f"{name}-manager-egress",
+        metadata={"name": f"{name}-manager-egress", "namespace": namespace, "labels": labels},
+        spec={
+            # The chart's manager pod (templates/deployment.yaml, app: <fullname>); a job pod,
+            # which the executor labels job.runner.gitlab.com/pod, never, even if it copied
+            # that label (pod_labels cannot remove the executor's).
+            "podSelector": {
+                "matchLabels": {"app": name},
+                "matchExpressions": [
+                    {"key": "job.runner.gitlab.com/pod", "operator": "DoesNotExist"}
+                ],
+            },
+            "policyTypes": ["Egress"],
+            "egress": [{"ports": [{"protocol": "TCP", "port": 443}]}],
+        },
+        opts=opts,
+    )
 
 
 def _fingerprint(token: str) -> str:
@@ -287,7 +327,9 @@ def _created_runner(
         tag_lists=list(args.labels),
         untagged=False,
         locked=True,
-        access_level="not_protected",
+        # A protected runner takes jobs of protected branches and tags only (GitLab docs,
+        # "Protect runners"); a runner made in GitLab's UI is protected there, not here.
+        access_level="ref_protected" if args.trusted else "not_protected",
         opts=on_gitlab,
     )
     return runner.token

@@ -46,7 +46,16 @@ class Keda(pulumi.ComponentResource):
             repository_opts={"repo": CHART_REPOSITORY},
             namespace=NAMESPACE,
             create_namespace=True,
-            values={"nodeSelector": dict(node_selector), "resources": REQUESTS},
+            values={
+                "nodeSelector": dict(node_selector),
+                "resources": REQUESTS,
+                # By default the operator may list and watch every Secret of the cluster
+                # (templates/manager/clusterrole.yaml), the forge credentials of ARC and
+                # GitLab included; restricted, it reads Secrets in its own namespace only
+                # (KEDA_RESTRICT_SECRET_ACCESS; pkg/scaling/resolver/scale_resolvers.go,
+                # resolveAuthSecret), where the CML scalers' tokens are (infra/cml_runner.py).
+                "permissions": {"operator": {"restrict": {"secret": True}}},
+            },
             # No skip_await: KEDA's CRDs are chart templates (templates/crds), which Helm does
             # not wait for unless the release waits, and the ScaledJobs need them. Its
             # admission webhook fails open (failurePolicy Ignore), so it blocks nothing.
@@ -73,7 +82,7 @@ def github_runner_trigger(
             "labels": ",".join(labels),
             "targetWorkflowQueueLength": "1",
         },
-        "authenticationRef": {"name": authentication},
+        "authenticationRef": {"name": authentication, "kind": "ClusterTriggerAuthentication"},
     }
 
 

@@ -24,6 +24,10 @@ def runner_account_id(cluster_name: str) -> str:
     return service_account_id(cluster_name, "runner")
 
 
+def trusted_runner_account_id(cluster_name: str) -> str:
+    return service_account_id(cluster_name, "trusted")
+
+
 def deployer_account_id(pool_id: str) -> str:
     return service_account_id(pool_id, "deployer")
 
@@ -55,6 +59,7 @@ def project_unique_ids(
     upstreams: Iterable[str],
     ci_pool_id: str | None,
     runner_names: Sequence[str],
+    any_trusted_runner: bool,
 ) -> dict[str, ProjectId]:
     """Each ID a stack takes that no other stack of its project may take."""
     cluster = ("cluster.name", cluster_name)
@@ -63,7 +68,10 @@ def project_unique_ids(
             *cluster, f"cluster {cluster_name}"
         )
     }
-    for account in (node_account_id(cluster_name), runner_account_id(cluster_name)):
+    accounts = [node_account_id(cluster_name), runner_account_id(cluster_name)]
+    if any_trusted_runner:
+        accounts.append(trusted_runner_account_id(cluster_name))
+    for account in accounts:
         ids[f"serviceAccounts/{account}"] = ProjectId(*cluster, f"service account {account}")
     for upstream in upstreams:
         repository = repository_id(cluster_name, upstream)

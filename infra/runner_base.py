@@ -13,8 +13,16 @@ DEFAULT_CPU = "1"
 DEFAULT_MEMORY = "2000Mi"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+# CPU runners have a pool of their own, never the system pool beside the controllers (which
+# hold forge credentials): its nodes carry this label and a NoSchedule taint of the same key.
+CPU_JOBS_LABEL = "gpu-runners/cpu-jobs"
+CPU_JOBS_NODE_LABELS = {"gpu": "false", CPU_JOBS_LABEL: "true"}
+CPU_JOBS_TOLERATION = {"key": CPU_JOBS_LABEL, "operator": "Exists", "effect": "NoSchedule"}
 # The cluster autoscaler must not move a runner pod that may be running a job.
 NOT_EVICTABLE = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+# Every runner and job pod: the kernel's default syscall filter, which GKE Standard applies
+# only to pods that ask for it ("Seccomp in GKE"; Pod Security `baseline` allows no profile).
+RUNTIME_DEFAULT_SECCOMP = {"seccompProfile": {"type": "RuntimeDefault"}}
 # The component types a runner has been, one per engine (and the CML engine's old name).
 RUNNER_TYPES = (
     "gpu-runners:index:CmlRunner",
@@ -24,9 +32,14 @@ RUNNER_TYPES = (
 )
 
 
-def default_node_selector(gpus: int) -> dict[str, str]:
-    """Nodes a runner lands on unless told otherwise: the GPU pool when it asks for GPUs."""
-    return {"gpu": "true" if gpus > 0 else "false"}
+SYSTEM_NODES = {"gpu": "false"}
+"""The system pool, for the controllers and managers; the CPU runner pool's taint keeps them
+off it."""
+
+
+def runner_node_selector(gpus: int) -> dict[str, str]:
+    """The pool a runner's pods land on: the GPU pool, or the CPU runner pool without GPUs."""
+    return {"gpu": "true"} if gpus > 0 else dict(CPU_JOBS_NODE_LABELS)
 
 
 @dataclass(frozen=True)
@@ -57,11 +70,15 @@ class RunnerBaseArgs:
     gpus: int = 1
     """GPUs per runner pod; 0 makes a CPU runner."""
     node_selector: Mapping[str, str] | None = None
-    """Node labels the pod must match; defaults to gpu=true, or gpu=false with no GPUs."""
+    """Node labels the pod must match besides its pool's (runner_node_selector), which it
+    cannot override."""
     google_service_account: pulumi.Input[str] | None = None
     """Google service account the pod acts as through GKE Workload Identity, if any."""
     registries: Registries = Registries()
     """Where the runner's and its jobs' images are pulled from."""
+    trusted: bool = False
+    """Take jobs of protected branches only (as far as the forge lets the engine enforce it),
+    and act as `google_service_account`, which may then write the DVC remote."""
 
 
 def app_labels(engine: str, name: str) -> dict[str, str]:
@@ -88,21 +105,114 @@ def container_resources(args: RunnerBaseArgs) -> dict:
     return {"requests": resources, "limits": dict(resources)}
 
 
+def pod_identity(service_account: pulumi.Input[str]) -> dict:
+    """The pod spec's service account, without an API token in the pod.
+
+    No engine needs the Kubernetes API from a runner or job pod, and a token there is what a
+    job could take to the API server. Workload Identity does not use it: the GKE metadata
+    server identifies the pod by itself (see docs/security.md for the source).
+    """
+    return {"serviceAccountName": service_account, "automountServiceAccountToken": False}
+
+
+def node_selector(args: RunnerBaseArgs) -> dict[str, str]:
+    """The runner's own node labels, then its pool's, which no setting can move."""
+    return {**(args.node_selector or {}), **runner_node_selector(args.gpus)}
+
+
 def placement(args: RunnerBaseArgs) -> dict:
-    """The pod spec's nodeSelector, and the GPU taint's toleration for GPU runners."""
-    spec: dict = {"nodeSelector": dict(args.node_selector or default_node_selector(args.gpus))}
-    if args.gpus > 0:
-        spec["tolerations"] = [GPU_TOLERATION]
-    return spec
+    """The pod spec's nodeSelector, and the toleration of its pool's taint."""
+    toleration = GPU_TOLERATION if args.gpus > 0 else CPU_JOBS_TOLERATION
+    return {"nodeSelector": node_selector(args), "tolerations": [toleration]}
+
+
+# A GitHub runner runs this script before each job, and fails the job when it fails
+# (actions/runner, ACTIONS_RUNNER_HOOK_JOB_STARTED; GitHub docs, "Running scripts before or
+# after a job": scripts see the default variables). Runner groups, GitHub's own way to limit
+# runners to workflows and refs, exist for organization runners only. GITHUB_REF_PROTECTED is
+# true when branch protection or a ruleset covers the ref; push, schedule and
+# workflow_dispatch run the workflow as it is on that ref, while pull requests (and
+# pull_request_target, which runs the base's workflow for a stranger's change) are refused.
+JOB_HOOK_DIR = "/opt/gpu-runners/hooks"
+JOB_HOOK_FILE = "protected-refs-only.sh"
+JOB_HOOK_ENV = "ACTIONS_RUNNER_HOOK_JOB_STARTED"
+PROTECTED_REFS_ONLY = """#!/bin/sh
+# gpu-runners: a trusted runner runs jobs of protected branches and tags only.
+case "$GITHUB_EVENT_NAME" in
+  push | schedule | workflow_dispatch) ;;
+  *)
+    echo "::error::This runner is trusted: it runs push, schedule and workflow_dispatch" \
+      "jobs only, not $GITHUB_EVENT_NAME. Target an untrusted runner's labels."
+    exit 1
+    ;;
+esac
+if [ "$GITHUB_REF_PROTECTED" != "true" ]; then
+  echo "::error::This runner is trusted: $GITHUB_REF is not a protected branch or tag."
+  exit 1
+fi
+"""
+
+
+# What a runner or job pod may reach, and nothing else (the namespace's NetworkPolicy): DNS,
+# the GKE metadata server (Workload Identity), and the internet on HTTPS and HTTP (apt's
+# Ubuntu and Debian archives are plain HTTP, signed), but no private address: no pod, node,
+# Service or internal load balancer of the cluster or its network.
+DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+# kube-dns; NodeLocal DNSCache (on by default in new Standard clusters from GKE 1.33, GKE docs
+# "Set up NodeLocal DNSCache"); and Cloud DNS for GKE, which answers on the metadata address.
+# A pod selector cannot match the two link-local addresses (tektoncd/operator#4000).
+DNS_PEERS = [
+    {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    },
+    {"ipBlock": {"cidr": "169.254.20.10/32"}},
+    {"ipBlock": {"cidr": "169.254.169.254/32"}},
+]
+# GKE docs, "About Workload Identity Federation for GKE": with a strict network policy, allow
+# 169.254.169.252/32 on port 988, and with Dataplane V2 169.254.169.254/32 on port 80.
+METADATA_SERVER = [
+    {
+        "to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}],
+        "ports": [{"protocol": "TCP", "port": 80}],
+    },
+    {
+        "to": [{"ipBlock": {"cidr": "169.254.169.252/32"}}],
+        "ports": [{"protocol": "TCP", "port": 988}],
+    },
+]
+PRIVATE_RANGES = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+]
+INTERNET = {
+    "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}],
+    "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}],
+}
+JOB_EGRESS = [{"to": DNS_PEERS, "ports": DNS_PORTS}, *METADATA_SERVER, INTERNET]
+
+
+@dataclass(frozen=True)
+class JobHook:
+    """The parts of a GitHub runner pod that run PROTECTED_REFS_ONLY before every job."""
+
+    volume: dict
+    mount: dict
+    env: dict
 
 
 @dataclass(frozen=True)
 class RunnerObjects:
-    """The names of what every runner has before its pods: namespace, account, Secret."""
+    """The names of what every runner has before its pods: namespace, account, Secret, and
+    a trusted GitHub runner's job hook."""
 
     namespace: pulumi.Output[str]
     service_account: pulumi.Output[str]
     secret: pulumi.Output[str]
+    job_hook: JobHook | None = None
 
 
 def runner_objects(
@@ -113,9 +223,12 @@ def runner_objects(
     secret_data: Mapping[str, pulumi.Input[str]],
     component_type: str,
     opts: pulumi.ResourceOptions,
+    github_job_hook: bool = False,
 ) -> RunnerObjects:
-    """The namespace (Pod Security `pod_security` enforced), the service account the pods run
-    as (with the Workload Identity annotation), and a Secret holding `secret_data`, all
+    """The namespace (Pod Security `pod_security` enforced), its NetworkPolicy (no traffic in,
+    out only to DNS, the metadata server and the internet), the service account the pods run
+    as (with the Workload Identity annotation), a Secret holding `secret_data`, and with
+    `github_job_hook` for a trusted runner a ConfigMap holding PROTECTED_REFS_ONLY, all
     named after the runner, children of the engine's component of type `component_type`."""
     # The same runner on another engine owned these objects under another component: without
     # aliases, moving engines would create them anew before deleting the old ones, and fail
@@ -153,6 +266,8 @@ def runner_objects(
     )
     service_account = k8s.core.v1.ServiceAccount(
         name,
+        # Held by the account too, for a pod template that does not say (pod_identity).
+        automount_service_account_token=False,
         metadata={
             "name": name,
             "namespace": namespace,
@@ -168,8 +283,33 @@ def runner_objects(
         string_data={key: pulumi.Output.secret(value) for key, value in secret_data.items()},
         opts=opts,
     )
+    # Every pod of the namespace: no traffic in, and out only JOB_EGRESS. GKE enforces it with
+    # Dataplane V2, or Calico on the legacy dataplane (infra/cluster.py).
+    k8s.networking.v1.NetworkPolicy(
+        f"{name}-isolation",
+        metadata={"name": f"{name}-isolation", "namespace": namespace, "labels": dict(labels)},
+        spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "egress": JOB_EGRESS},
+        opts=opts,
+    )
+    job_hook = None
+    if github_job_hook and args.trusted:
+        hooks = k8s.core.v1.ConfigMap(
+            f"{name}-job-hooks",
+            metadata={"name": f"{name}-job-hooks", "namespace": namespace, "labels": dict(labels)},
+            data={JOB_HOOK_FILE: PROTECTED_REFS_ONLY},
+            opts=opts,
+        )
+        job_hook = JobHook(
+            volume={
+                "name": "job-hooks",
+                "configMap": {"name": hooks.metadata.name, "defaultMode": 0o555},
+            },
+            mount={"name": "job-hooks", "mountPath": JOB_HOOK_DIR, "readOnly": True},
+            env={"name": JOB_HOOK_ENV, "value": f"{JOB_HOOK_DIR}/{JOB_HOOK_FILE}"},
+        )
     return RunnerObjects(
         namespace=pulumi.Output.from_input(namespace),
         service_account=service_account.metadata.name,
         secret=secret.metadata.name,
+        job_hook=job_hook,
     )

@@ -4,6 +4,7 @@ Every invalid value is collected and reported in one SettingsError, raised befor
 resource is registered, so a bad config never leaves a half-created stack.
 """
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -180,8 +181,8 @@ def _label_problem(key: str, value: str) -> str | None:
 
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
-        if key == GPU_LABEL:
-            raise _invalid(f"the {GPU_LABEL!r} label is set by the pool itself; remove it here")
+        if key in (GPU_LABEL, runner_base.CPU_JOBS_LABEL):
+            raise _invalid(f"the {key!r} label is set by the pool itself; remove it here")
         problem = _label_problem(key, value)
         if problem:
             raise _invalid(problem)
@@ -220,6 +221,22 @@ class _Section(BaseModel):
     )
 
 
+def _check_cidr(cidr: str) -> str:
+    try:
+        network = ipaddress.ip_network(cidr, strict=True)
+    except ValueError:
+        network = None
+    if network is None or network.version != 4 or network.prefixlen == 0:
+        raise _invalid(
+            "not an IPv4 network in CIDR notation; allowed: the addresses that may reach the "
+            "control plane, like 203.0.113.7/32 or 198.51.100.0/24 (host bits zero, not 0.0.0.0/0)"
+        )
+    return cidr
+
+
+Cidr = Annotated[str, AfterValidator(_check_cidr)]
+
+
 class ClusterSettings(_Section):
     """The GKE cluster (`cluster`)."""
 
@@ -229,6 +246,8 @@ class ClusterSettings(_Section):
     release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = "REGULAR"
     deletion_protection: bool = True
     single_dns_replica: bool = False
+    dataplane_v2: bool = True
+    authorized_networks: Annotated[tuple[Cidr, ...] | None, Field(min_length=1)] = None
 
     @property
     def region(self) -> str:
@@ -341,6 +360,24 @@ class GpuPoolSettings(_Section):
         return {**self.labels, GPU_LABEL: "true"}
 
 
+class CpuPoolSettings(_Section):
+    """The CPU node pool for CPU runners (`cpuPool`), created when a runner has `gpus: 0`:
+    labelled gpu=false and gpu-runners/cpu-jobs=true, tainted so nothing else lands there."""
+
+    machine_type: Annotated[str, AfterValidator(_check_system_machine_type)] = "e2-standard-2"
+    zones: ZoneList = ()
+    """Empty: the system pool's zones."""
+    max_nodes: MaxNodes = 2
+    min_nodes: MinNodes = 0
+    disk_size_gb: DiskSizeGb = 50
+    spot: bool = False
+    labels: ExtraLabels = {}
+
+    @property
+    def node_labels(self) -> dict[str, str]:
+        return {**self.labels, **runner_base.CPU_JOBS_NODE_LABELS}
+
+
 class DvcRemoteSettings(_Section):
     """The bucket that runner pods use as DVC remote (`dvcRemote`)."""
 
@@ -429,7 +466,7 @@ def _quantity_text(value: Any) -> Any:
     return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
-def _quantity_value(quantity: str) -> float | None:
+def quantity_value(quantity: str) -> float | None:
     """A Kubernetes quantity as a number (cores, bytes), or None when it is not one."""
     match = _QUANTITY.match(quantity)
     if not match:
@@ -440,7 +477,7 @@ def _quantity_value(quantity: str) -> float | None:
 
 
 def _check_quantity(quantity: str) -> str:
-    value = _quantity_value(quantity)
+    value = quantity_value(quantity)
     if value is None or value <= 0:
         raise _invalid(
             "not a Kubernetes quantity; allowed: a positive number with an optional suffix "
@@ -450,16 +487,19 @@ def _check_quantity(quantity: str) -> str:
 
 
 def _runner_node(info: ValidationInfo) -> tuple[str, machines.Machine | None]:
-    """The pool a runner's pods land on (gpuPool or systemPool), and its machine if known."""
-    selector = info.data.get("node_selector") or {}
-    gpus = info.data.get("gpus")
-    pool = "gpuPool" if gpus or selector.get(GPU_LABEL) == "true" else "systemPool"
+    """The pool a runner's pods land on (gpuPool or cpuPool), and its machine if known."""
+    pool = _runner_pool(info.data.get("gpus"))
     return pool, (info.context or {}).get("machines", {}).get(pool)
+
+
+def _runner_pool(gpus: int | None) -> str:
+    """The config section of the pool a runner's pods land on: never the system pool."""
+    return "gpuPool" if gpus else "cpuPool"
 
 
 def _check_fits_cpu(cpu: str, info: ValidationInfo) -> str:
     pool, node = _runner_node(info)
-    if node is not None and _quantity_value(cpu) > machines.allocatable_cpu(node):
+    if node is not None and quantity_value(cpu) > machines.allocatable_cpu(node):
         raise _invalid(
             f"more than one {pool} node leaves to pods ({machines.allocatable_cpu(node):.2f} of "
             f"its {node.vcpus} vCPUs, after GKE's reservation); the pod would never schedule. "
@@ -476,7 +516,7 @@ def _check_fits_memory(memory: str, info: ValidationInfo) -> str:
             f"{memory}Mi or 8Gi"
         )
     pool, node = _runner_node(info)
-    if node is not None and _quantity_value(memory) > machines.allocatable_memory(node):
+    if node is not None and quantity_value(memory) > machines.allocatable_memory(node):
         left = int(machines.allocatable_memory(node) / machines.MIB)
         raise _invalid(
             f"more than one {pool} node leaves to pods ({left}Mi of its {node.memory_gib:g} GiB, "
@@ -509,13 +549,15 @@ def _check_node_selector(
     if selector.get(GPU_LABEL, "true") not in ("true", "false"):
         raise _invalid(
             f"{GPU_LABEL}: {selector[GPU_LABEL]!r} matches no node: the pools are labelled "
-            f'{GPU_LABEL}: "true" (gpuPool) and {GPU_LABEL}: "false" (systemPool)'
+            f'{GPU_LABEL}: "true" (gpuPool) and {GPU_LABEL}: "false" (cpuPool, systemPool)'
         )
     gpus = info.data.get("gpus")
     if gpus and selector.get(GPU_LABEL) == "false":
         raise _invalid(f"selects gpu=false nodes, which have no GPU, but gpus is {gpus}")
     if gpus == 0 and selector.get(GPU_LABEL) == "true":
-        raise _invalid("selects the tainted GPU nodes, but gpus is 0; a CPU runner needs gpu=false")
+        raise _invalid(
+            "selects the tainted GPU nodes, but gpus is 0; a CPU runner lands on cpuPool"
+        )
     return selector
 
 
@@ -600,6 +642,16 @@ def _for_engine(engines: tuple[str, ...], instead: str):
     return AfterValidator(check)
 
 
+def _check_trust(trust: str, info: ValidationInfo) -> str:
+    if trust == "trusted" and info.data.get("platform") == "gitlab" and _engine(info.data) == "cml":
+        raise _invalid(
+            "CML registers its GitLab runner unprotected (iterative/cml, src/drivers/gitlab.js, "
+            "access_level not_protected), so any branch's jobs could use the DVC writer; "
+            "allowed: untrusted, or engine gitlab-runner with a protected runner"
+        )
+    return trust
+
+
 def _check_image_tag(tag: str | None) -> str | None:
     if tag is not None and tag.endswith("-gpu"):
         raise _invalid(
@@ -670,6 +722,7 @@ class RunnerSettings(_Section):
     max_runners: Annotated[int | None, Field(ge=1, le=20), AfterValidator(_check_max_runners)] = (
         None
     )
+    trust: Annotated[Literal["untrusted", "trusted"], AfterValidator(_check_trust)] = "untrusted"
     idle_timeout_seconds: Annotated[
         int | None,
         Field(ge=60, le=86400),
@@ -828,6 +881,7 @@ class StackSettings:
     cluster: ClusterSettings
     system_pool: SystemPoolSettings
     gpu_pool: GpuPoolSettings
+    cpu_pool: CpuPoolSettings
     dvc_remote: DvcRemoteSettings
     ci: CiSettings
     runners: tuple[RunnerSettings, ...]
@@ -840,6 +894,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "cluster": ClusterSettings,
     "systemPool": SystemPoolSettings,
     "gpuPool": GpuPoolSettings,
+    "cpuPool": CpuPoolSettings,
     "dvcRemote": DvcRemoteSettings,
     "ci": CiSettings,
 }
@@ -1178,7 +1233,7 @@ def parse_sections(
             context["region"] = parsed[key].region
         if key == "gpuPool" and parsed[key]:
             context["gpus_per_node"] = parsed[key].gpus_per_node
-        if key in ("systemPool", "gpuPool") and parsed[key]:
+        if key in ("cpuPool", "gpuPool") and parsed[key]:
             context["machines"][key] = machines.machine(parsed[key].machine_type)
     raw_runners = given.get(RUNNERS_KEY) or []
     runners = _parse(_RUNNERS, namespace, RUNNERS_KEY, raw_runners, context, problems)
@@ -1196,14 +1251,19 @@ _PLATFORM_LABEL_PREFIXES = (
 )
 
 
-def _pool_labels(name: str, pool: SystemPoolSettings | GpuPoolSettings) -> dict[str, set[str]]:
+_NODE_POOL_NAMES = {"gpuPool": "gpu", "cpuPool": "cpu", "systemPool": "system"}
+
+
+def _pool_labels(
+    name: str, pool: GpuPoolSettings | CpuPoolSettings, zones: tuple[str, ...]
+) -> dict[str, set[str]]:
     """The labels a pool's nodes carry, key -> values: the stack's (infra/cluster.py), and
     those GKE sets (GKE docs: "Spot VMs", cloud.google.com/gke-spot; "Run GPUs",
     cloud.google.com/gke-accelerator; gke-nodepool, instance-type and zone on every node)."""
     labels = {key: {value} for key, value in pool.node_labels.items()}
-    labels["cloud.google.com/gke-nodepool"] = {"gpu" if name == "gpuPool" else "system"}
+    labels["cloud.google.com/gke-nodepool"] = {_NODE_POOL_NAMES[name]}
     labels["node.kubernetes.io/instance-type"] = {pool.machine_type}
-    labels["topology.kubernetes.io/zone"] = set(pool.zones)
+    labels["topology.kubernetes.io/zone"] = set(zones)
     labels["cloud.google.com/gke-spot"] = {"true"} if pool.spot else set()
     labels["kubernetes.io/arch"] = {"amd64"}
     labels["kubernetes.io/os"] = {"linux"}
@@ -1240,46 +1300,46 @@ def _fleet_problems(
                     "gpuPool.maxNodes"
                 )
                 break
-    pools = {
-        name: _pool_labels(name, parsed[name])
-        for name in ("systemPool", "gpuPool")
-        if parsed.get(name)
-    }
-    system = parsed.get("systemPool")
-    node = machines.machine(system.machine_type) if system else None
+    system, cpu = parsed.get("systemPool"), parsed.get("cpuPool")
+    pools = {}
+    if cpu and system:
+        pools["cpuPool"] = _pool_labels("cpuPool", cpu, cpu.zones or system.zones)
+    if pool:
+        pools["gpuPool"] = _pool_labels("gpuPool", pool, pool.zones)
+    node = machines.machine(cpu.machine_type) if cpu else None
     if node is not None:
-        # Always-on CPU runners wait on the system pool: its nodes must hold them all.
-        room = system.max_nodes * machines.allocatable_cpu(node)
+        # Always-on CPU runners wait on the CPU runner pool: its nodes must hold them all.
+        room = cpu.max_nodes * machines.allocatable_cpu(node)
         held = 0.0
         for index, runner in enumerate(runners):
             if runner.gpus or runner.scaling_mode != "always":
                 continue
-            held += runner.replica_count * (_quantity_value(runner.cpu) or 0)
+            held += runner.replica_count * (quantity_value(runner.cpu) or 0)
             if held > room:
                 problems.append(
                     f"{namespace}:{RUNNERS_KEY}[{index}].replicas = {runner.replica_count}: "
-                    f"always-on CPU runners would ask for {held:g} CPUs, and the system pool "
-                    f"leaves at most {room:g} to pods (systemPool.maxNodes {system.max_nodes}); "
+                    f"always-on CPU runners would ask for {held:g} CPUs, and the CPU runner pool "
+                    f"leaves at most {room:g} to pods (cpuPool.maxNodes {cpu.max_nodes}); "
                     "the rest would wait for good. Allowed: fewer replicas, or a larger "
-                    "systemPool.maxNodes"
+                    "cpuPool.maxNodes"
                 )
                 break
     for index, runner in enumerate(runners):
         selector = runner.node_selector or {}
-        pool = "gpuPool" if runner.gpus or selector.get(GPU_LABEL) == "true" else "systemPool"
+        pool_name = _runner_pool(runner.gpus)
         missing = [
             f"{key}={value}"
             for key, value in selector.items()
-            if pool in pools and not _carries(pools[pool], key, value)
+            if pool_name in pools and not _carries(pools[pool_name], key, value)
         ]
         if missing:
             problems.append(
                 f"{namespace}:{RUNNERS_KEY}[{index}].nodeSelector = {messages.show(selector)}: "
-                f"the {pool} nodes it must land on carry no {', '.join(missing)}, so the pod "
-                f"would never schedule; allowed: labels of {pool} ({pool}.labels, gpu, and "
-                "GKE's own: cloud.google.com/gke-nodepool, cloud.google.com/gke-accelerator, "
-                "cloud.google.com/gke-spot, node.kubernetes.io/instance-type, "
-                "topology.kubernetes.io/zone)"
+                f"the {pool_name} nodes it must land on carry no {', '.join(missing)}, so the "
+                f"pod would never schedule; allowed: labels of {pool_name} ({pool_name}.labels, "
+                "gpu, and GKE's own: cloud.google.com/gke-nodepool, "
+                "cloud.google.com/gke-accelerator, cloud.google.com/gke-spot, "
+                "node.kubernetes.io/instance-type, topology.kubernetes.io/zone)"
             )
     for later, runner in enumerate(runners):
         for earlier, other in enumerate(runners[:later]):
@@ -1309,6 +1369,7 @@ def _project_unique_ids(
         registry.UPSTREAMS,
         ci.pool_id if ci.enabled else None,
         [runner.name for runner in runners],
+        any(runner.trust == "trusted" for runner in runners),
     )
 
 
@@ -1405,6 +1466,7 @@ def load() -> StackSettings:
         cluster=parsed["cluster"],
         system_pool=parsed["systemPool"],
         gpu_pool=parsed["gpuPool"],
+        cpu_pool=parsed["cpuPool"],
         dvc_remote=parsed["dvcRemote"],
         ci=parsed["ci"],
         runners=tuple(runners),

@@ -20,6 +20,9 @@ from pulumi_policy import (
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_LABEL = "gpu"
+# The CPU runner pool's label (infra/runner_base.py): CPU runner pods select it, so they never
+# land on the system pool beside the controllers.
+CPU_JOBS_LABEL = "gpu-runners/cpu-jobs"
 NODE_POOL = "gcp:container/nodePool:NodePool"
 CLUSTER = "gcp:container/cluster:Cluster"
 SERVICE_ACCOUNT_KEY = "gcp:serviceaccount/key:Key"
@@ -42,6 +45,7 @@ _POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
     "kubernetes:keda.sh/v1alpha1:ScaledJob": ("spec", "jobTargetRef", "template", "spec"),
 }
+SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
 
 _LITERAL_SECRETS: dict[str, re.Pattern] = {
     "a GitHub token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_\w{20,})"),
@@ -77,30 +81,43 @@ def _stack_of(urn: str) -> str:
     return urn.removeprefix("urn:pulumi:").split("::", 1)[0]
 
 
-def _pod_specs(args: ResourceValidationArgs) -> list[Mapping[str, Any]]:
-    """The pod specs a resource describes: one for a workload, two for a GitLab runner."""
-    if args.resource_type == HELM_RELEASE:
-        chart = str(_plain(args.props.get("chart")) or "").rsplit("/", 1)[-1]
-        values = _get(args.props, "values") or {}
-        if chart == ARC_SCALE_SET_CHART:
-            pods = [_get(values, "template", "spec")]
-        elif chart == GITLAB_RUNNER_CHART:
-            pods = [
-                _gitlab_manager_pod_spec(values),
-                _gitlab_job_pod_spec(_get(values, "runners", "config")),
-            ]
-        else:
-            pods = []
+def _chart(args: ResourceValidationArgs) -> str:
+    """The chart of a Helm release, without its repository."""
+    return str(_plain(args.props.get("chart")) or "").rsplit("/", 1)[-1]
+
+
+def _job_pod_specs(args: ResourceValidationArgs) -> list[Mapping[str, Any]]:
+    """The pod specs that run CI jobs: a ScaledJob's runner, an ARC scale set's runner, a
+    GitLab runner's job pod."""
+    values = _get(args.props, "values") or {}
+    if args.resource_type == SCALED_JOB:
+        pods = [_get(args.props, *_POD_SPEC_PATHS[SCALED_JOB])]
+    elif args.resource_type == HELM_RELEASE and _chart(args) == ARC_SCALE_SET_CHART:
+        pods = [_get(values, "template", "spec")]
+    elif args.resource_type == HELM_RELEASE and _chart(args) == GITLAB_RUNNER_CHART:
+        pods = [_gitlab_job_pod_spec(_get(values, "runners", "config"))]
     else:
-        path = _POD_SPEC_PATHS.get(args.resource_type)
-        pods = [_get(args.props, *path)] if path else []
+        pods = []
     return [pod for pod in pods if pod]
+
+
+def _pod_specs(args: ResourceValidationArgs) -> list[Mapping[str, Any]]:
+    """Every pod spec a resource describes: one for a workload, two for a GitLab runner."""
+    if args.resource_type == HELM_RELEASE:
+        pods = _job_pod_specs(args)
+        if _chart(args) == GITLAB_RUNNER_CHART:
+            pods.append(_gitlab_manager_pod_spec(_get(args.props, "values") or {}))
+        return pods
+    path = _POD_SPEC_PATHS.get(args.resource_type)
+    pod = _get(args.props, *path) if path else None
+    return [pod] if pod else []
 
 
 def _gitlab_manager_pod_spec(values: Mapping[str, Any]) -> Mapping[str, Any]:
     """The runner manager's pod, as the gitlab-runner chart renders it from its values."""
     return {
         "nodeSelector": _plain(values.get("nodeSelector")) or {},
+        "securityContext": _plain(values.get("podSecurityContext")) or {},
         "containers": [
             {"name": "manager", "securityContext": _plain(values.get("securityContext")) or {}}
         ],
@@ -109,8 +126,9 @@ def _gitlab_manager_pod_spec(values: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _gitlab_job_pod_spec(config: Any) -> Mapping[str, Any] | None:
     """The parts of a job pod spec that GitLab Runner's Kubernetes executor builds from its
-    config.toml: node selector, tolerations, and the build container's privileges and GPU
-    resources (from a strategic pod_spec patch)."""
+    config.toml: node selector, tolerations, token mounting, the build container's privileges,
+    and what strategic pod_spec patches set over them (the pod's security context and token
+    mounting, the build container's GPU resources)."""
     if not isinstance(config, str):
         return None
     kubernetes = (tomllib.loads(config).get("runners") or [{}])[0].get("kubernetes", {})
@@ -121,12 +139,20 @@ def _gitlab_job_pod_spec(config: Any) -> Mapping[str, Any] | None:
             "allowPrivilegeEscalation": kubernetes.get("allow_privilege_escalation"),
         },
     }
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": kubernetes.get("automount_service_account_token"),
+    }
     for patch in kubernetes.get("pod_spec", []):
         # GitLab's examples write patches in YAML; the stack writes JSON, which is YAML too.
-        for container in (yaml.safe_load(patch.get("patch") or "{}") or {}).get("containers", []):
+        patched = yaml.safe_load(patch.get("patch") or "{}") or {}
+        for key in ("securityContext", "automountServiceAccountToken"):
+            if key in patched:
+                pod[key] = patched[key]
+        for container in patched.get("containers", []):
             if container.get("name") == "build" and "resources" in container:
                 build["resources"] = container["resources"]
     return {
+        **pod,
         "nodeSelector": kubernetes.get("node_selector", {}),
         # "key=value" tolerates that value; a bare "key" any value (getPodTolerations).
         "tolerations": [
@@ -224,6 +250,59 @@ def gpu_workloads_select_and_tolerate_gpu_nodes(
             report_violation(
                 f"{_subject(args)} requests nvidia.com/gpu but does not tolerate the GPU taint; "
                 "add the toleration {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}.",
+                None,
+            )
+
+
+def runner_pods_land_on_runner_pools(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """A pod that runs CI jobs selects a runner pool (gpu=true, or the CPU runner pool), never
+    the system pool where the controllers hold forge credentials."""
+    for pod in _job_pod_specs(args):
+        selector = _plain(pod.get("nodeSelector")) or {}
+        if _selects_gpu_nodes(pod) or selector.get(CPU_JOBS_LABEL) == "true":
+            continue
+        report_violation(
+            f"{_subject(args)} runs CI jobs but selects neither the GPU pool nor the CPU runner "
+            f'pool, so its pods may land beside the controllers; add the nodeSelector gpu: "true", '
+            f'or {CPU_JOBS_LABEL}: "true" with its toleration.',
+            None,
+        )
+
+
+def runner_pods_mount_no_api_token(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """A pod that runs CI jobs gets no Kubernetes API token: automountServiceAccountToken is
+    false in the pod spec itself, whatever its service account says."""
+    for pod in _job_pod_specs(args):
+        if _plain(pod.get("automountServiceAccountToken")) is not False:
+            report_violation(
+                f"{_subject(args)} runs CI jobs with a Kubernetes API token mounted; set "
+                "automountServiceAccountToken: false in the pod spec (GitLab: "
+                "automount_service_account_token = false).",
+                None,
+            )
+
+
+def pods_have_a_seccomp_profile(
+    args: ResourceValidationArgs, report_violation: ReportViolation
+) -> None:
+    """Every pod runs under a seccomp profile (RuntimeDefault or stricter): GKE Standard applies
+    none to a pod that does not ask."""
+    for pod in _pod_specs(args):
+        if _get(pod, "securityContext", "seccompProfile", "type"):
+            continue
+        unfiltered = [
+            c.get("name")
+            for c in _containers(pod)
+            if not _get(c, "securityContext", "seccompProfile", "type")
+        ]
+        if unfiltered:
+            report_violation(
+                f"{_subject(args)}: container {unfiltered[0]!r} runs without a seccomp profile; "
+                "set securityContext.seccompProfile.type: RuntimeDefault on the pod.",
                 None,
             )
 
@@ -396,6 +475,9 @@ ADVISORY = EnforcementLevel.ADVISORY
 POLICIES: list[ResourceValidationPolicy] = [
     _policy(gpu_node_pools_are_labelled_tainted_and_driven, MANDATORY),
     _policy(gpu_workloads_select_and_tolerate_gpu_nodes, MANDATORY),
+    _policy(runner_pods_land_on_runner_pools, MANDATORY),
+    _policy(runner_pods_mount_no_api_token, MANDATORY),
+    _policy(pods_have_a_seccomp_profile, MANDATORY),
     _policy(containers_hold_no_literal_tokens, MANDATORY),
     _policy(helm_values_hold_no_literal_tokens, MANDATORY),
     _policy(no_service_account_keys, MANDATORY),

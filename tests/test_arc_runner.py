@@ -131,7 +131,12 @@ def test_an_arc_cpu_runner_also_starts_from_zero():
     )
     values = scale_set_values(program, "cpu-arc")
     assert (values["minRunners"], values["maxRunners"]) == (0, 1)
-    assert values["template"]["spec"]["nodeSelector"] == {"gpu": "false"}
+    spec = values["template"]["spec"]
+    # The CPU runner pool, never the system pool beside the controllers.
+    assert spec["nodeSelector"] == {"gpu": "false", "gpu-runners/cpu-jobs": "true"}
+    assert spec["tolerations"] == [
+        {"key": "gpu-runners/cpu-jobs", "operator": "Exists", "effect": "NoSchedule"}
+    ]
 
 
 @pytest.mark.parametrize("name", ["arc-systems", "keda"])

@@ -174,8 +174,10 @@ def test_gitlab_cpu_runner_next_to_github_gpu_runner(two):
     assert cpu["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
     assert cpu["image"] == f"{MIRROR}/mlops-kubernetes-docker-hub/iterativeai/cml:0-dvc3-base1"
     cpu_pod = pod_spec(two, "lint-cpu")
-    assert cpu_pod["nodeSelector"] == {"gpu": "false"}
-    assert "tolerations" not in cpu_pod
+    assert cpu_pod["nodeSelector"] == {"gpu": "false", "gpu-runners/cpu-jobs": "true"}
+    assert cpu_pod["tolerations"] == [
+        {"key": "gpu-runners/cpu-jobs", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     assert two.outputs["runners"]["lint-cpu"] == {
         "namespace": "lint-cpu",
         "workload": "ScaledJob/lint-cpu",
@@ -185,8 +187,18 @@ def test_gitlab_cpu_runner_next_to_github_gpu_runner(two):
 
 def test_kubernetes_objects_use_the_clusters_provider_and_belong_to_their_runner(two):
     provider = two.one("pulumi:providers:kubernetes")
-    always = {NAMESPACE, SERVICE_ACCOUNT, SECRET, SCALED_JOB}
-    on_demand = always | {"kubernetes:keda.sh/v1alpha1:TriggerAuthentication"}
+    always = {
+        NAMESPACE,
+        SERVICE_ACCOUNT,
+        SECRET,
+        SCALED_JOB,
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+    }
+    on_demand = always | {
+        "kubernetes:keda.sh/v1alpha1:ClusterTriggerAuthentication",
+        # The scaler's copy of the token, in KEDA's namespace.
+        SECRET,
+    }
     for name, types in (("train-gpu", on_demand), ("lint-cpu", always)):
         component = two.one(COMPONENT, name)
         objects = [r for r in two.resources if r.parent == component.urn]

@@ -116,3 +116,20 @@ def test_a_token_in_a_repository_url_is_never_printed(tmp_path, capsys):
     captured = capsys.readouterr()
     assert token not in captured.out + captured.err
     assert "https://[secret]@github.com" in captured.err
+
+
+def test_cpu_runners_add_their_own_pool_and_an_always_one_keeps_a_node_up():
+    dev = by_label(estimate.estimate(stack("dev")))
+    config = stack("dev")
+    config["gpu-runners:runners"] = [
+        *config["gpu-runners:runners"],
+        {"name": "lint", "labels": ["lint"], "gpus": 0, "cpu": "500m", "mode": "always"},
+    ]
+    result = estimate.estimate(config)
+    figures = by_label(result)
+    # One on-demand e2-standard-2 (the cpuPool default) with its 50 GB disk and IP, all month.
+    cpu_month = (E2_STANDARD_2 + IP) * HOURS + 50 * PD_BALANCED
+    assert figures["Month while idle"] == pytest.approx(dev["Month while idle"] + cpu_month)
+    # At most two of them (cpuPool.maxNodes).
+    assert figures["Worst month"] == pytest.approx(dev["Worst month"] + 2 * cpu_month)
+    assert "CPU runner pool: e2-standard-2, on demand." in result.about

@@ -101,7 +101,8 @@ def test_job_pods_go_to_gpu_nodes_with_the_gpu_limit(given_token):
     assert patch["patch_type"] == "strategic"
     gpus = {"nvidia.com/gpu": "1"}
     assert json.loads(patch["patch"]) == {
-        "containers": [{"name": "build", "resources": {"requests": gpus, "limits": gpus}}]
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "build", "resources": {"requests": gpus, "limits": gpus}}],
     }
     assert (kubernetes["cpu_request"], kubernetes["cpu_limit"]) == ("1", "1")
     assert (kubernetes["memory_request"], kubernetes["memory_limit"]) == ("2000Mi", "2000Mi")
@@ -136,7 +137,7 @@ def test_job_pods_are_not_privileged(given_token):
     assert "SYS_ADMIN" not in kubernetes["cap_add"]
 
 
-def test_a_cpu_runner_has_no_gpu_patch_and_stays_on_the_system_pool():
+def test_a_cpu_runner_has_no_gpu_patch_and_lands_on_the_cpu_runner_pool():
     program = run_program(
         {RUNNERS: [{"name": "gl-cpu", "platform": "gitlab", "gpus": 0, "cpu": "500m"}]},
         secrets={TOKENS: {"gl-cpu": RUNNER_TOKEN}},
@@ -144,15 +145,22 @@ def test_a_cpu_runner_has_no_gpu_patch_and_stays_on_the_system_pool():
     (runner,) = tomllib.loads(
         reveal(program.one(RELEASE, "gl-cpu").inputs["values"])["runners"]["config"]
     )["runners"]
-    assert runner["kubernetes"]["node_selector"] == {"gpu": "false"}
+    kubernetes = runner["kubernetes"]
+    assert kubernetes["node_selector"] == {"gpu": "false", "gpu-runners/cpu-jobs": "true"}
+    assert kubernetes["node_tolerations"] == {"gpu-runners/cpu-jobs": "NoSchedule"}
     assert (
-        runner["kubernetes"]["image"]
-        == f"{MIRROR}/mlops-kubernetes-docker-hub/iterativeai/cml:0-dvc3-base1"
+        kubernetes["image"] == f"{MIRROR}/mlops-kubernetes-docker-hub/iterativeai/cml:0-dvc3-base1"
     )
-    assert "pod_spec" not in runner["kubernetes"]
-    assert "node_tolerations" not in runner["kubernetes"]
-    # A token rotated by the runner would live only in the pod's memory.
-    assert runner["feature_flags"] == {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
+    (patch,) = kubernetes["pod_spec"]
+    assert json.loads(patch["patch"]) == {
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}
+    }
+    # A token rotated by the runner would live only in the pod's memory; the flag lets the
+    # patch apply.
+    assert runner["feature_flags"] == {
+        "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True,
+        "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION": True,
+    }
 
 
 def test_the_manager_requests_resources_and_stays_on_its_node_while_jobs_run(given_token):

@@ -14,7 +14,7 @@ SA_MEMBER = "gcp:serviceaccount/iAMMember:IAMMember"
 RUNNER_GSA = f"mlops-kubernetes-runner@{TEST_PROJECT_ID}.iam.gserviceaccount.com"
 
 
-def test_dev_stack_creates_a_private_bucket_that_only_the_runner_account_may_use():
+def test_dev_stack_creates_a_private_bucket_its_untrusted_runner_may_only_read():
     program = run_program()
     assert program.one(ACCOUNT, "runner-identity").inputs["accountId"] == "mlops-kubernetes-runner"
     bucket = program.one(BUCKET).inputs
@@ -22,12 +22,17 @@ def test_dev_stack_creates_a_private_bucket_that_only_the_runner_account_may_use
     assert bucket["uniformBucketLevelAccess"] is True
     assert bucket["publicAccessPrevention"] == "enforced"
     assert bucket["forceDestroy"] is True
-    grant = program.one(BUCKET_MEMBER).inputs
+    (grant,) = [g.inputs for g in program.of_type(BUCKET_MEMBER)]
     assert grant == {
         "bucket": f"{program.outputs['dvcRemoteUrl'].removeprefix('gs://')}",
-        "role": "roles/storage.objectUser",
+        "role": "roles/storage.objectViewer",
         "member": f"serviceAccount:{RUNNER_GSA}",
     }
+    # Only the reader exists: no runner is trusted.
+    assert [a.inputs["accountId"] for a in program.of_type(ACCOUNT)].count(
+        "mlops-kubernetes-trusted"
+    ) == 0
+    assert "trustedRunnerServiceAccount" not in program.outputs
     assert program.outputs["runnerServiceAccount"] == RUNNER_GSA
     assert program.outputs["dvcRemoteUrl"].startswith("gs://mlops-kubernetes-dvc-")
 
@@ -88,3 +93,41 @@ def test_every_workload_identity_member_waits_for_the_cluster(shape):
     assert naming_the_pool
     late = [r.name for r in naming_the_pool if not program.waits_for(r, cluster)]
     assert late == []
+
+
+TRUSTED_GSA = f"mlops-kubernetes-trusted@{TEST_PROJECT_ID}.iam.gserviceaccount.com"
+MIXED_TRUST = {
+    "gpu-runners:runners": [
+        {"name": "pr-gpu", "labels": ["pr-gpu"]},
+        {"name": "main-gpu", "labels": ["main-gpu"], "trust": "trusted"},
+    ]
+}
+
+
+def test_a_trusted_runner_writes_through_its_own_account_and_untrusted_ones_only_read():
+    program = run_program(MIXED_TRUST)
+    grants = {g.inputs["member"]: g.inputs["role"] for g in program.of_type(BUCKET_MEMBER)}
+    assert grants == {
+        f"serviceAccount:{RUNNER_GSA}": "roles/storage.objectViewer",
+        f"serviceAccount:{TRUSTED_GSA}": "roles/storage.objectUser",
+    }
+    acts_as = {
+        b.inputs["member"].rsplit("[", 1)[1]: b.inputs["serviceAccountId"].rsplit("/", 1)[1]
+        for b in program.of_type(SA_MEMBER)
+    }
+    assert acts_as == {"pr-gpu/pr-gpu]": RUNNER_GSA, "main-gpu/main-gpu]": TRUSTED_GSA}
+    annotations = {
+        a.name: a.inputs["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+        for a in program.of_type("kubernetes:core/v1:ServiceAccount")
+    }
+    assert annotations == {"pr-gpu": RUNNER_GSA, "main-gpu": TRUSTED_GSA}
+    assert program.outputs["trustedRunnerServiceAccount"] == TRUSTED_GSA
+
+
+def test_the_created_bucket_keeps_replaced_and_deleted_objects_for_recovery():
+    bucket = run_program().one(BUCKET).inputs
+    assert bucket["versioning"] == {"enabled": True}
+    assert bucket["softDeletePolicy"] == {"retentionDurationSeconds": 7 * 24 * 3600}
+    (rule,) = bucket["lifecycleRules"]
+    assert rule["action"] == {"type": "Delete"}
+    assert rule["condition"] == {"daysSinceNoncurrentTime": 30, "withState": "ARCHIVED"}

@@ -13,7 +13,12 @@ GKE_MINORS = ("1.33", "1.34", "1.35")
 
 
 # Kinds that upstream Kubernetes defines; KEDA's are checked against its CRDs elsewhere.
-UPSTREAM_GROUPS = ("kubernetes:core/", "kubernetes:apps/", "kubernetes:batch/")
+UPSTREAM_GROUPS = (
+    "kubernetes:core/",
+    "kubernetes:apps/",
+    "kubernetes:batch/",
+    "kubernetes:networking.k8s.io/",
+)
 SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
 
 
@@ -54,7 +59,7 @@ def test_every_kubernetes_object_passes_strict_schema_validation(config, minor):
     program = run_program(config)
     objects = kubernetes_objects(program) + jobs_keda_would_create(program)
     # ConfigMap: the dev stack's patch of kube-dns-autoscaler.
-    kinds = {"Namespace", "ServiceAccount", "Secret", "Job", "ConfigMap"}
+    kinds = {"Namespace", "ServiceAccount", "Secret", "Job", "ConfigMap", "NetworkPolicy"}
     assert {o["kind"] for o in objects} == kinds
     for manifest in objects:
         kubernetes_validate.validate(manifest, f"{minor}.0", strict=True)

@@ -81,22 +81,49 @@ def test_removing_ci_access_meets_protected_resources_as_the_lifecycle_page_says
     assert "pulumi state unprotect --all" in row
 
 
-def test_upgrading_from_the_previous_version_meets_what_the_upgrade_notes_say():
-    previous = json.loads((REPO / "tests/data/upgrade/4bd629f-dev-with-ci.json").read_text())
-    now = {r.urn: r for r in run_program(WITH_CI).resources}
+# Node settings a node pool updates in place (terraform-provider-google, node pools:
+# nodePoolUpdate sends KubeletConfig with NodePools.Update), left out of the comparison.
+IN_PLACE_NODE_CONFIG = ("kubeletConfig",)
+
+
+def replacing(inputs: dict) -> dict:
+    """The inputs of a recorded resource whose change replaces it."""
+    node_config = inputs.get("nodeConfig")
+    if isinstance(node_config, dict):
+        kept = {k: v for k, v in node_config.items() if k not in IN_PLACE_NODE_CONFIG}
+        return {**inputs, "nodeConfig": kept}
+    return inputs
+
+
+def upgrade(snapshot: str, overrides: dict) -> tuple[list[dict], set[str], set[str]]:
+    """An earlier version's resources, and which of them today's program replaces or drops."""
+    previous = json.loads((REPO / "tests/data/upgrade" / snapshot).read_text())
+    now = {r.urn: r for r in run_program(overrides).resources}
     replaced, removed = set(), set()
     for old in previous:
         name, new = old["urn"].rsplit("::", 1)[1], now.get(old["urn"])
+        keys = set(old["inputs"]) | ({"datapathProvider"} & set(new.inputs) if new else set())
         if new is None:
             removed.add(name)
-        elif {key: reveal(new.inputs.get(key)) for key in old["inputs"]} != old["inputs"]:
+        elif replacing({key: reveal(new.inputs.get(key)) for key in keys}) != replacing(
+            {key: old["inputs"].get(key) for key in keys}
+        ):
             replaced.add(name)
+    return previous, replaced, removed
+
+
+def test_upgrading_from_4bd629f_meets_what_the_upgrade_notes_say():
+    previous, replaced, removed = upgrade(
+        "4bd629f-dev-with-ci.json",
+        {**WITH_CI, "gpu-runners:cluster": {"dataplaneV2": False}},
+    )
     # The notes: repositories named after the cluster (and the grants on them), the node
     # account's four older roles gone, CI's conditional grant, whose condition changed, and
     # the grants that let CI act as the deployer, which now name the default branch.
     mirror = {f"images-{u}{grant}" for u in UPSTREAMS for grant in ("", "-nodes", "-admin-0")}
     deploy = {"ci-github-may-deploy", "ci-gitlab-may-deploy"}
-    assert replaced == mirror | {"ci-grant-node-roles"} | deploy
+    # And, from f902498 on (the test below), the runner account's grant on the bucket.
+    assert replaced == mirror | {"ci-grant-node-roles"} | deploy | {"runner-identity-dvc-objects"}
     assert removed == {
         "gke-nodes-logging.logWriter",
         "gke-nodes-monitoring.metricWriter",
@@ -113,3 +140,18 @@ def test_upgrading_from_the_previous_version_meets_what_the_upgrade_notes_say():
     assert {urn.replace("urn:pulumi:dev::", "urn:pulumi:<stack>::") for urn in blocked} == set(
         unprotected
     )
+
+
+@pytest.mark.parametrize("dataplane_v2", [False, True])
+def test_upgrading_from_f902498_meets_what_the_upgrade_notes_say(dataplane_v2):
+    cluster = {"gpu-runners:cluster": {"dataplaneV2": dataplane_v2}}
+    previous, replaced, removed = upgrade("f902498-dev-with-ci.json", {**WITH_CI, **cluster})
+    # The one runner account becomes the reader: its grant on the bucket changes role. On
+    # Dataplane V2 the cluster is replaced too (so every pool and grant on it with it), which
+    # the notes say how to avoid.
+    assert replaced == {"runner-identity-dvc-objects"} | ({"gke"} if dataplane_v2 else set())
+    assert removed == set()
+    assert not any(old["protect"] for old in previous if old["urn"].endswith("::gke"))
+    notes = LIFECYCLE[LIFECYCLE.index("## Upgrading a stack made before job containment") :]
+    assert "pulumi config set --path cluster.dataplaneV2 false" in notes
+    assert "runner-identity-dvc-objects" in notes

@@ -8,6 +8,7 @@ import yaml
 
 from infra import plan
 from infra.stack_file import read_config
+from policy.rules import POLICIES
 from tests.harness import REPO, reveal, run_program
 
 CIPHERTEXTS = {
@@ -72,7 +73,9 @@ def test_the_dev_stack_file_plans_with_stand_ins_for_what_the_quickstart_sets(ca
         "planned with stand-ins: `gcp:project`, `gpu-runners:runners[0].repository`, "
         "`gpu-runners:runnerTokens`." in text
     )
-    assert f"All 10 rules pass on the {len(run_program().resources)} resources." in text
+    assert (
+        f"All {len(POLICIES)} rules pass on the {len(run_program().resources)} resources." in text
+    )
     assert "| `gcp:container/nodePool:NodePool` | `gke-gpu` |" in text
     assert "project: your-project-id" in text
 

@@ -2,8 +2,11 @@
 
 import copy
 import dataclasses
+import json
+import tomllib
 
 import pytest
+import tomli_w
 import yaml
 from pulumi_policy import EnforcementLevel
 
@@ -14,6 +17,8 @@ from tests.harness import REPO, TOKENS, Resource, fake_token, run_program
 from tests.stacks import BOTH_ENGINES, GITLAB, SHAPES
 
 BY_NAME = {policy.name: policy for policy in POLICIES}
+TOKEN_RULE = "runner-pods-mount-no-api-token"
+SECCOMP_RULE = "pods-have-a-seccomp-profile"
 
 
 def violations(resource: Resource, policy_name: str) -> list[str]:
@@ -50,6 +55,9 @@ def test_the_pack_has_the_mandatory_and_advisory_rules():
     assert levels == {
         "gpu-node-pools-are-labelled-tainted-and-driven": EnforcementLevel.MANDATORY,
         "gpu-workloads-select-and-tolerate-gpu-nodes": EnforcementLevel.MANDATORY,
+        "runner-pods-land-on-runner-pools": EnforcementLevel.MANDATORY,
+        "runner-pods-mount-no-api-token": EnforcementLevel.MANDATORY,
+        "pods-have-a-seccomp-profile": EnforcementLevel.MANDATORY,
         "containers-hold-no-literal-tokens": EnforcementLevel.MANDATORY,
         "helm-values-hold-no-literal-tokens": EnforcementLevel.MANDATORY,
         "no-service-account-keys": EnforcementLevel.MANDATORY,
@@ -63,11 +71,11 @@ def test_the_pack_has_the_mandatory_and_advisory_rules():
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("policy_name", list(BY_NAME))
-def test_every_rule_passes_on_what_the_program_registers(shape, policy_name):
+def test_every_rule_passes_on_what_the_program_registers(shape):
     program = run_program(SHAPES[shape])
-    for resource in program.resources:
-        assert violations(resource, policy_name) == [], resource.name
+    for policy_name in BY_NAME:
+        for resource in program.resources:
+            assert violations(resource, policy_name) == [], (policy_name, resource.name)
 
 
 def gpu_pool(dev, change) -> Resource:
@@ -317,3 +325,96 @@ def test_the_production_example_passes_every_mandatory_rule_and_is_warned_off_sp
             assert len(found) == 1
         else:
             assert found == [], policy.name
+
+
+GITLAB_TOKEN = {TOKENS: {"gl-gpu": "glrt-" + "r" * 24}}
+
+
+def _cml_job_pod(inputs: dict) -> dict:
+    return pod(inputs)
+
+
+def _arc_job_pod(inputs: dict) -> dict:
+    return inputs["values"]["template"]["spec"]
+
+
+def _gitlab_config_change(change):
+    """A change to the TOML text of a GitLab runner's config.toml."""
+
+    def apply(inputs: dict) -> None:
+        config = tomllib.loads(inputs["values"]["runners"]["config"])
+        change(config["runners"][0]["kubernetes"])
+        inputs["values"]["runners"]["config"] = tomli_w.dumps(config)
+
+    return apply
+
+
+def _engine(engine: str) -> tuple:
+    """An engine's job pod carrier: (program, type, name)."""
+    if engine == "cml":
+        return run_program(), "kubernetes:keda.sh/v1alpha1:ScaledJob", "cml-runner"
+    if engine == "arc":
+        return run_program(BOTH_ENGINES), RELEASE, "gpu-arc"
+    return run_program(GITLAB, secrets=GITLAB_TOKEN), RELEASE, "gl-gpu"
+
+
+def _mount_token(engine: str):
+    if engine == "cml":
+        return lambda inputs: _cml_job_pod(inputs).pop("automountServiceAccountToken")
+    if engine == "arc":
+        return lambda inputs: _arc_job_pod(inputs).update(automountServiceAccountToken=True)
+    return _gitlab_config_change(lambda k: k.pop("automount_service_account_token"))
+
+
+def _drop_seccomp(engine: str):
+    if engine == "cml":
+        return lambda inputs: _cml_job_pod(inputs).pop("securityContext")
+    if engine == "arc":
+        return lambda inputs: _arc_job_pod(inputs)["securityContext"].pop("seccompProfile")
+
+    def unpatch(kubernetes: dict) -> None:
+        for patch in kubernetes["pod_spec"]:
+            body = json.loads(patch["patch"])
+            body.pop("securityContext")
+            patch["patch"] = json.dumps(body)
+
+    return _gitlab_config_change(unpatch)
+
+
+def _move_to_system_pool(engine: str):
+    def on_system_pool(node_selector: dict) -> None:
+        node_selector.clear()
+        node_selector["cloud.google.com/gke-nodepool"] = "system"
+
+    if engine == "cml":
+        return lambda inputs: on_system_pool(_cml_job_pod(inputs)["nodeSelector"])
+    if engine == "arc":
+        return lambda inputs: on_system_pool(_arc_job_pod(inputs)["nodeSelector"])
+    return _gitlab_config_change(lambda k: on_system_pool(k["node_selector"]))
+
+
+@pytest.mark.parametrize("engine", ["cml", "arc", "gitlab-runner"])
+def test_job_pods_with_a_token_without_seccomp_or_beside_the_controllers_are_refused(engine):
+    program, type_, name = _engine(engine)
+    untouched = program.one(type_, name)
+    for rule in (TOKEN_RULE, SECCOMP_RULE, "runner-pods-land-on-runner-pools"):
+        assert violations(untouched, rule) == []
+
+    (token,) = violations(crafted(program, type_, name, _mount_token(engine)), TOKEN_RULE)
+    assert "runs CI jobs with a Kubernetes API token mounted" in token
+    (seccomp,) = violations(crafted(program, type_, name, _drop_seccomp(engine)), SECCOMP_RULE)
+    assert "runs without a seccomp profile" in seccomp
+    moved = crafted(program, type_, name, _move_to_system_pool(engine))
+    (placed,) = violations(moved, "runner-pods-land-on-runner-pools")
+    assert "selects neither the GPU pool nor the CPU runner pool" in placed
+
+
+def test_the_gitlab_manager_keeps_its_token_but_not_without_seccomp():
+    program = run_program(GITLAB, secrets=GITLAB_TOKEN)
+
+    def unfilter_the_manager(inputs: dict) -> None:
+        inputs["values"]["podSecurityContext"].pop("seccompProfile")
+
+    manager = crafted(program, RELEASE, "gl-gpu", unfilter_the_manager)
+    (found,) = violations(manager, SECCOMP_RULE)
+    assert found.startswith("Release 'gl-gpu': container 'manager' runs without a seccomp")

@@ -15,6 +15,7 @@ from tests.harness import (
     REPO,
     RUNNERS,
     fake_token,
+    is_secret,
     reveal,
     run_components,
     run_program,
@@ -25,7 +26,7 @@ from tests.stacks import ALWAYS, POOL_OF_THREE, SHAPES
 KEDA_SCHEMAS = REPO / "tests" / "schemas" / f"keda-{CHART_VERSION}"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
-TRIGGER_AUTH = "kubernetes:keda.sh/v1alpha1:TriggerAuthentication"
+TRIGGER_AUTH = "kubernetes:keda.sh/v1alpha1:ClusterTriggerAuthentication"
 KEDA_TYPES = (SCALED_JOB, TRIGGER_AUTH)
 # Kinds whose controllers restart a pod's containers, or replace pods by count alone.
 RESTARTING_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ScaledObject")
@@ -39,7 +40,7 @@ DEV_TRIGGER = {
         "labels": "cml-runner",
         "targetWorkflowQueueLength": "1",
     },
-    "authenticationRef": {"name": "cml-runner-github"},
+    "authenticationRef": {"name": "cml-runner-github", "kind": "ClusterTriggerAuthentication"},
 }
 OWN_PODS_TRIGGER = {
     "type": "kubernetes-workload",
@@ -123,15 +124,21 @@ def test_pending_runners_are_not_duplicated_and_busy_ones_not_deleted(stack, req
     assert spec["failedJobsHistoryLimit"] == 3
 
 
-def test_the_scaler_reads_the_token_from_the_runners_secret_only(dev):
+def test_the_scaler_reads_its_copy_of_the_token_in_kedas_namespace_only(dev):
+    # KEDA may read Secrets in its own namespace only: not ARC's or GitLab's credentials.
+    keda_values = reveal(dev.one("kubernetes:helm.sh/v3:Release", "keda").inputs["values"])
+    assert keda_values["permissions"] == {"operator": {"restrict": {"secret": True}}}
     auth = dev.one(TRIGGER_AUTH, "cml-runner-github").inputs
-    assert auth["metadata"]["namespace"] == "cml-runner"
+    assert "namespace" not in auth["metadata"]
     assert auth["spec"] == {
         "secretTargetRef": [
-            {"parameter": "personalAccessToken", "name": "cml-runner-token", "key": "token"}
+            {"parameter": "personalAccessToken", "name": "cml-runner-github", "key": "token"}
         ]
     }
-    assert dev.one("kubernetes:core/v1:Secret", "cml-runner-token")
+    copy = dev.one("kubernetes:core/v1:Secret", "cml-runner-github").inputs
+    assert copy["metadata"]["namespace"] == "keda"
+    assert is_secret(copy["stringData"])
+    assert reveal(copy["stringData"]) == {"token": fake_token("cml-runner")}
     for resource in dev.resources:
         if resource.type in KEDA_TYPES:
             assert fake_token("cml-runner") not in json.dumps(resource.inputs), resource.name
@@ -314,7 +321,7 @@ def crd_validator(kind: str) -> jsonschema.Draft7Validator:
     ("stack", "type_", "kind"),
     [
         ("dev", SCALED_JOB, "ScaledJob"),
-        ("dev", TRIGGER_AUTH, "TriggerAuthentication"),
+        ("dev", TRIGGER_AUTH, "ClusterTriggerAuthentication"),
         ("pool_of_three", SCALED_JOB, "ScaledJob"),
         ("always", SCALED_JOB, "ScaledJob"),
         ("parked", SCALED_JOB, "ScaledJob"),

@@ -177,7 +177,7 @@ BAD_INPUTS = {
     "a CPU runner sent to the tainted GPU nodes": (
         runner(gpus=0, nodeSelector={"gpu": "true"}),
         'gpu-runners:runners[0].nodeSelector = {"gpu": "true"}',
-        "a CPU runner needs gpu=false",
+        "a CPU runner lands on cpuPool",
     ),
     "a runner name Kubernetes refuses": (
         runner(name="CML Runner"),

@@ -139,10 +139,10 @@ CANNOT_WORK = {
         "gpu-runners:runners[0].memory = '13000Mi'",
         "Allowed: at most 12556Mi",
     ),
-    "more memory than a system node leaves to pods": (
+    "more memory than a CPU runner node leaves to pods": (
         runner(gpus=0, memory="7Gi"),
         "gpu-runners:runners[0].memory = '7Gi'",
-        "more than one systemPool node leaves to pods",
+        "more than one cpuPool node leaves to pods",
     ),
     "memory without a unit": (
         runner(memory=2048),
@@ -546,9 +546,9 @@ def test_a_repository_that_is_no_url_is_named_not_a_crash():
     assert "gpu-runners:runners[0].repository = 'https://[::1/g/p'" in message
 
 
-def test_always_on_cpu_runners_the_system_pool_can_never_hold_are_refused():
+def test_always_on_cpu_runners_the_cpu_pool_can_never_hold_are_refused():
     message = rejected(runner(gpus=0, cpu="500m", mode="always", replicas=5000))
     assert "gpu-runners:runners[0].replicas = 5000: always-on CPU runners would ask for 2500" in (
         message
     )
-    assert "systemPool.maxNodes 2" in message
+    assert "cpuPool.maxNodes 2" in message

@@ -163,3 +163,11 @@ def test_stacks_of_other_projects_and_the_stacks_own_file_are_no_collision(stack
     write_stack_file(stack_file_dir, "dev", {"gcp:project": TEST_PROJECT_ID})
     (stack_file_dir / "Pulumi.broken.yaml").write_text("config: [unclosed\n")
     assert run_program().of_type("gcp:container/cluster:Cluster")
+
+
+def test_a_trusted_runner_adds_the_writer_account_to_the_ids_the_stack_takes():
+    trusted = {"gpu-runners:runners": [{"name": "main-gpu", "trust": "trusted"}]}
+    program = run_program({**WITH_CI, **trusted})
+    declared = declared_ids("dev", {**WITH_CI, **trusted})
+    assert project_unique_ids(program) == declared
+    assert "serviceAccounts/mlops-kubernetes-trusted" in declared
