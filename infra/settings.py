@@ -571,12 +571,13 @@ def _engine(data: dict[str, Any]) -> str:
     return data.get("engine") or default_engine(data.get("platform"))
 
 
-def _default_mode(platform: str | None, gpus: int | None, engine: str) -> str:
-    """Engines arc and gitlab-runner, and CML GitHub GPU runners, start on demand; the rest
-    run always (KEDA has no GitLab scaler, and a CPU runner waits on the system pool)."""
+def _default_mode(platform: str | None, engine: str) -> str:
+    """Engines arc and gitlab-runner, and CML GitHub runners, start on demand; CML runners on
+    GitLab run always (KEDA has no GitLab scaler). A waiting CPU runner would hold a node of
+    its own pool, as a GPU runner does, so neither waits by default."""
     if engine in ("arc", "gitlab-runner"):
         return "on-demand"
-    return "on-demand" if platform == "github" and gpus else "always"
+    return "on-demand" if platform == "github" else "always"
 
 
 def _check_mode(mode: str | None, info: ValidationInfo) -> str | None:
@@ -597,7 +598,7 @@ def _check_mode(mode: str | None, info: ValidationInfo) -> str | None:
 
 def _mode(info: ValidationInfo) -> str:
     data = info.data
-    return data.get("mode") or _default_mode(data.get("platform"), data.get("gpus"), _engine(data))
+    return data.get("mode") or _default_mode(data.get("platform"), _engine(data))
 
 
 def _check_replicas(replicas: int | None, info: ValidationInfo) -> int | None:
@@ -741,7 +742,7 @@ class RunnerSettings(_Section):
     @property
     def scaling_mode(self) -> str:
         """The configured mode, or the default for the runner's engine, platform and GPUs."""
-        return self.mode or _default_mode(self.platform, self.gpus, self.runner_engine)
+        return self.mode or _default_mode(self.platform, self.runner_engine)
 
     @property
     def replica_count(self) -> int:
