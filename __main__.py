@@ -112,6 +112,7 @@ def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
         "node_selector": runner.node_selector,
         "google_service_account": identity.email_for(runner.trust == "trusted"),
         "registries": mirror.registries,
+        "services_range": cluster.services_range,
         "trusted": runner.trust == "trusted",
     }
 

@@ -147,6 +147,8 @@ class GpuCluster(pulumi.ComponentResource):
     node_service_account: pulumi.Output[str]
     node_member: pulumi.Output[str]
     """`serviceAccount:<node account>`, for grants to the nodes."""
+    services_range: pulumi.Output[str]
+    """The cluster's Service IP range (VPC-native, GKE's default), once the cluster exists."""
     workload_pool: pulumi.Output[str]
     """The cluster's Workload Identity pool, `<project>.svc.id.goog`, once the cluster exists."""
     provider: k8s.Provider
@@ -299,6 +301,9 @@ class GpuCluster(pulumi.ComponentResource):
         self.location = cluster.location
         self.node_service_account = node_sa.email
         self.node_member = node_sa.member
+        self.services_range = cluster.ip_allocation_policy.apply(
+            lambda policy: policy.services_ipv4_cidr_block
+        )
         self.workload_pool = cluster.workload_identity_config.apply(
             lambda config: config.workload_pool
         )

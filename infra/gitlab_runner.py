@@ -137,8 +137,8 @@ class GitlabRunner(pulumi.ComponentResource):
             {"runner-token": token, "runner-registration-token": ""},
             COMPONENT_TYPE,
             child_options(self, opts),
+            exceptions={f"{name}-manager-egress": _manager_egress(name)},
         )
-        _manager_egress(name, objects.namespace, labels, child_options(self, opts))
         values = {
             # The manager's Deployment (and the chart's other objects) named after the runner,
             # not `<runner>-gitlab-runner`.
@@ -259,31 +259,22 @@ def runner_config(
     return tomli_w.dumps({"runners": [runner]})
 
 
-def _manager_egress(
-    name: str, namespace: pulumi.Input[str], labels: dict[str, str], opts: pulumi.ResourceOptions
-) -> None:
+def _manager_egress(name: str) -> dict:
     """What the manager reaches besides what every pod of the namespace may: HTTPS anywhere,
     for the Kubernetes API server (an address of the cluster's network) and a GitLab instance
     that may be private. It reaches job pods only through the API server (executors/kubernetes,
     exec.go: attach and exec; service_proxy.go: services/proxy)."""
-    k8s.networking.v1.NetworkPolicy(
-        f"{name}-manager-egress",
-        metadata={"name": f"{name}-manager-egress", "namespace": namespace, "labels": labels},
-        spec={
-            # The chart's manager pod (templates/deployment.yaml, app: <fullname>); a job pod,
-            # which the executor labels job.runner.gitlab.com/pod, never, even if it copied
-            # that label (pod_labels cannot remove the executor's).
-            "podSelector": {
-                "matchLabels": {"app": name},
-                "matchExpressions": [
-                    {"key": "job.runner.gitlab.com/pod", "operator": "DoesNotExist"}
-                ],
-            },
-            "policyTypes": ["Egress"],
-            "egress": [{"ports": [{"protocol": "TCP", "port": 443}]}],
+    return {
+        # The chart's manager pod (templates/deployment.yaml, app: <fullname>); a job pod,
+        # which the executor labels job.runner.gitlab.com/pod, never, even if it copied that
+        # label (pod_labels cannot remove the executor's).
+        "podSelector": {
+            "matchLabels": {"app": name},
+            "matchExpressions": [{"key": "job.runner.gitlab.com/pod", "operator": "DoesNotExist"}],
         },
-        opts=opts,
-    )
+        "policyTypes": ["Egress"],
+        "egress": [{"ports": [{"protocol": "TCP", "port": 443}]}],
+    }
 
 
 def _fingerprint(token: str) -> str:

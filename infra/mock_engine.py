@@ -24,6 +24,8 @@ STAND_IN_PROJECT_NUMBER = "123456789012"
 STAND_IN_GITLAB_PROJECT_ID = "4242"
 # What GitLab would answer for a runner the stack creates: its authentication token.
 STAND_IN_RUNNER_TOKEN = "glrt-" + "c" * 24
+# GKE's own Service range, which it gives clusters created without one from 1.27 on.
+STAND_IN_SERVICES_RANGE = "34.118.224.0/20"
 STAND_IN_ENDPOINT = "203.0.113.10"
 STAND_IN_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
 
@@ -105,7 +107,11 @@ def _computed_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, 
     if type_ == "gitlab:index/userRunner:UserRunner":
         return {"token": STAND_IN_RUNNER_TOKEN}
     if type_ == "gcp:container/cluster:Cluster":
-        return {"endpoint": STAND_IN_ENDPOINT, "masterAuth": {"clusterCaCertificate": STAND_IN_CA}}
+        return {
+            "endpoint": STAND_IN_ENDPOINT,
+            "masterAuth": {"clusterCaCertificate": STAND_IN_CA},
+            "ipAllocationPolicy": {"servicesIpv4CidrBlock": STAND_IN_SERVICES_RANGE},
+        }
     return {}
 
 

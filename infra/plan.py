@@ -24,9 +24,12 @@ import yaml
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
+    PolicyResource,
     PolicyResourceOptions,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 from pulumi_policy.deserialize import deserialize_properties
 
@@ -94,22 +97,26 @@ def read_stack_file(path: Path) -> PlannedStack:
     return PlannedStack(stack, values, secret_keys, stand_ins)
 
 
+def _options(resource: Resource) -> PolicyResourceOptions:
+    return PolicyResourceOptions(
+        protect=resource.protect,
+        ignore_changes=list(resource.ignore_changes),
+        delete_before_replace=None,
+        aliases=[],
+        custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+        additional_secret_outputs=[],
+        parent=resource.parent,
+    )
+
+
 def violations(resource: Resource, policy: ResourceValidationPolicy) -> list[str]:
-    """Run one policy on one recorded resource, as the policy engine would."""
+    """Run one resource policy on one recorded resource, as the policy engine would."""
     args = ResourceValidationArgs(
         resource_type=resource.type,
         props=deserialize_properties(resource.inputs, proxy_secrets=True),
         urn=resource.urn,
         name=resource.name,
-        opts=PolicyResourceOptions(
-            protect=resource.protect,
-            ignore_changes=list(resource.ignore_changes),
-            delete_before_replace=None,
-            aliases=[],
-            custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
-            additional_secret_outputs=[],
-            parent=resource.parent,
-        ),
+        opts=_options(resource),
         provider=None,
     )
     found: list[str] = []
@@ -117,13 +124,47 @@ def violations(resource: Resource, policy: ResourceValidationPolicy) -> list[str
     return found
 
 
+def stack_violations(
+    resources: list[Resource], policy: StackValidationPolicy
+) -> list[tuple[Resource, str]]:
+    """Run one stack policy on every recorded resource at once, as the policy engine would
+    after the last registration; each violation with the resource it names."""
+    args = StackValidationArgs(
+        resources=[
+            PolicyResource(
+                resource_type=r.type,
+                props=deserialize_properties(r.inputs, proxy_secrets=True),
+                urn=r.urn,
+                name=r.name,
+                opts=_options(r),
+                provider=None,
+                parent=None,
+                dependencies=[],
+                property_dependencies={},
+            )
+            for r in resources
+        ]
+    )
+    by_urn = {r.urn: r for r in resources}
+    found: list[tuple[Resource, str]] = []
+    policy.validate(args, lambda message, urn=None: found.append((by_urn[urn], message)))
+    return found
+
+
+def policy_violations(resources: list[Resource], policy: Any) -> list[tuple[Resource, str]]:
+    """Every violation of one rule of the pack, resource or stack, with its resource."""
+    if isinstance(policy, StackValidationPolicy):
+        return stack_violations(resources, policy)
+    return [(r, message) for r in resources for message in violations(r, policy)]
+
+
 def verdicts(resources: Iterable[Resource]) -> list[Verdict]:
     """Every violation of the policy pack's rules among the resources."""
+    recorded = list(resources)
     return [
         Verdict(policy.enforcement_level, policy.name, resource, message)
-        for resource in resources
         for policy in POLICIES
-        for message in violations(resource, policy)
+        for resource, message in policy_violations(recorded, policy)
     ]
 
 

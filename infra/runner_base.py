@@ -76,6 +76,11 @@ class RunnerBaseArgs:
     """Google service account the pod acts as through GKE Workload Identity, if any."""
     registries: Registries = Registries()
     """Where the runner's and its jobs' images are pulled from."""
+    services_range: pulumi.Input[str] | None = None
+    """The cluster's Service IP range: pods may reach it on port 53 only. Without Dataplane V2,
+    NodeLocal DNSCache answers on kube-dns's Service address untranslated, which neither the
+    kube-dns pods nor its link-local address match (kubernetes/dns, nodelocaldns README,
+    "Network policy and DNS connectivity")."""
     trusted: bool = False
     """Take jobs of protected branches only (as far as the forge lets the engine enforce it),
     and act as `google_service_account`, which may then write the DVC remote."""
@@ -158,8 +163,9 @@ fi
 # Ubuntu and Debian archives are plain HTTP, signed), but no private address: no pod, node,
 # Service or internal load balancer of the cluster or its network.
 DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
-# kube-dns; NodeLocal DNSCache (on by default in new Standard clusters from GKE 1.33, GKE docs
-# "Set up NodeLocal DNSCache"); and Cloud DNS for GKE, which answers on the metadata address.
+# kube-dns; NodeLocal DNSCache (on by default in new Standard clusters of recent GKE versions,
+# GKE docs "Set up NodeLocal DNSCache"); and Cloud DNS for GKE, which answers on the metadata
+# address. (A cluster's Service range is added on port 53 too: RunnerBaseArgs.services_range.)
 # A pod selector cannot match the two link-local addresses (tektoncd/operator#4000).
 DNS_PEERS = [
     {
@@ -224,12 +230,15 @@ def runner_objects(
     component_type: str,
     opts: pulumi.ResourceOptions,
     github_job_hook: bool = False,
+    exceptions: Mapping[str, dict] | None = None,
 ) -> RunnerObjects:
     """The namespace (Pod Security `pod_security` enforced), its NetworkPolicy (no traffic in,
     out only to DNS, the metadata server and the internet), the service account the pods run
     as (with the Workload Identity annotation), a Secret holding `secret_data`, and with
     `github_job_hook` for a trusted runner a ConfigMap holding PROTECTED_REFS_ONLY, all
-    named after the runner, children of the engine's component of type `component_type`."""
+    named after the runner, children of the engine's component of type `component_type`.
+    `exceptions`: NetworkPolicy specs, by name, for the engine's own pods in the namespace,
+    created before the isolation so that those pods never go without them."""
     # The same runner on another engine owned these objects under another component: without
     # aliases, moving engines would create them anew before deleting the old ones, and fail
     # on their names.
@@ -283,13 +292,26 @@ def runner_objects(
         string_data={key: pulumi.Output.secret(value) for key, value in secret_data.items()},
         opts=opts,
     )
+    allowed = [
+        k8s.networking.v1.NetworkPolicy(
+            policy,
+            metadata={"name": policy, "namespace": namespace, "labels": dict(labels)},
+            spec=spec,
+            opts=opts,
+        )
+        for policy, spec in (exceptions or {}).items()
+    ]
     # Every pod of the namespace: no traffic in, and out only JOB_EGRESS. GKE enforces it with
     # Dataplane V2, or Calico on the legacy dataplane (infra/cluster.py).
+    egress = JOB_EGRESS
+    if args.services_range is not None:
+        services = {"to": [{"ipBlock": {"cidr": args.services_range}}], "ports": DNS_PORTS}
+        egress = [*JOB_EGRESS, services]
     k8s.networking.v1.NetworkPolicy(
         f"{name}-isolation",
         metadata={"name": f"{name}-isolation", "namespace": namespace, "labels": dict(labels)},
-        spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "egress": JOB_EGRESS},
-        opts=opts,
+        spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "egress": egress},
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=allowed)),
     )
     job_hook = None
     if github_job_hook and args.trusted:

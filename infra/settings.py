@@ -1203,6 +1203,26 @@ def _runner_problems(
     return problems
 
 
+def _trust_problems(namespace: str, runners: list[RunnerSettings], tokens: Any) -> list[str]:
+    """A trusted GitLab runner must be one the stack registers protected: the protected flag of
+    a runner made in GitLab cannot travel with its authentication token (gitlab-runner,
+    commands/register.go, ensureServerConfigArgsEmpty), and the stack cannot read it back, so
+    merge request jobs could reach the DVC writer unseen."""
+    given = tokens if isinstance(tokens, dict) else {}
+    return [
+        f"{namespace}:{RUNNERS_KEY}[{index}].trust = 'trusted': {TOKENS_KEY}.{runner.name} is a "
+        f"runner authentication token ({GITLAB_RUNNER_TOKEN_PREFIX}…), whose runner the stack "
+        "can neither make nor check protected in GitLab; allowed: a token that lets the stack "
+        "create the runner (a project or personal access token with the api scope, of a "
+        "Maintainer), which it registers protected, or trust: untrusted"
+        for index, runner in enumerate(runners)
+        if runner.trust == "trusted"
+        and runner.runner_engine == "gitlab-runner"
+        and isinstance(given.get(runner.name), str)
+        and given[runner.name].startswith(GITLAB_RUNNER_TOKEN_PREFIX)
+    ]
+
+
 def _misplaced_token_problems(namespace: str, values: dict[str, Any]) -> list[str]:
     """A token anywhere but in runnerTokens would end up in clear in a Kubernetes object."""
     return [
@@ -1450,6 +1470,7 @@ def load() -> StackSettings:
         {name: r.get("platform") or "github" for name, r in by_name.items()},
         tokens,
     )
+    problems += _trust_problems(namespace, runners, tokens)
     problems += _shared_project_problems(namespace, project, parsed, runners, STACK_FILE_DIR)
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"

@@ -12,10 +12,13 @@ from typing import Any
 import yaml
 from pulumi_policy import (
     EnforcementLevel,
+    PolicyResource,
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
     Secret,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -27,6 +30,7 @@ NODE_POOL = "gcp:container/nodePool:NodePool"
 CLUSTER = "gcp:container/cluster:Cluster"
 SERVICE_ACCOUNT_KEY = "gcp:serviceaccount/key:Key"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 # actions-runner-controller's scale-set chart takes the runner pod template as a value.
 ARC_SCALE_SET_CHART = "gha-runner-scale-set"
 # GitLab's runner chart takes the executor's job pod settings as config.toml text.
@@ -81,12 +85,12 @@ def _stack_of(urn: str) -> str:
     return urn.removeprefix("urn:pulumi:").split("::", 1)[0]
 
 
-def _chart(args: ResourceValidationArgs) -> str:
+def _chart(args: ResourceValidationArgs | PolicyResource) -> str:
     """The chart of a Helm release, without its repository."""
     return str(_plain(args.props.get("chart")) or "").rsplit("/", 1)[-1]
 
 
-def _job_pod_specs(args: ResourceValidationArgs) -> list[Mapping[str, Any]]:
+def _job_pod_specs(args: ResourceValidationArgs | PolicyResource) -> list[Mapping[str, Any]]:
     """The pod specs that run CI jobs: a ScaledJob's runner, an ARC scale set's runner, a
     GitLab runner's job pod."""
     values = _get(args.props, "values") or {}
@@ -307,6 +311,42 @@ def pods_have_a_seccomp_profile(
             )
 
 
+def _job_namespace(resource: PolicyResource) -> str | None:
+    """Where a resource that runs CI jobs runs them: its own namespace, or its Helm release's."""
+    if resource.resource_type == HELM_RELEASE:
+        namespace = _plain(resource.props.get("namespace"))
+    else:
+        namespace = _get(resource.props, "metadata", "namespace")
+    return namespace if isinstance(namespace, str) else None
+
+
+def runner_namespaces_are_isolated(
+    args: StackValidationArgs, report_violation: ReportViolation
+) -> None:
+    """Every namespace where CI jobs run has a NetworkPolicy that selects all of its pods for
+    ingress and egress, so that a job reaches only what an allow rule lets it."""
+    isolated = set()
+    for resource in args.resources:
+        spec = _get(resource.props, "spec") or {}
+        closes_all = _plain(spec.get("podSelector")) == {} and {"Ingress", "Egress"} <= set(
+            _plain(spec.get("policyTypes")) or []
+        )
+        if resource.resource_type == NETWORK_POLICY and closes_all:
+            isolated.add(_get(resource.props, "metadata", "namespace"))
+    for resource in args.resources:
+        if not _job_pod_specs(resource):
+            continue
+        namespace = _job_namespace(resource)
+        if namespace is not None and namespace not in isolated:
+            report_violation(
+                f"{resource.resource_type.rsplit(':', 1)[-1]} {resource.name!r} runs CI jobs in "
+                f"namespace {namespace!r}, which no NetworkPolicy closes; add one with "
+                "podSelector: {} and policyTypes [Ingress, Egress], and allow only DNS, the "
+                "metadata server and the internet.",
+                resource.urn,
+            )
+
+
 def _literal_secret_kind(text: Any) -> str | None:
     text = _plain(text)
     if not isinstance(text, str):
@@ -469,15 +509,29 @@ def _policy(
     )
 
 
+def _stack_policy(
+    validate: Callable[[StackValidationArgs, ReportViolation], None],
+    level: EnforcementLevel,
+) -> StackValidationPolicy:
+    """A policy over the whole stack, named after its function, described by its docstring."""
+    return StackValidationPolicy(
+        name=validate.__name__.replace("_", "-"),
+        description=validate.__doc__ or "",
+        validate=validate,
+        enforcement_level=level,
+    )
+
+
 MANDATORY = EnforcementLevel.MANDATORY
 ADVISORY = EnforcementLevel.ADVISORY
 
-POLICIES: list[ResourceValidationPolicy] = [
+POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     _policy(gpu_node_pools_are_labelled_tainted_and_driven, MANDATORY),
     _policy(gpu_workloads_select_and_tolerate_gpu_nodes, MANDATORY),
     _policy(runner_pods_land_on_runner_pools, MANDATORY),
     _policy(runner_pods_mount_no_api_token, MANDATORY),
     _policy(pods_have_a_seccomp_profile, MANDATORY),
+    _stack_policy(runner_namespaces_are_isolated, MANDATORY),
     _policy(containers_hold_no_literal_tokens, MANDATORY),
     _policy(helm_values_hold_no_literal_tokens, MANDATORY),
     _policy(no_service_account_keys, MANDATORY),

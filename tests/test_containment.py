@@ -2,7 +2,6 @@
 runner pool (never the system pool), a namespace that lets it out only to DNS, the metadata
 server and the internet, and, on a trusted runner, jobs of protected refs only."""
 
-import ipaddress
 import subprocess
 import tomllib
 
@@ -92,18 +91,45 @@ def test_gitlab_job_pods_get_runtime_default_seccomp_through_a_locked_feature_fl
         assert runner["feature_flags"]["FF_USE_ADVANCED_POD_SPEC_CONFIGURATION"] is True
 
 
-@pytest.mark.parametrize("shape", [*SHAPES, "every-engine"])
+def shape_program(shape: str):
+    if shape == "every-engine":
+        return run_program(EVERY_ENGINE, secrets=GITLAB_SECRETS)
+    return run_program(SHAPES[shape], secrets=GITLAB_SHAPE_SECRETS.get(shape))
+
+
+ALL_SHAPES = [*SHAPES, "every-engine"]
+
+
+@pytest.mark.parametrize("shape", ALL_SHAPES)
 def test_no_runner_pod_can_land_on_the_system_pool(shape):
-    program = (
-        run_program(EVERY_ENGINE, secrets=GITLAB_SECRETS)
-        if shape == "every-engine"
-        else run_program(SHAPES[shape], secrets=GITLAB_SHAPE_SECRETS.get(shape))
-    )
-    system = program.one(NODE_POOL, "gke-system").inputs["nodeConfig"]["labels"]
+    program = shape_program(shape)
+    system = program.one(NODE_POOL, "gke-system").inputs["nodeConfig"]
+    assert system["labels"].get("gpu") == "false"
+    assert "gpu-runners/cpu-jobs" not in system["labels"]
+    assert "taints" not in system
     for name, pod in job_pods(program).items():
         selector = pod.get("nodeSelector", pod.get("node_selector"))
-        # Some label of the selector is one the system nodes do not carry.
-        assert any(system.get(key) != value for key, value in selector.items()), name
+        # The GPU pool's label, or the CPU runner pool's: the system nodes carry neither.
+        assert selector.get("gpu") == "true" or selector.get("gpu-runners/cpu-jobs") == "true", name
+
+
+@pytest.mark.parametrize("shape", ALL_SHAPES)
+def test_in_every_shape_job_pods_mount_no_token_and_every_runner_namespace_is_isolated(shape):
+    program = shape_program(shape)
+    pods = job_pods(program)
+    assert pods
+    for name, pod in pods.items():
+        mounted = pod.get(
+            "automountServiceAccountToken", pod.get("automount_service_account_token")
+        )
+        assert mounted is False, name
+    isolated = {
+        p.inputs["metadata"]["namespace"]
+        for p in program.of_type(NETWORK_POLICY)
+        if p.inputs["spec"]["podSelector"] == {}
+        and p.inputs["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    }
+    assert isolated == set(pods)
 
 
 def test_cpu_runners_get_a_tainted_pool_of_their_own_that_scales_to_zero(every_engine):
@@ -136,45 +162,52 @@ def allowed_destinations(policy: dict) -> list[tuple[str, list[int]]]:
     return allowed
 
 
+# Each link-local or cluster address a job may reach, and on which ports only.
+NARROW_DESTINATIONS = {
+    "169.254.20.10/32": {53},  # NodeLocal DNSCache
+    "169.254.169.254/32": {53, 80},  # Cloud DNS, and the metadata server on Dataplane V2
+    "169.254.169.252/32": {988},  # the metadata server on the legacy dataplane
+    "34.118.224.0/20": {53},  # the cluster's Services (kube-dns untranslated), from the mocks
+}
+PRIVATE = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"]
+
+
 def test_every_runner_namespace_denies_traffic_in_and_lets_jobs_out_to_the_internet_only(
     every_engine,
 ):
-    namespaces = {n.inputs["metadata"]["name"] for n in every_engine.of_type(NAMESPACE)}
     isolation = {
         p.inputs["metadata"]["namespace"]: p.inputs
         for p in every_engine.of_type(NETWORK_POLICY)
         if p.name.endswith("-isolation")
     }
-    runner_namespaces = {r["name"] for r in EVERY_ENGINE[RUNNERS]}
-    assert runner_namespaces <= namespaces
-    assert set(isolation) == runner_namespaces
+    assert set(isolation) == {r["name"] for r in EVERY_ENGINE[RUNNERS]}
     for namespace, policy in isolation.items():
         spec = policy["spec"]
         assert spec["podSelector"] == {}, namespace
         assert spec["policyTypes"] == ["Ingress", "Egress"]
         assert "ingress" not in spec
+        ports: dict[str, set[int]] = {}
         for rule in spec["egress"]:
             for peer in rule["to"]:
                 if "ipBlock" not in peer:
-                    # Only kube-dns, and only on port 53.
+                    # Only kube-dns's pods, and only on port 53.
+                    assert peer["namespaceSelector"] == {
+                        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                    }
                     assert peer["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
                     assert {p["port"] for p in rule["ports"]} == {53}
                     continue
-                block = peer["ipBlock"]
-                network = ipaddress.ip_network(block["cidr"])
-                excluded = [ipaddress.ip_network(c) for c in block.get("except", [])]
-                # No private address of the cluster's network is reachable on any port.
-                for private in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"):
-                    inside = ipaddress.ip_network(private)
-                    assert not network.overlaps(inside) or any(
-                        inside.subnet_of(e) for e in excluded
-                    ), (namespace, block)
-                if network.prefixlen == 0:
-                    assert {p["port"] for p in rule["ports"]} == {80, 443}
+                cidr = peer["ipBlock"]["cidr"]
+                ports.setdefault(cidr, set()).update(p["port"] for p in rule["ports"])
+                if cidr == "0.0.0.0/0":
+                    # The internet: no private or link-local address, HTTPS and HTTP only.
+                    assert sorted(peer["ipBlock"]["except"]) == sorted(PRIVATE)
+        assert ports == NARROW_DESTINATIONS | {"0.0.0.0/0": {80, 443}}, namespace
 
 
-def test_the_gitlab_manager_alone_reaches_the_api_server(every_engine):
-    manager = every_engine.one(NETWORK_POLICY, "gl-gpu-manager-egress").inputs["spec"]
+def test_the_gitlab_manager_alone_reaches_private_addresses_on_https(every_engine):
+    egress = every_engine.one(NETWORK_POLICY, "gl-gpu-manager-egress")
+    manager = egress.inputs["spec"]
     assert manager["podSelector"] == {
         "matchLabels": {"app": "gl-gpu"},
         "matchExpressions": [{"key": "job.runner.gitlab.com/pod", "operator": "DoesNotExist"}],
@@ -185,6 +218,9 @@ def test_the_gitlab_manager_alone_reaches_the_api_server(every_engine):
     assert values["fullnameOverride"] == "gl-gpu"
     others = [p.name for p in every_engine.of_type(NETWORK_POLICY) if "manager" in p.name]
     assert sorted(others) == ["gl-cpu-manager-egress", "gl-gpu-manager-egress"]
+    # The manager's exception exists before the namespace is closed, so it never loses GitLab.
+    isolation = every_engine.one(NETWORK_POLICY, "gl-gpu-isolation")
+    assert every_engine.waits_for(isolation, egress)
 
 
 def test_a_new_cluster_enforces_network_policy_with_dataplane_v2():
@@ -240,11 +276,18 @@ def test_trusted_github_runners_run_the_protected_refs_hook_before_every_job(eve
         assert container["volumeMounts"] == [
             {"name": "job-hooks", "mountPath": "/opt/gpu-runners/hooks", "readOnly": True}
         ]
+        assert pods[name]["volumes"] == [
+            {
+                "name": "job-hooks",
+                "configMap": {"name": f"{name}-job-hooks", "defaultMode": 0o555},
+            }
+        ]
         config_map = every_engine.one("kubernetes:core/v1:ConfigMap", f"{name}-job-hooks")
         assert config_map.inputs["data"] == {"protected-refs-only.sh": PROTECTED_REFS_ONLY}
     for name in ("cml-gpu", "arc-cpu"):
         (container,) = pods[name]["containers"]
         assert "volumeMounts" not in container, name
+        assert "volumes" not in pods[name], name
 
 
 @pytest.mark.parametrize(
@@ -281,4 +324,14 @@ def test_a_trusted_cml_runner_on_gitlab_is_refused():
     runner = {"name": "cml-gl", "platform": "gitlab", "engine": "cml", "trust": "trusted"}
     error, registered = run_rejected_program({RUNNERS: [runner]})
     assert "gpu-runners:runners[0].trust = 'trusted': CML registers its GitLab runner" in str(error)
+    assert registered == []
+
+
+def test_a_trusted_gitlab_runner_from_a_runner_token_is_refused_without_showing_it():
+    trusted = {RUNNERS: [{"name": "gl-gpu", "platform": "gitlab", "trust": "trusted"}]}
+    error, registered = run_rejected_program(trusted, secrets={TOKENS: {"gl-gpu": GITLAB_TOKEN}})
+    message = str(error)
+    assert "gpu-runners:runners[0].trust = 'trusted': runnerTokens.gl-gpu is a runner" in message
+    assert "which it registers protected, or trust: untrusted" in message
+    assert GITLAB_TOKEN not in message
     assert registered == []

@@ -136,7 +136,8 @@ def test_upgrading_from_4bd629f_meets_what_the_upgrade_notes_say():
         for old in previous
         if old["protect"] and old["urn"].rsplit("::", 1)[1] in replaced | removed
     }
-    unprotected = re.findall(r"pulumi state unprotect '([^']+)'", LIFECYCLE)
+    notes = LIFECYCLE[LIFECYCLE.index("## Upgrading a stack made before stack-scoped names") :]
+    unprotected = re.findall(r"pulumi state unprotect '([^']+)'", notes)
     assert {urn.replace("urn:pulumi:dev::", "urn:pulumi:<stack>::") for urn in blocked} == set(
         unprotected
     )
@@ -155,3 +156,15 @@ def test_upgrading_from_f902498_meets_what_the_upgrade_notes_say(dataplane_v2):
     notes = LIFECYCLE[LIFECYCLE.index("## Upgrading a stack made before job containment") :]
     assert "pulumi config set --path cluster.dataplaneV2 false" in notes
     assert "runner-identity-dvc-objects" in notes
+
+
+TRUSTED = {"gpu-runners:runners": [{"name": "cml-runner", "trust": "trusted"}]}
+
+
+def test_removing_the_last_trusted_runner_meets_the_protected_grant_the_lifecycle_page_names():
+    with_trusted = run_program({**WITH_CI, **TRUSTED})
+    lost = protected_lost(with_trusted, run_program(WITH_CI))
+    assert lost == {"runner-identity-trusted-admin-0"}
+    (grant,) = [r for r in with_trusted.resources if r.name in lost]
+    urns = re.findall(r"pulumi state unprotect '([^']+)'", LIFECYCLE)
+    assert grant.urn.replace("urn:pulumi:dev::", "urn:pulumi:<stack>::") in urns

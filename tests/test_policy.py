@@ -58,6 +58,7 @@ def test_the_pack_has_the_mandatory_and_advisory_rules():
         "runner-pods-land-on-runner-pools": EnforcementLevel.MANDATORY,
         "runner-pods-mount-no-api-token": EnforcementLevel.MANDATORY,
         "pods-have-a-seccomp-profile": EnforcementLevel.MANDATORY,
+        "runner-namespaces-are-isolated": EnforcementLevel.MANDATORY,
         "containers-hold-no-literal-tokens": EnforcementLevel.MANDATORY,
         "helm-values-hold-no-literal-tokens": EnforcementLevel.MANDATORY,
         "no-service-account-keys": EnforcementLevel.MANDATORY,
@@ -73,9 +74,8 @@ def test_the_pack_has_the_mandatory_and_advisory_rules():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_rule_passes_on_what_the_program_registers(shape):
     program = run_program(SHAPES[shape])
-    for policy_name in BY_NAME:
-        for resource in program.resources:
-            assert violations(resource, policy_name) == [], (policy_name, resource.name)
+    for policy in POLICIES:
+        assert plan.policy_violations(program.resources, policy) == [], policy.name
 
 
 def gpu_pool(dev, change) -> Resource:
@@ -319,7 +319,7 @@ def test_a_gitlab_toleration_by_key_alone_tolerates_any_value():
 def test_the_production_example_passes_every_mandatory_rule_and_is_warned_off_spot():
     program = run_program(stack="prod")
     for policy in POLICIES:
-        found = [v for r in program.resources for v in violations(r, policy.name)]
+        found = plan.policy_violations(program.resources, policy)
         if policy.name == "gpu-pools-use-spot":
             # Advisory: the production example chose on-demand GPUs on purpose.
             assert len(found) == 1
@@ -418,3 +418,14 @@ def test_the_gitlab_manager_keeps_its_token_but_not_without_seccomp():
     manager = crafted(program, RELEASE, "gl-gpu", unfilter_the_manager)
     (found,) = violations(manager, SECCOMP_RULE)
     assert found.startswith("Release 'gl-gpu': container 'manager' runs without a seccomp")
+
+
+@pytest.mark.parametrize("engine", ["cml", "arc", "gitlab-runner"])
+def test_a_runner_namespace_without_its_isolation_is_refused(engine):
+    program, type_, name = _engine(engine)
+    policy = BY_NAME["runner-namespaces-are-isolated"]
+    assert plan.policy_violations(program.resources, policy) == []
+    opened = [r for r in program.resources if r.name != f"{name}-isolation"]
+    ((resource, message),) = plan.policy_violations(opened, policy)
+    assert (resource.type, resource.name) == (type_, name)
+    assert f"runs CI jobs in namespace {name!r}, which no NetworkPolicy closes" in message

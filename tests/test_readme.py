@@ -8,14 +8,13 @@ from markdown_it import MarkdownIt
 from pulumi_policy import EnforcementLevel
 from pydantic.fields import FieldInfo
 
-from infra import apis, arc, ci, cluster, gitlab_runner, identity, keda, machines, registry
+from infra import apis, arc, ci, cluster, gitlab_runner, identity, keda, machines, plan, registry
 from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from policy.rules import POLICIES
 from tests.harness import REPO, run_components, run_program
 from tests.stacks import WITH_CI
 from tests.test_arc_runner import ARC, release
-from tests.test_policy import violations
 
 README = (REPO / "README.md").read_text()
 DOCUMENTED_MODELS = {**SECTIONS, f"{RUNNERS_KEY}[]": RunnerSettings}
@@ -128,13 +127,9 @@ def test_the_own_cluster_example_passes_the_policy_pack():
 
     program = run_components(build)
     assert program.of_type("kubernetes:keda.sh/v1alpha1:ScaledJob")
-    mandatory = [p.name for p in POLICIES if p.enforcement_level == EnforcementLevel.MANDATORY]
-    found = {
-        (resource.name, name): violations(resource, name)
-        for resource in program.resources
-        for name in mandatory
-    }
-    assert {key: found[key] for key in found if found[key]} == {}
+    mandatory = [p for p in POLICIES if p.enforcement_level == EnforcementLevel.MANDATORY]
+    found = {p.name: plan.policy_violations(program.resources, p) for p in mandatory}
+    assert {name: found[name] for name in found if found[name]} == {}
 
 
 def test_the_memory_a_node_leaves_to_pods_is_what_the_settings_check():
