@@ -215,47 +215,55 @@ class GpuCluster(pulumi.ComponentResource):
                 ignore_changes=["initialNodeCount"], depends_on=node_account_grants
             ),
         )
+
+        def node_pool(
+            pool: str,
+            zones: Sequence[str],
+            initial_nodes: int,
+            size: tuple[int, int],
+            location_policy: str,
+            node_config: dict,
+        ) -> gcp.container.NodePool:
+            """A pool of this cluster, autoscaled between size[0] and size[1] nodes."""
+            return gcp.container.NodePool(
+                f"{name}-{pool}",
+                name=pool,
+                project=args.project,
+                cluster=cluster.name,
+                location=settings.location,
+                node_locations=list(zones),
+                initial_node_count=initial_nodes,
+                autoscaling={
+                    "total_min_node_count": size[0],
+                    "total_max_node_count": size[1],
+                    "location_policy": location_policy,
+                },
+                management={"auto_repair": True, "auto_upgrade": True},
+                node_config=node_config,
+                opts=pool_options,
+            )
+
         system = args.system_pool
-        system_pool = gcp.container.NodePool(
-            f"{name}-system",
-            name="system",
-            project=args.project,
-            cluster=cluster.name,
-            location=settings.location,
-            node_locations=list(system.zones),
-            initial_node_count=1,
-            autoscaling={
-                "total_min_node_count": system.min_nodes,
-                "total_max_node_count": system.max_nodes,
-                "location_policy": "BALANCED",
-            },
-            management={"auto_repair": True, "auto_upgrade": True},
-            node_config=_node_config(
+        system_pool = node_pool(
+            "system",
+            system.zones,
+            1,
+            (system.min_nodes, system.max_nodes),
+            "BALANCED",
+            _node_config(
                 node_sa.email, system.machine_type, system.disk_size_gb, system.node_labels
             )
             | {"spot": system.spot},
-            opts=pool_options,
         )
-
         gpu = args.gpu_pool
-        gcp.container.NodePool(
-            f"{name}-gpu",
-            name="gpu",
-            project=args.project,
-            cluster=cluster.name,
-            location=settings.location,
-            node_locations=list(gpu.zones),
-            initial_node_count=0,
-            autoscaling={
-                "total_min_node_count": gpu.min_nodes,
-                "total_max_node_count": gpu.max_nodes,
-                # ANY takes a GPU wherever one is free, which matters for scarce GPUs and Spot.
-                "location_policy": "ANY",
-            },
-            management={"auto_repair": True, "auto_upgrade": True},
-            node_config=_node_config(
-                node_sa.email, gpu.machine_type, gpu.disk_size_gb, gpu.node_labels
-            )
+        node_pool(
+            "gpu",
+            gpu.zones,
+            0,
+            (gpu.min_nodes, gpu.max_nodes),
+            # ANY takes a GPU wherever one is free, which matters for scarce GPUs and Spot.
+            "ANY",
+            _node_config(node_sa.email, gpu.machine_type, gpu.disk_size_gb, gpu.node_labels)
             | {
                 "spot": gpu.spot,
                 "guest_accelerators": [
@@ -269,30 +277,17 @@ class GpuCluster(pulumi.ComponentResource):
                 ],
                 "taints": [GPU_TAINT],
             },
-            opts=pool_options,
         )
-
         cpu = args.cpu_pool
         if cpu is not None:
-            gcp.container.NodePool(
-                f"{name}-cpu",
-                name="cpu",
-                project=args.project,
-                cluster=cluster.name,
-                location=settings.location,
-                node_locations=list(cpu.zones or system.zones),
-                initial_node_count=0,
-                autoscaling={
-                    "total_min_node_count": cpu.min_nodes,
-                    "total_max_node_count": cpu.max_nodes,
-                    "location_policy": "ANY",
-                },
-                management={"auto_repair": True, "auto_upgrade": True},
-                node_config=_node_config(
-                    node_sa.email, cpu.machine_type, cpu.disk_size_gb, cpu.node_labels
-                )
+            node_pool(
+                "cpu",
+                cpu.zones or system.zones,
+                0,
+                (cpu.min_nodes, cpu.max_nodes),
+                "ANY",
+                _node_config(node_sa.email, cpu.machine_type, cpu.disk_size_gb, cpu.node_labels)
                 | {"spot": cpu.spot, "taints": [CPU_JOBS_TAINT]},
-                opts=pool_options,
             )
 
         context = f"gke_{args.project}_{settings.location}_{settings.name}"

@@ -268,16 +268,21 @@ def _check_system_machine_type(machine_type: str) -> str:
     return machine_type
 
 
-class SystemPoolSettings(_Section):
-    """The CPU node pool for system pods (`systemPool`), labelled gpu=false."""
+class _CpuNodes(_Section):
+    """What the system pool and the CPU runner pool both set."""
 
     machine_type: Annotated[str, AfterValidator(_check_system_machine_type)] = "e2-standard-2"
-    zones: Zones = ("europe-west6-b",)
-    max_nodes: MaxNodes = 2
-    min_nodes: MinNodes = 1
     disk_size_gb: DiskSizeGb = 50
     spot: bool = False
     labels: ExtraLabels = {}
+
+
+class SystemPoolSettings(_CpuNodes):
+    """The CPU node pool for system pods (`systemPool`), labelled gpu=false."""
+
+    zones: Zones = ("europe-west6-b",)
+    max_nodes: MaxNodes = 2
+    min_nodes: MinNodes = 1
 
     @property
     def node_labels(self) -> dict[str, str]:
@@ -360,18 +365,14 @@ class GpuPoolSettings(_Section):
         return {**self.labels, GPU_LABEL: "true"}
 
 
-class CpuPoolSettings(_Section):
+class CpuPoolSettings(_CpuNodes):
     """The CPU node pool for CPU runners (`cpuPool`), created when a runner has `gpus: 0`:
     labelled gpu=false and gpu-runners/cpu-jobs=true, tainted so nothing else lands there."""
 
-    machine_type: Annotated[str, AfterValidator(_check_system_machine_type)] = "e2-standard-2"
     zones: ZoneList = ()
     """Empty: the system pool's zones."""
     max_nodes: MaxNodes = 2
     min_nodes: MinNodes = 0
-    disk_size_gb: DiskSizeGb = 50
-    spot: bool = False
-    labels: ExtraLabels = {}
 
     @property
     def node_labels(self) -> dict[str, str]:

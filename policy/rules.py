@@ -497,24 +497,13 @@ def gpu_pools_scale_to_zero(
 
 
 def _policy(
-    validate: Callable[[ResourceValidationArgs, ReportViolation], None],
+    validate: Callable[[Any, ReportViolation], None],
     level: EnforcementLevel,
-) -> ResourceValidationPolicy:
-    """A policy named after its function, described by its docstring."""
-    return ResourceValidationPolicy(
-        name=validate.__name__.replace("_", "-"),
-        description=validate.__doc__ or "",
-        validate=validate,
-        enforcement_level=level,
-    )
-
-
-def _stack_policy(
-    validate: Callable[[StackValidationArgs, ReportViolation], None],
-    level: EnforcementLevel,
-) -> StackValidationPolicy:
-    """A policy over the whole stack, named after its function, described by its docstring."""
-    return StackValidationPolicy(
+    kind: type[ResourceValidationPolicy | StackValidationPolicy] = ResourceValidationPolicy,
+) -> ResourceValidationPolicy | StackValidationPolicy:
+    """A policy named after its function, described by its docstring; a resource policy, or
+    with `kind` StackValidationPolicy one that sees every resource of the stack at once."""
+    return kind(
         name=validate.__name__.replace("_", "-"),
         description=validate.__doc__ or "",
         validate=validate,
@@ -531,7 +520,7 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     _policy(runner_pods_land_on_runner_pools, MANDATORY),
     _policy(runner_pods_mount_no_api_token, MANDATORY),
     _policy(pods_have_a_seccomp_profile, MANDATORY),
-    _stack_policy(runner_namespaces_are_isolated, MANDATORY),
+    _policy(runner_namespaces_are_isolated, MANDATORY, StackValidationPolicy),
     _policy(containers_hold_no_literal_tokens, MANDATORY),
     _policy(helm_values_hold_no_literal_tokens, MANDATORY),
     _policy(no_service_account_keys, MANDATORY),
