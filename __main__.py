@@ -13,7 +13,7 @@ from infra.gitlab_runner import GitlabRunner, GitlabRunnerArgs
 from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
 from infra.keda import Keda
 from infra.registry import ImageMirror
-from infra.runner_base import SYSTEM_NODES
+from infra.runner_base import SANDBOX_RUNTIME_CLASS, SYSTEM_NODES
 
 settings = stack_settings.load()
 
@@ -113,6 +113,9 @@ def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
         "google_service_account": identity.email_for(runner.trust == "trusted"),
         "registries": mirror.registries,
         "services_range": cluster.services_range,
+        "runtime_class": SANDBOX_RUNTIME_CLASS
+        if runner.gpus == 0 and settings.cpu_pool.sandbox
+        else None,
         "trusted": runner.trust == "trusted",
     }
 

@@ -287,7 +287,12 @@ class GpuCluster(pulumi.ComponentResource):
                 (cpu.min_nodes, cpu.max_nodes),
                 "ANY",
                 _node_config(node_sa.email, cpu.machine_type, cpu.disk_size_gb, cpu.node_labels)
-                | {"spot": cpu.spot, "taints": [CPU_JOBS_TAINT]},
+                | {"spot": cpu.spot, "taints": [CPU_JOBS_TAINT]}
+                # GKE Sandbox: each pod in its own gVisor kernel. sandbox_config replaces the
+                # pool when changed (ForceNew in the provider); `type` replaces the
+                # deprecated `sandbox_type`. GKE requires Container-Optimized OS, which the
+                # pools use, and another pool beside it, which the system pool is.
+                | ({"sandbox_config": {"type": "GVISOR"}} if cpu.sandbox else {}),
             )
 
         context = f"gke_{args.project}_{settings.location}_{settings.name}"

@@ -230,6 +230,9 @@ def runner_config(
         "node_selector": node_selector(args),
         "pod_annotations": dict(NOT_EVICTABLE),
     }
+    if args.runtime_class is not None:
+        # Since runner 14.9.
+        kubernetes["runtime_class_name"] = args.runtime_class
     # Runner 18.9 has no setting for a seccomp profile (18.11 adds one) nor for extended
     # resources: both are set by patching the pod (GitLab's GPU guide does the same for
     # GPUs, docs/configuration/gpus.md), which needs the advanced pod spec feature flag. It

@@ -81,6 +81,9 @@ class RunnerBaseArgs:
     NodeLocal DNSCache answers on kube-dns's Service address untranslated, which neither the
     kube-dns pods nor its link-local address match (kubernetes/dns, nodelocaldns README,
     "Network policy and DNS connectivity")."""
+    runtime_class: str | None = None
+    """The pods' RuntimeClass: `gvisor` on a GKE Sandbox pool, whose RuntimeClass also adds its
+    node selector and toleration (GKE docs, "Harden workload isolation with GKE Sandbox")."""
     trusted: bool = False
     """Take jobs of protected branches only (as far as the forge lets the engine enforce it),
     and act as `google_service_account`, which may then write the DVC remote."""
@@ -110,6 +113,9 @@ def container_resources(args: RunnerBaseArgs) -> dict:
     return {"requests": resources, "limits": dict(resources)}
 
 
+SANDBOX_RUNTIME_CLASS = "gvisor"
+
+
 def pod_identity(service_account: pulumi.Input[str]) -> dict:
     """The pod spec's service account, without an API token in the pod.
 
@@ -126,9 +132,12 @@ def node_selector(args: RunnerBaseArgs) -> dict[str, str]:
 
 
 def placement(args: RunnerBaseArgs) -> dict:
-    """The pod spec's nodeSelector, and the toleration of its pool's taint."""
+    """The pod spec's nodeSelector, the toleration of its pool's taint, and its RuntimeClass."""
     toleration = GPU_TOLERATION if args.gpus > 0 else CPU_JOBS_TOLERATION
-    return {"nodeSelector": node_selector(args), "tolerations": [toleration]}
+    spec = {"nodeSelector": node_selector(args), "tolerations": [toleration]}
+    if args.runtime_class is not None:
+        spec["runtimeClassName"] = args.runtime_class
+    return spec
 
 
 # A GitHub runner runs this script before each job, and fails the job when it fails

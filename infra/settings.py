@@ -373,6 +373,8 @@ class CpuPoolSettings(_CpuNodes):
     """Empty: the system pool's zones."""
     max_nodes: MaxNodes = 2
     min_nodes: MinNodes = 0
+    sandbox: bool = False
+    """Run CPU runner pods in GKE Sandbox (gVisor)."""
 
     @property
     def node_labels(self) -> dict[str, str]:

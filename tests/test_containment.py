@@ -335,3 +335,24 @@ def test_a_trusted_gitlab_runner_from_a_runner_token_is_refused_without_showing_
     assert "which it registers protected, or trust: untrusted" in message
     assert GITLAB_TOKEN not in message
     assert registered == []
+
+
+def test_a_sandboxed_cpu_pool_runs_every_engines_cpu_runners_in_gvisor():
+    program = run_program(
+        {**EVERY_ENGINE, "gpu-runners:cpuPool": {"sandbox": True}}, secrets=GITLAB_SECRETS
+    )
+    pool = program.one(NODE_POOL, "gke-cpu").inputs["nodeConfig"]
+    assert pool["sandboxConfig"] == {"type": "GVISOR"}
+    assert pool["imageType"] == "COS_CONTAINERD"
+    pods = job_pods(program)
+    assert pods["arc-cpu"]["runtimeClassName"] == "gvisor"
+    assert pods["gl-cpu"]["runtime_class_name"] == "gvisor"
+    # GPU runners are not sandboxed: GKE offers GPUs in GKE Sandbox in Preview only.
+    assert "sandboxConfig" not in program.one(NODE_POOL, "gke-gpu").inputs["nodeConfig"]
+    for name in ("cml-gpu", "cml-main", "arc-main", "gl-gpu"):
+        assert "runtimeClassName" not in pods[name] and "runtime_class_name" not in pods[name]
+
+
+def test_cpu_pools_are_not_sandboxed_unless_asked(every_engine):
+    assert "sandboxConfig" not in every_engine.one(NODE_POOL, "gke-cpu").inputs["nodeConfig"]
+    assert "runtimeClassName" not in job_pods(every_engine)["arc-cpu"]
