@@ -6,7 +6,7 @@ builds no PolicyPack, so tests can call the policies without the policy engine.
 
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -136,11 +136,16 @@ def _gitlab_job_pod_spec(config: Any) -> Mapping[str, Any] | None:
     if not isinstance(config, str):
         return None
     kubernetes = (tomllib.loads(config).get("runners") or [{}])[0].get("kubernetes", {})
+    # build_container_security_context, the build container's own security context
+    # (common/config.go, BuildContainerSecurityContext), over the executor-wide keys.
+    build_context = kubernetes.get("build_container_security_context", {})
     build: dict[str, Any] = {
         "name": "build",
         "securityContext": {
-            "privileged": kubernetes.get("privileged", False),
-            "allowPrivilegeEscalation": kubernetes.get("allow_privilege_escalation"),
+            "privileged": build_context.get("privileged", kubernetes.get("privileged", False)),
+            "allowPrivilegeEscalation": build_context.get(
+                "allow_privilege_escalation", kubernetes.get("allow_privilege_escalation")
+            ),
         },
     }
     pod: dict[str, Any] = {
@@ -153,8 +158,11 @@ def _gitlab_job_pod_spec(config: Any) -> Mapping[str, Any] | None:
             if key in patched:
                 pod[key] = patched[key]
         for container in patched.get("containers", []):
-            if container.get("name") == "build" and "resources" in container:
+            if container.get("name") != "build":
+                continue
+            if "resources" in container:
                 build["resources"] = container["resources"]
+            build["securityContext"] |= container.get("securityContext", {})
     return {
         **pod,
         "nodeSelector": kubernetes.get("node_selector", {}),
@@ -377,11 +385,13 @@ def containers_hold_no_literal_tokens(
 
 
 def _strings(value: Any, path: str) -> Iterator[tuple[str, Any]]:
-    """Every leaf of a nested value with its dotted path; a Pulumi secret stays whole."""
+    """Every leaf of a nested value with its dotted path. The analyzer hands lists over as
+    read-only sequences, not `list`, and secrets in plain text (pulumi-policy, policy.py)."""
+    value = _plain(value)
     if isinstance(value, Mapping):
         for key, inner in value.items():
             yield from _strings(inner, f"{path}.{key}")
-    elif isinstance(value, list):
+    elif isinstance(value, Sequence) and not isinstance(value, str):
         for index, inner in enumerate(value):
             yield from _strings(inner, f"{path}[{index}]")
     else:
@@ -396,7 +406,9 @@ def helm_values_hold_no_literal_tokens(
     if args.resource_type != HELM_RELEASE:
         return
     for path, value in _strings(args.props.get("values") or {}, "values"):
-        kind = None if isinstance(value, Secret) else _literal_secret_kind(value)
+        # A value marked secret in the program is no exception: the analyzer sees it in
+        # plain text, and Helm keeps it so in the release's history in the cluster.
+        kind = _literal_secret_kind(value)
         if kind:
             report_violation(
                 f"{_subject(args)}: {path} holds {kind} in clear; create a Secret from secret "
@@ -490,7 +502,9 @@ def gpu_pools_scale_to_zero(
     minimum = autoscaling.get("totalMinNodeCount", autoscaling.get("minNodeCount"))
     if not autoscaling or int(_plain(minimum) or 0) > 0:
         report_violation(
-            f"GPU node pool {args.name!r} keeps {minimum or 'a fixed number of'} GPU node(s) "
+            # Numbers reach the analyzer as floats (1.0): shown as whole numbers.
+            f"GPU node pool {args.name!r} keeps {int(_plain(minimum) or 0) or 'a fixed number of'} "
+            "GPU node(s) "
             "even when idle; set gpuPool.minNodes: 0.",
             None,
         )

@@ -8,6 +8,7 @@ import tomllib
 import pytest
 import tomli_w
 import yaml
+from pulumi.runtime import rpc
 from pulumi_policy import EnforcementLevel
 
 from infra import plan
@@ -18,6 +19,7 @@ from tests.stacks import BOTH_ENGINES, GITLAB, SHAPES
 
 BY_NAME = {policy.name: policy for policy in POLICIES}
 TOKEN_RULE = "runner-pods-mount-no-api-token"
+TOKENS_IN_VALUES = "helm-values-hold-no-literal-tokens"
 SECCOMP_RULE = "pods-have-a-seccomp-profile"
 
 
@@ -429,3 +431,44 @@ def test_a_runner_namespace_without_its_isolation_is_refused(engine):
     ((resource, message),) = plan.policy_violations(opened, policy)
     assert (resource.type, resource.name) == (type_, name)
     assert f"runs CI jobs in namespace {name!r}, which no NetworkPolicy closes" in message
+
+
+def test_tokens_in_lists_and_secret_values_of_helm_values_are_refused():
+    program = run_program(BOTH_ENGINES)
+
+    def hide_in_a_list(inputs):
+        # The analyzer passes a list as a read-only sequence (pulumi-policy's proxies).
+        inputs["values"]["template"]["spec"]["imagePullSecrets"] = [{"name": fake_token("gpu-arc")}]
+
+    (found,) = violations(crafted(program, RELEASE, "gpu-arc", hide_in_a_list), TOKENS_IN_VALUES)
+    assert "values.template.spec.imagePullSecrets[0].name holds a GitHub token" in found
+
+    def mark_it_secret(inputs):
+        # Marked secret in the program, the value is still in clear in the release's history.
+        secret = {rpc._special_sig_key: rpc._special_secret_sig, "value": fake_token("gpu-arc")}
+        inputs["values"]["githubConfigUrl"] = secret
+
+    (found,) = violations(crafted(program, RELEASE, "gpu-arc", mark_it_secret), TOKENS_IN_VALUES)
+    assert "values.githubConfigUrl holds a GitHub token" in found
+
+
+def test_the_gitlab_job_pod_model_reads_the_build_containers_own_security_context():
+    program = run_program(GITLAB, secrets=GITLAB_TOKEN)
+
+    def privilege_the_build_container(kubernetes: dict) -> None:
+        kubernetes["build_container_security_context"] = {"privileged": True}
+
+    def privilege_through_a_patch(kubernetes: dict) -> None:
+        (patch,) = kubernetes["pod_spec"]
+        body = json.loads(patch["patch"])
+        body["containers"][0]["securityContext"] = {"allowPrivilegeEscalation": True}
+        patch["patch"] = json.dumps(body)
+
+    privileged = crafted(
+        program, RELEASE, "gl-gpu", _gitlab_config_change(privilege_the_build_container)
+    )
+    (found,) = violations(privileged, "no-privileged-containers")
+    assert "container 'build' is privileged" in found
+    patched = crafted(program, RELEASE, "gl-gpu", _gitlab_config_change(privilege_through_a_patch))
+    (found,) = violations(patched, "no-privileged-containers")
+    assert "container 'build' may escalate privileges" in found
