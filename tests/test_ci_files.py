@@ -216,9 +216,10 @@ def test_destroy_runs_only_when_dispatched_and_confirmed(workflow):
             assert step.get("with", {}).get("command") != "destroy", name
 
 
-def test_deployments_of_a_stack_never_overlap(workflow):
+def test_deployments_of_a_stack_run_one_at_a_time_and_are_never_cancelled(workflow):
     up, destroy = workflow["jobs"]["up"], workflow["jobs"]["destroy"]
-    assert up["concurrency"]["group"] == destroy["concurrency"]["group"]
+    assert "PULUMI_STACK" in up["concurrency"]["group"]
+    assert "PULUMI_STACK" in destroy["concurrency"]["group"]
     assert up["concurrency"]["cancel-in-progress"] is False
     assert destroy["concurrency"]["cancel-in-progress"] is False
     assert "concurrency" in workflow["jobs"]["preview"]
@@ -382,8 +383,9 @@ def test_the_preview_carries_a_cost_estimate_against_the_base_branch(workflow, g
         "python -m infra.estimate" in estimate["run"]
         and "--base base-stack.yaml" in estimate["run"]
     )
-    # One comment, updated by each run, found by its heading.
-    assert 'startswith("### Cost estimate")' in estimate["run"]
+    # One comment, updated by each run, found by its heading (estimate.md starts with it).
+    assert ".github/scripts/pr-comment.sh estimate.md" in estimate["run"]
+    assert "### Cost estimate:" in estimate_markdown()
     assert workflow["jobs"]["preview"]["permissions"]["pull-requests"] == "write"
     script = "\n".join(gitlab["preview"]["script"])
     assert "python -m infra.estimate" in script and "--base base-stack.yaml" in script
@@ -444,3 +446,91 @@ def test_no_passphrase_reaches_ci(workflow, gitlab):
     readme = (REPO / "README.md").read_text()
     assert "leave it unprotected" not in readme
     assert "gh secret set PULUMI_CONFIG_PASSPHRASE" not in readme
+
+
+def test_both_forges_run_one_pinned_pulumi_cli(workflow):
+    pinned = workflow["env"]["PULUMI_VERSION"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned)
+    assert load(GITLAB_CI)["variables"]["PULUMI_VERSION"] == pinned
+    for name in ("preview", "up", "destroy"):
+        for step in steps_using(workflow["jobs"][name], "pulumi/actions"):
+            assert step["with"]["pulumi-version"] == "${{ env.PULUMI_VERSION }}", name
+
+
+def test_a_failed_preview_says_so_on_both_forges(workflow, gitlab):
+    steps = workflow["jobs"]["preview"]["steps"]
+    (outcome,) = [s for s in steps if s.get("name") == "Preview outcome"]
+    assert outcome["if"] == "${{ !cancelled() }}"
+    assert outcome["env"]["OUTCOME"] == "${{ steps.preview.outcome }}"
+    assert steps_using(workflow["jobs"]["preview"], "pulumi/actions")[0]["id"] == "preview"
+    assert gitlab["preview"]["artifacts"]["when"] == "always"
+
+
+def test_pr_comments_update_only_this_workflows_own_comment():
+    script = (REPO / ".github/scripts/pr-comment.sh").read_text()
+    assert 'select(.user.login == \\"github-actions[bot]\\")' in script
+
+
+def test_a_destroy_waits_in_a_group_no_push_can_cancel(workflow):
+    up, destroy = workflow["jobs"]["up"], workflow["jobs"]["destroy"]
+    assert up["concurrency"]["group"] != destroy["concurrency"]["group"]
+    assert destroy["concurrency"]["group"].startswith("pulumi-destroy-")
+
+
+def test_gitlab_never_deploys_an_older_commit_over_a_newer_one(gitlab):
+    script = gitlab["up"]["script"]
+    guard = next(line for line in script if "FETCH_HEAD" in line)
+    assert script.index(guard) < next(
+        i for i, line in enumerate(script) if line.startswith("pulumi up")
+    )
+    # Run as the job would, with git answering that the branch has moved on.
+    moved = subprocess.run(
+        ["bash", "-c", f'git() {{ echo "newer"; }}\n{guard}\necho deploying'],
+        env={"CI_COMMIT_SHA": "older", "CI_COMMIT_SHORT_SHA": "older", "CI_DEFAULT_BRANCH": "main"},
+        capture_output=True,
+        text=True,
+    )
+    assert moved.returncode == 0
+    assert "main has moved past older" in moved.stdout
+    assert "deploying" not in moved.stdout
+    head = subprocess.run(
+        ["bash", "-c", f'git() {{ echo "same"; }}\n{guard}\necho deploying'],
+        env={"CI_COMMIT_SHA": "same", "CI_COMMIT_SHORT_SHA": "same", "CI_DEFAULT_BRANCH": "main"},
+        capture_output=True,
+        text=True,
+    )
+    assert head.stdout.strip() == "deploying"
+
+
+def estimate_markdown() -> str:
+    """What the cost estimate step writes to estimate.md for the dev stack."""
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.estimate", "Pulumi.dev.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_the_comment_script_finds_a_comment_by_the_first_line_of_its_file(tmp_path):
+    """pr-comment.sh keys a comment on the file's heading up to its colon; run with a fake gh."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    # gh api ... --jq <filter>: answers with the filter, so the test sees what it selects.
+    (bin_dir / "gh").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "gh").chmod(0o755)
+    body = tmp_path / "estimate.md"
+    body.write_text(estimate_markdown())
+    subprocess.run(
+        [str(REPO / ".github/scripts/pr-comment.sh"), str(body)],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "GITHUB_REPOSITORY": "o/r", "PR": "7"},
+        check=True,
+    )
+    *lookup, post = calls.read_text().splitlines()
+    assert 'startswith("### Cost estimate")' in "\n".join(lookup)
+    assert 'select(.user.login == "github-actions[bot]")' in "\n".join(lookup)
+    # No comment of its own yet (the fake gh found none): a new one is posted.
+    assert post == f"pr comment 7 --body-file {body}"
