@@ -91,6 +91,10 @@ cml_runners = [r for r in settings.runners if r.runner_engine == "cml"]
 arc_runners = [r for r in settings.runners if r.runner_engine == "arc"]
 gitlab_runners = [r for r in settings.runners if r.runner_engine == "gitlab-runner"]
 on_cluster = pulumi.ResourceOptions(providers=[cluster.provider])
+# Runner pods pull their images through the mirror: its repositories and the nodes' grants.
+runner_options = pulumi.ResourceOptions.merge(
+    on_cluster, pulumi.ResourceOptions(depends_on=[mirror])
+)
 # What a preview reads in the cluster, for the previewer.
 if deployer:
     PreviewerReads("ci-previewer", deployer.previewer_email, opts=on_cluster)
@@ -135,7 +139,7 @@ runners: dict[str, CmlRunner | ArcRunner | GitlabRunner] = {
             else None,
         ),
         opts=pulumi.ResourceOptions.merge(
-            on_cluster, pulumi.ResourceOptions(depends_on=[keda.release])
+            runner_options, pulumi.ResourceOptions(depends_on=[keda.release])
         ),
     )
     for runner in cml_runners
@@ -153,7 +157,7 @@ runners |= {
         ),
         # Destroyed before the controller, which must clean the scale set up on GitHub.
         opts=pulumi.ResourceOptions.merge(
-            on_cluster, pulumi.ResourceOptions(depends_on=[arc.release])
+            runner_options, pulumi.ResourceOptions(depends_on=[arc.release])
         ),
     )
     for runner in arc_runners
@@ -169,7 +173,7 @@ runners |= {
             manager_node_selector=SYSTEM_NODES,
             gitlab_url=runner.gitlab_url,
         ),
-        opts=on_cluster,
+        opts=runner_options,
     )
     for runner in gitlab_runners
 }

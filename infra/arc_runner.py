@@ -127,14 +127,16 @@ class ArcRunner(pulumi.ComponentResource):
             # Uninstalling waits for ARC to remove the scale set from GitHub, which it does
             # only after a running job ends.
             timeout=RELEASE_TIMEOUT_SECONDS,
-            opts=child_options(
-                self,
-                opts,
-                # ARC sends a scale set's labels to GitHub only when it creates the scale set
-                # (autoscalingrunnerset_controller.go, createRunnerScaleSet): new labels need
-                # a new one. Its Helm release keeps its name, so the old one goes first.
-                replace_on_changes=["values.scaleSetLabels"],
-                delete_before_replace=True,
+            opts=objects.options(
+                child_options(
+                    self,
+                    opts,
+                    # ARC sends a scale set's labels to GitHub only when it creates the scale
+                    # set (autoscalingrunnerset_controller.go, createRunnerScaleSet): new labels
+                    # need a new one. Its Helm release keeps its name, so the old one goes first.
+                    replace_on_changes=["values.scaleSetLabels"],
+                    delete_before_replace=True,
+                )
             ),
         )
         self.namespace = objects.namespace
@@ -161,7 +163,7 @@ def _pod_template(args: ArcRunnerArgs, labels: dict[str, str], objects: RunnerOb
     `restricted`), so a job cannot use sudo; it installs what it needs without root."""
     container: dict = {
         "name": "runner",
-        "image": args.image or pulumi.Output.concat(args.registries.ghcr, "/", RUNNER_IMAGE),
+        "image": args.image or f"{args.registries.ghcr}/{RUNNER_IMAGE}",
         "command": ["/home/runner/run.sh"],
         "resources": container_resources(args),
         "securityContext": {

@@ -60,12 +60,10 @@ KEPT_CAPABILITIES: tuple[str, ...] = (
 )
 
 
-def runner_image(registries: Registries, tag: str | None, gpus: int) -> pulumi.Output[str]:
+def runner_image(registries: Registries, tag: str | None, gpus: int) -> str:
     """The CML image from Docker Hub or its mirror; the -gpu variant carries CUDA."""
     tag = tag or DEFAULT_IMAGE_TAG
-    return pulumi.Output.concat(
-        registries.docker_hub, f"/{CML_IMAGE}:{tag}", "-gpu" if gpus > 0 else ""
-    )
+    return f"{registries.docker_hub}/{CML_IMAGE}:{tag}{'-gpu' if gpus > 0 else ''}"
 
 
 @dataclass(frozen=True)
@@ -142,13 +140,15 @@ class CmlRunner(pulumi.ComponentResource):
             github_job_hook=args.platform == "github",
         )
 
+        scaler: list[pulumi.Resource] = []
         if args.on_demand is not None:
             # KEDA reads Secrets in its own namespace only (infra/keda.py), so the scaler's
             # copy of the token lives there, behind a ClusterTriggerAuthentication.
+            authentication = f"{name}-github"
             scaler_token = k8s.core.v1.Secret(
                 f"{name}-github",
                 metadata={
-                    "name": f"{name}-github",
+                    "name": authentication,
                     "namespace": args.keda_namespace,
                     "labels": labels,
                 },
@@ -156,25 +156,26 @@ class CmlRunner(pulumi.ComponentResource):
                 string_data={TOKEN_KEY: pulumi.Output.secret(args.token)},
                 opts=child,
             )
-            authentication = k8s.apiextensions.CustomResource(
-                f"{name}-github",
+            trigger_authentication = k8s.apiextensions.CustomResource(
+                authentication,
                 api_version=keda.API_VERSION,
                 kind="ClusterTriggerAuthentication",
-                metadata={"name": f"{name}-github", "labels": labels},
+                metadata={"name": authentication, "labels": labels},
                 spec={
                     "secretTargetRef": [
                         {
                             "parameter": "personalAccessToken",
-                            "name": scaler_token.metadata.name,
+                            "name": authentication,
                             "key": TOKEN_KEY,
                         }
                     ]
                 },
-                opts=child,
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=[scaler_token])
+                ),
             )
-            trigger = keda.github_runner_trigger(
-                args.repository, args.labels, authentication.metadata["name"]
-            )
+            scaler = [scaler_token, trigger_authentication]
+            trigger = keda.github_runner_trigger(args.repository, args.labels, authentication)
         else:
             trigger = keda.own_pods_trigger(f"app.kubernetes.io/instance={name}")
 
@@ -218,7 +219,9 @@ class CmlRunner(pulumi.ComponentResource):
                 "failedJobsHistoryLimit": FINISHED_JOBS_KEPT,
                 "triggers": [trigger],
             },
-            opts=child,
+            opts=objects.options(
+                pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=scaler))
+            ),
         )
 
         self.namespace = objects.namespace

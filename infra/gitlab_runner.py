@@ -122,11 +122,15 @@ class GitlabRunner(pulumi.ComponentResource):
     ) -> None:
         super().__init__(COMPONENT_TYPE, name, None, opts)
         labels = app_labels(ENGINE, name)
-        token = (
-            _created_runner(name, args, args.credentials, child_options(self, opts))
-            if isinstance(args.credentials, CreateRunner)
-            else args.credentials
-        )
+        if isinstance(args.credentials, CreateRunner):
+            token, token_version = _created_runner(
+                name, args, args.credentials, child_options(self, opts)
+            )
+        else:
+            token = args.credentials
+            token_version = pulumi.Output.unsecret(
+                pulumi.Output.from_input(token).apply(_fingerprint)
+            )
         # Job pods run the CML image as root (apt-get, pip), which `restricted` forbids.
         objects = runner_objects(
             name,
@@ -154,9 +158,7 @@ class GitlabRunner(pulumi.ComponentResource):
             # The cluster autoscaler must not move the manager off its node while it drives
             # jobs: their pods would run on unreported until GitLab drops them.
             "podAnnotations": {
-                TOKEN_VERSION_ANNOTATION: pulumi.Output.unsecret(
-                    pulumi.Output.from_input(token).apply(_fingerprint)
-                ),
+                TOKEN_VERSION_ANNOTATION: token_version,
                 **NOT_EVICTABLE,
             },
             "resources": MANAGER_RESOURCES,
@@ -178,12 +180,13 @@ class GitlabRunner(pulumi.ComponentResource):
             },
             "runners": {
                 "secret": objects.secret,
-                "config": pulumi.Output.all(
+                "config": runner_config(
+                    args,
                     objects.namespace,
                     objects.service_account,
                     cml_runner.runner_image(args.registries, args.image_tag, args.gpus),
                     args.registries.gitlab,
-                ).apply(lambda parts: runner_config(args, *parts)),
+                ),
             },
         }
         release = k8s.helm.v3.Release(
@@ -194,7 +197,7 @@ class GitlabRunner(pulumi.ComponentResource):
             repository_opts={"repo": CHART_REPOSITORY},
             namespace=objects.namespace,
             values=values,
-            opts=child_options(self, opts),
+            opts=objects.options(child_options(self, opts)),
         )
         self.namespace = objects.namespace
         self.workload = pulumi.Output.concat("Deployment/", release.name)
@@ -300,8 +303,9 @@ def _project_path(args: GitlabRunnerArgs) -> str:
 
 def _created_runner(
     name: str, args: GitlabRunnerArgs, create: CreateRunner, opts: pulumi.ResourceOptions
-) -> pulumi.Output[str]:
-    """A project runner made through GitLab's API; tags are the labels, untagged jobs refused."""
+) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+    """A project runner made through GitLab's API (tags are the labels, untagged jobs refused):
+    its token, and a version of it for the manager's restart."""
     provider = gitlab.Provider(
         f"{name}-gitlab",
         base_url=f"{_instance(args)}/api/v4/",
@@ -313,17 +317,19 @@ def _created_runner(
         path_with_namespace=_project_path(args),
         opts=pulumi.InvokeOptions(provider=provider),
     )
-    runner = gitlab.UserRunner(
-        name,
-        runner_type="project_type",
-        project_id=project.id.apply(int),
-        description=f"gpu-runners {name}",
-        tag_lists=list(args.labels),
-        untagged=False,
-        locked=True,
+    settings = {
+        "runner_type": "project_type",
+        "description": f"gpu-runners {name}",
+        "tag_lists": list(args.labels),
+        "untagged": False,
+        "locked": True,
         # A protected runner takes jobs of protected branches and tags only (GitLab docs,
         # "Protect runners"); a runner made in GitLab's UI is protected there, not here.
-        access_level="ref_protected" if args.trusted else "not_protected",
-        opts=on_gitlab,
-    )
-    return runner.token
+        "access_level": "ref_protected" if args.trusted else "not_protected",
+    }
+    runner = gitlab.UserRunner(name, project_id=project.id.apply(int), **settings, opts=on_gitlab)
+    # The token exists only once the runner does, after a first preview. What it changes with
+    # is the runner (a new one, a new token), and so with these settings and the project: their
+    # digest, known on every preview, restarts the manager when the token may have changed.
+    version = _fingerprint(json.dumps([_project_path(args), settings], sort_keys=True))
+    return runner.token, pulumi.Output.from_input(version)

@@ -70,6 +70,18 @@ def reveal(value: Any) -> Any:
     return value
 
 
+def _as_sent(value: Any) -> Any:
+    """An input as the engine and the analyzer get it: a value not known yet as Pulumi's
+    unknown sentinel (the mocks hand it over as pulumi.output.Unknown)."""
+    if isinstance(value, pulumi.output.Unknown):
+        return rpc.UNKNOWN
+    if isinstance(value, dict):
+        return {k: _as_sent(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_sent(v) for v in value]
+    return value
+
+
 def _whole_numbers(value: Any) -> Any:
     """The engine's wire format carries every number as a float; give integers back."""
     if isinstance(value, float) and value.is_integer():
@@ -115,15 +127,29 @@ def _computed_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, 
     return {}
 
 
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Pulumi mocks that answer with the inputs plus what the cloud would compute."""
+def _first_preview_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What a first `pulumi preview` knows of a resource it would create: its inputs, and
+    nothing the cloud computes. A Kubernetes object's cluster does not exist yet, so its
+    provider cannot plan it: every output is unknown."""
+    if type_.startswith("kubernetes:"):
+        return {key: rpc.UNKNOWN for key in inputs}
+    computed = _computed_state(type_, name, inputs)
+    return {**inputs, **{key: rpc.UNKNOWN for key in computed}}
 
-    def __init__(self) -> None:
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Pulumi mocks that answer with the inputs plus what the cloud would compute, or, for a
+    first preview, with the inputs and what the cloud would compute left unknown."""
+
+    def __init__(self, first_preview: bool = False) -> None:
         # Registrations run on a thread pool, so inputs are kept by (type, name).
         self.inputs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.first_preview = first_preview
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
-        self.inputs[(args.typ, args.name)] = _whole_numbers(dict(args.inputs))
+        self.inputs[(args.typ, args.name)] = _whole_numbers(_as_sent(dict(args.inputs)))
+        if self.first_preview:
+            return "", _first_preview_state(args.typ, args.name, args.inputs)
         return f"{args.name}-id", {
             **args.inputs,
             **_computed_state(args.typ, args.name, args.inputs),
@@ -192,13 +218,22 @@ class Run:
 
 
 def run_mocked(
-    program: Callable[[], Any], config: Mapping[str, Any], secret_keys: Iterable[str], stack: str
+    program: Callable[[], Any],
+    config: Mapping[str, Any],
+    secret_keys: Iterable[str],
+    stack: str,
+    first_preview: bool = False,
 ) -> Run:
-    """Run a Pulumi program under recording mocks with the given config."""
-    monitor = RecordingMonitor(RecordingMocks(), stack)
-    runtime_settings.reset_options(project=PROJECT, stack=stack, preview=False)
+    """Run a Pulumi program under recording mocks with the given config: as `pulumi up`
+    would, or as the first `pulumi preview` of a stack that does not exist yet."""
+    monitor = RecordingMonitor(RecordingMocks(first_preview), stack)
+    runtime_settings.reset_options(project=PROJECT, stack=stack, preview=first_preview)
     pulumi.runtime.set_mocks(
-        monitor.recording_mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor
+        monitor.recording_mocks,
+        project=PROJECT,
+        stack=stack,
+        preview=first_preview,
+        monitor=monitor,
     )
     pulumi.runtime.set_all_config(
         {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
@@ -211,11 +246,14 @@ def run_mocked(
     return Run(monitor.registered, None)
 
 
-def run_stack(config: Mapping[str, Any], secret_keys: Iterable[str], stack: str) -> Run:
-    """Run the stack program, `__main__.py`, as `pulumi up` would with this config."""
+def run_stack(
+    config: Mapping[str, Any], secret_keys: Iterable[str], stack: str, first_preview: bool = False
+) -> Run:
+    """Run the stack program, `__main__.py`, as `pulumi up` (or a first preview) would."""
     return run_mocked(
         lambda: runpy.run_path(str(REPO / "__main__.py"), run_name="__main__"),
         config,
         secret_keys,
         stack,
+        first_preview,
     )

@@ -2,9 +2,11 @@
 
     python -m infra.plan [Pulumi.<stack>.yaml]
 
-Runs `__main__.py` under the mocks of infra/mock_engine.py, as the tests do, and prints as
-Markdown: the policy pack's verdicts, every resource that `pulumi up` would create on an empty
-project with its inputs, the Kubernetes manifests as YAML and each Helm release's values. It
+Runs `__main__.py` under the mocks of infra/mock_engine.py as the first `pulumi preview` of a
+stack would (what the cloud computes is not known yet, and a rule that would read such a
+value fails here, where Pulumi would only warn), and prints as Markdown: the policy pack's
+verdicts, every resource that `pulumi up` would create on an empty project with its inputs,
+the Kubernetes manifests as YAML and each Helm release's values. It
 reads no secret: each encrypted value of the stack file becomes "[secret]" before the program
 sees it, so neither a secret nor its ciphertext can reach the output. For pull requests from
 forks, which have no cloud credentials and no passphrase.
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pulumi.runtime import rpc
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
@@ -32,12 +35,11 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 from pulumi_policy.deserialize import deserialize_properties
+from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
 
 from infra.markdown import bounded, code_block, text
 from infra.mock_engine import (
-    STAND_IN_ENDPOINT,
     STAND_IN_GITLAB_PROJECT_ID,
-    STAND_IN_PROJECT_NUMBER,
     Resource,
     is_secret,
     reveal,
@@ -109,18 +111,37 @@ def _options(resource: Resource) -> PolicyResourceOptions:
     )
 
 
+CANNOT_RUN = "cannot run before `pulumi up`"
+
+
+def _props(resource: Resource) -> dict[str, Any]:
+    """A resource's inputs as the analyzer hands them to a rule: secrets in plain text, and
+    a value not known yet raising UnknownValueError when read (pulumi-policy, policy.py)."""
+    return unknown_checking_proxy(deserialize_properties(resource.inputs))
+
+
+def _unknown(policy: Any, error: UnknownValueError) -> str:
+    """What a rule that read an unknown value reports: Pulumi turns it into an advisory
+    ("can't run policy … during preview"), so a mandatory rule would not hold; counted as a
+    violation at the rule's own level here."""
+    return f"{CANNOT_RUN}: {error.message}; rule {policy.name} would only warn on a first preview"
+
+
 def violations(resource: Resource, policy: ResourceValidationPolicy) -> list[str]:
     """Run one resource policy on one recorded resource, as the policy engine would."""
     args = ResourceValidationArgs(
         resource_type=resource.type,
-        props=deserialize_properties(resource.inputs, proxy_secrets=True),
+        props=_props(resource),
         urn=resource.urn,
         name=resource.name,
         opts=_options(resource),
         provider=None,
     )
     found: list[str] = []
-    policy.validate(args, lambda message, urn=None: found.append(message))
+    try:
+        policy.validate(args, lambda message, urn=None: found.append(message))
+    except UnknownValueError as error:
+        found.append(_unknown(policy, error))
     return found
 
 
@@ -133,7 +154,7 @@ def stack_violations(
         resources=[
             PolicyResource(
                 resource_type=r.type,
-                props=deserialize_properties(r.inputs, proxy_secrets=True),
+                props=_props(r),
                 urn=r.urn,
                 name=r.name,
                 opts=_options(r),
@@ -147,7 +168,11 @@ def stack_violations(
     )
     by_urn = {r.urn: r for r in resources}
     found: list[tuple[Resource, str]] = []
-    policy.validate(args, lambda message, urn=None: found.append((by_urn[urn], message)))
+    try:
+        policy.validate(args, lambda message, urn=None: found.append((by_urn[urn], message)))
+    except UnknownValueError as error:
+        # A stack rule reads every resource: the verdict is shown on the first.
+        found.append((resources[0], _unknown(policy, error)))
     return found
 
 
@@ -168,10 +193,16 @@ def verdicts(resources: Iterable[Resource]) -> list[Verdict]:
     ]
 
 
+UNKNOWN_SHOWN = "(known after pulumi up)"
+
+
 def shown(value: Any) -> Any:
-    """A recorded value as the plan prints it: every secret as the placeholder."""
+    """A recorded value as the plan prints it: every secret as the placeholder, every value
+    not known on a first preview as UNKNOWN_SHOWN."""
     if is_secret(value):
         return PLACEHOLDER
+    if value == rpc.UNKNOWN:
+        return UNKNOWN_SHOWN
     if isinstance(value, dict):
         return {k: shown(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -269,10 +300,11 @@ def markdown(
         f"### Offline plan: {text(path.name)} (stack {text(stack_file.stack)})",
         "",
         "No cloud was called: this is what `pulumi up` would create in an empty project, from "
-        f"the stack file alone. Secret values show as `{PLACEHOLDER}`. What only the cloud "
-        f"knows is a stand-in: project number {STAND_IN_PROJECT_NUMBER}, cluster endpoint "
-        f"{STAND_IN_ENDPOINT}, GitLab project ID {STAND_IN_GITLAB_PROJECT_ID}, the random "
-        "suffix of generated names.",
+        "the stack file alone, as its first `pulumi preview` sees it and runs the policy pack on "
+        f"it. Secret values show as `{PLACEHOLDER}`; what only the cloud computes (account "
+        "emails, the cluster's endpoint, generated names) as "
+        f"`{UNKNOWN_SHOWN}`. A GitLab project's ID, which a preview reads from GitLab, is a "
+        f"stand-in: {STAND_IN_GITLAB_PROJECT_ID}.",
     ]
     if stack_file.stand_ins:
         lines += [
@@ -302,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     except StackFileError as error:
         print(f"{heading}\n\nThe stack file cannot be read: {text(str(error))}")
         return 2
-    run = run_stack(stack_file.config, stack_file.secret_keys, stack_file.stack)
+    run = run_stack(stack_file.config, stack_file.secret_keys, stack_file.stack, first_preview=True)
     if run.error is not None:
         print(bounded(f"{heading}\n\nThe program stops:\n\n{code_block(str(run.error))}"))
         return 2

@@ -84,8 +84,8 @@ class ImageMirror(pulumi.ComponentResource):
             members += [
                 (f"admin-{i}", ADMIN, member, kept_for_admins) for i, member in enumerate(admins)
             ]
-            grants = {
-                role_name: gcp.artifactregistry.RepositoryIamMember(
+            for role_name, role, member, options in members:
+                gcp.artifactregistry.RepositoryIamMember(
                     f"{name}-{upstream_name}-{role_name}",
                     project=project,
                     location=region,
@@ -94,14 +94,13 @@ class ImageMirror(pulumi.ComponentResource):
                     member=member,
                     opts=options,
                 )
-                for role_name, role, member, options in members
-            }
-            readable = [grants[reader].id for reader in readers]
-            # A runner's image reference waits for the reader grants, so no pod is created
-            # before its node may pull.
-            hosts[upstream_name] = pulumi.Output.all(repository.repository_id, *readable).apply(
-                lambda parts: f"{region}-docker.pkg.dev/{project}/{parts[0]}"
+            # A plain string, known on a first preview (the policy pack reads image
+            # references). Whatever pulls through it waits for this component (depends_on,
+            # __main__.py), reader grants included, so no pod starts before its node may pull.
+            hosts[upstream_name] = (
+                f"{region}-docker.pkg.dev/{project}/{repository_id(cluster_name, upstream_name)}"
             )
+
         self.registries = Registries(
             docker_hub=hosts[DOCKER_HUB], ghcr=hosts["ghcr"], gitlab=hosts["gitlab"]
         )

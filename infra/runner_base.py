@@ -46,9 +46,9 @@ def runner_node_selector(gpus: int) -> dict[str, str]:
 class Registries:
     """Where runner and job images come from: the public registries, or mirrors of them."""
 
-    docker_hub: pulumi.Input[str] = "docker.io"
-    ghcr: pulumi.Input[str] = "ghcr.io"
-    gitlab: pulumi.Input[str] = "registry.gitlab.com"
+    docker_hub: str = "docker.io"
+    ghcr: str = "ghcr.io"
+    gitlab: str = "registry.gitlab.com"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,13 +221,19 @@ class JobHook:
 
 @dataclass(frozen=True)
 class RunnerObjects:
-    """The names of what every runner has before its pods: namespace, account, Secret, and
-    a trusted GitHub runner's job hook."""
+    """The names of what every runner has before its pods (namespace, account, Secret, and a
+    trusted GitHub runner's job hook), and the objects themselves, for what must wait for them
+    (`depends_on`)."""
 
-    namespace: pulumi.Output[str]
-    service_account: pulumi.Output[str]
-    secret: pulumi.Output[str]
+    namespace: str
+    service_account: str
+    secret: str
+    ready: list[pulumi.Resource]
     job_hook: JobHook | None = None
+
+    def options(self, opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
+        """`opts`, waiting for these objects too."""
+        return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=self.ready))
 
 
 def runner_objects(
@@ -261,52 +267,62 @@ def runner_objects(
             ]
         ),
     )
-    namespace: pulumi.Input[str] = args.namespace or name
+    # Names are plain strings, known on a first preview (when the cluster, and so every
+    # Kubernetes output, is not): the policy pack reads them. Order comes from depends_on.
+    namespace = args.namespace or name
+    ready: list[pulumi.Resource] = []
     if args.create_namespace:
-        namespace = k8s.core.v1.Namespace(
-            name,
-            metadata={
-                "name": namespace,
-                "labels": {
-                    **labels,
-                    "pod-security.kubernetes.io/enforce": pod_security,
-                    "pod-security.kubernetes.io/warn": "restricted",
-                    "pod-security.kubernetes.io/audit": "restricted",
+        ready.append(
+            k8s.core.v1.Namespace(
+                name,
+                metadata={
+                    "name": namespace,
+                    "labels": {
+                        **labels,
+                        "pod-security.kubernetes.io/enforce": pod_security,
+                        "pod-security.kubernetes.io/warn": "restricted",
+                        "pod-security.kubernetes.io/audit": "restricted",
+                    },
                 },
-            },
-            opts=opts,
-        ).metadata.name
+                opts=opts,
+            )
+        )
+    in_namespace = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=ready))
 
     annotations = (
         {"iam.gke.io/gcp-service-account": args.google_service_account}
         if args.google_service_account is not None
         else None
     )
-    service_account = k8s.core.v1.ServiceAccount(
-        name,
-        # Held by the account too, for a pod template that does not say (pod_identity).
-        automount_service_account_token=False,
-        metadata={
-            "name": name,
-            "namespace": namespace,
-            "labels": dict(labels),
-            "annotations": annotations,
-        },
-        opts=opts,
+    ready.append(
+        k8s.core.v1.ServiceAccount(
+            name,
+            # Held by the account too, for a pod template that does not say (pod_identity).
+            automount_service_account_token=False,
+            metadata={
+                "name": name,
+                "namespace": namespace,
+                "labels": dict(labels),
+                "annotations": annotations,
+            },
+            opts=in_namespace,
+        )
     )
-    secret = k8s.core.v1.Secret(
-        f"{name}-token",
-        metadata={"name": f"{name}-token", "namespace": namespace, "labels": dict(labels)},
-        type="Opaque",
-        string_data={key: pulumi.Output.secret(value) for key, value in secret_data.items()},
-        opts=opts,
+    ready.append(
+        k8s.core.v1.Secret(
+            f"{name}-token",
+            metadata={"name": f"{name}-token", "namespace": namespace, "labels": dict(labels)},
+            type="Opaque",
+            string_data={key: pulumi.Output.secret(value) for key, value in secret_data.items()},
+            opts=in_namespace,
+        )
     )
     allowed = [
         k8s.networking.v1.NetworkPolicy(
             policy,
             metadata={"name": policy, "namespace": namespace, "labels": dict(labels)},
             spec=spec,
-            opts=opts,
+            opts=in_namespace,
         )
         for policy, spec in (exceptions or {}).items()
     ]
@@ -316,31 +332,37 @@ def runner_objects(
     if args.services_range is not None:
         services = {"to": [{"ipBlock": {"cidr": args.services_range}}], "ports": DNS_PORTS}
         egress = [*JOB_EGRESS, services]
-    k8s.networking.v1.NetworkPolicy(
-        f"{name}-isolation",
-        metadata={"name": f"{name}-isolation", "namespace": namespace, "labels": dict(labels)},
-        spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "egress": egress},
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=allowed)),
+    ready.append(
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-isolation",
+            metadata={"name": f"{name}-isolation", "namespace": namespace, "labels": dict(labels)},
+            spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "egress": egress},
+            opts=pulumi.ResourceOptions.merge(
+                in_namespace, pulumi.ResourceOptions(depends_on=[*ready, *allowed])
+            ),
+        )
     )
+    ready += allowed
     job_hook = None
     if github_job_hook and args.trusted:
-        hooks = k8s.core.v1.ConfigMap(
-            f"{name}-job-hooks",
-            metadata={"name": f"{name}-job-hooks", "namespace": namespace, "labels": dict(labels)},
-            data={JOB_HOOK_FILE: PROTECTED_REFS_ONLY},
-            opts=opts,
+        hooks = f"{name}-job-hooks"
+        ready.append(
+            k8s.core.v1.ConfigMap(
+                hooks,
+                metadata={"name": hooks, "namespace": namespace, "labels": dict(labels)},
+                data={JOB_HOOK_FILE: PROTECTED_REFS_ONLY},
+                opts=in_namespace,
+            )
         )
         job_hook = JobHook(
-            volume={
-                "name": "job-hooks",
-                "configMap": {"name": hooks.metadata.name, "defaultMode": 0o555},
-            },
+            volume={"name": "job-hooks", "configMap": {"name": hooks, "defaultMode": 0o555}},
             mount={"name": "job-hooks", "mountPath": JOB_HOOK_DIR, "readOnly": True},
             env={"name": JOB_HOOK_ENV, "value": f"{JOB_HOOK_DIR}/{JOB_HOOK_FILE}"},
         )
     return RunnerObjects(
-        namespace=pulumi.Output.from_input(namespace),
-        service_account=service_account.metadata.name,
-        secret=secret.metadata.name,
+        namespace=namespace,
+        service_account=name,
+        secret=f"{name}-token",
+        ready=ready,
         job_hook=job_hook,
     )

@@ -130,10 +130,11 @@ def _run(
     secrets: Mapping[str, Any] | None,
     stack: str,
     without: Iterable[str],
+    first_preview: bool = False,
 ) -> Run:
     values = stack_config(stack, {**(config or {}), **(secrets or {})}, without)
     secret_keys = {*(secrets or {}), *({TOKENS} & values.keys() - set(config or {}))}
-    return run_stack(values, secret_keys, stack)
+    return run_stack(values, secret_keys, stack, first_preview)
 
 
 def run_components(build: Callable[[], Any]) -> Program:
@@ -149,16 +150,20 @@ def run_program(
     secrets: Mapping[str, Any] | None = None,
     stack: str = "dev",
     without: Iterable[str] = (),
+    first_preview: bool = False,
 ) -> Program:
-    """Run __main__.py for a stack, as `pulumi up` would, and return what it registered.
+    """Run __main__.py for a stack, as `pulumi up` would (or, with first_preview, as the first
+    `pulumi preview` of the stack would), and return what it registered.
 
     config: overrides merged into Pulumi.<stack>.yaml; secrets: keys set as secret config;
     without: keys removed. Raises what the program raises. The same arguments give a copy of
     the first run's record: the program is deterministic, and many tests read the same stack.
     """
-    key = json.dumps([config, secrets, stack, sorted(without)], sort_keys=True, default=str)
+    key = json.dumps(
+        [config, secrets, stack, sorted(without), first_preview], sort_keys=True, default=str
+    )
     if key not in _PROGRAMS:
-        run = _run(config, secrets, stack, without)
+        run = _run(config, secrets, stack, without, first_preview)
         if run.error is not None:
             raise run.error
         _PROGRAMS[key] = finished_program(run)

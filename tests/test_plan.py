@@ -88,7 +88,9 @@ def test_encrypted_values_show_as_placeholders_never_as_ciphertext(capsys, fork_
     assert "Not in the stack file" not in text
     secrets = [m for m in manifests_in(text) if m["kind"] == "Secret"]
     assert {m["metadata"]["name"]: m["stringData"] for m in secrets} == {
-        "gl-gpu-token": {"runner-registration-token": "[secret]", "runner-token": "[secret]"},
+        # The token of the runner the stack creates is not known on a first preview: the
+        # whole of stringData is one secret unknown then.
+        "gl-gpu-token": "[secret]",
         "gpu-arc-token": {"github_token": "[secret]"},
     }
 
@@ -108,8 +110,11 @@ def test_the_manifests_are_those_the_program_registers(capsys, fork_stack):
     program = run_program(
         config={k: v for k, v in config.items() if k != "gpu-runners:runnerTokens"},
         secrets={"gpu-runners:runnerTokens": {"gl-gpu": "plan-test", "gpu-arc": "plan-test"}},
+        first_preview=True,
     )
-    registered = [reveal(r.inputs) for r in program.resources if plan.is_kubernetes_object(r)]
+    registered = [
+        plan.shown(reveal(r.inputs)) for r in program.resources if plan.is_kubernetes_object(r)
+    ]
     planned = manifests_in(text)
     assert len(planned) == len(registered)
     for manifest in planned:

@@ -472,3 +472,38 @@ def test_the_gitlab_job_pod_model_reads_the_build_containers_own_security_contex
     patched = crafted(program, RELEASE, "gl-gpu", _gitlab_config_change(privilege_through_a_patch))
     (found,) = violations(patched, "no-privileged-containers")
     assert "container 'build' may escalate privileges" in found
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_on_a_first_preview_every_rule_runs_on_known_values_and_passes(shape):
+    # The cluster does not exist yet: every Kubernetes output and every value the cloud
+    # computes is unknown, as on a real first `pulumi preview`. A rule that read one would
+    # only warn ("can't run policy … during preview"); here it would be a violation.
+    program = run_program(SHAPES[shape], first_preview=True)
+    unknown = [r for r in program.resources if rpc.UNKNOWN in json.dumps(r.inputs)]
+    assert unknown, "the first preview left every value known: the simulation is not running"
+    for policy in POLICIES:
+        assert plan.policy_violations(program.resources, policy) == [], policy.name
+
+
+def test_a_mandatory_violation_in_a_helm_release_is_caught_on_a_first_preview():
+    program = run_program(GITLAB, secrets=GITLAB_TOKEN, first_preview=True)
+
+    def privilege(kubernetes: dict) -> None:
+        kubernetes["privileged"] = True
+
+    release = crafted(program, RELEASE, "gl-gpu", _gitlab_config_change(privilege))
+    (found,) = violations(release, "no-privileged-containers")
+    assert found.startswith("Release 'gl-gpu': container 'build' is privileged")
+
+
+def test_a_rule_that_reads_a_value_unknown_on_a_first_preview_fails_instead_of_warning():
+    program = run_program(GITLAB, secrets=GITLAB_TOKEN, first_preview=True)
+
+    def from_the_cloud(inputs: dict) -> None:
+        inputs["values"]["runners"]["config"] = rpc.UNKNOWN
+
+    release = crafted(program, RELEASE, "gl-gpu", from_the_cloud)
+    (found,) = violations(release, "no-privileged-containers")
+    assert found.startswith(f"{plan.CANNOT_RUN}: string value at .values.runners.config")
+    assert "would only warn on a first preview" in found
