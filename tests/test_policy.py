@@ -507,3 +507,18 @@ def test_a_rule_that_reads_a_value_unknown_on_a_first_preview_fails_instead_of_w
     (found,) = violations(release, "no-privileged-containers")
     assert found.startswith(f"{plan.CANNOT_RUN}: string value at .values.runners.config")
     assert "would only warn on a first preview" in found
+
+
+def test_a_gpu_runner_pinned_to_the_gpu_pool_by_name_passes_the_placement_rule():
+    # The settings accept GKE's own pool label; the program adds the pool's gpu label to it,
+    # so the rule (gpu: "true") and the settings agree on what lands on GPU nodes.
+    by_pool = {"cloud.google.com/gke-nodepool": "gpu"}
+    program = run_program(
+        {"gpu-runners:runners": [{"name": "cml-runner", "nodeSelector": by_pool}]}
+    )
+    job = program.one("kubernetes:keda.sh/v1alpha1:ScaledJob", "cml-runner")
+    assert pod(job.inputs)["nodeSelector"] == {
+        "cloud.google.com/gke-nodepool": "gpu",
+        "gpu": "true",
+    }
+    assert violations(job, "gpu-workloads-select-and-tolerate-gpu-nodes") == []
