@@ -215,8 +215,12 @@ def manifest(resource: Resource) -> dict[str, Any]:
     inputs = shown(resource.inputs)
     if inputs.get("kind") == "Secret":
         for field in ("data", "stringData"):
-            if isinstance(values := reveal(resource.inputs.get(field)), dict):
+            values = reveal(resource.inputs.get(field))
+            if isinstance(values, dict):
                 inputs[field] = dict.fromkeys(values, PLACEHOLDER)
+            elif field in inputs:
+                # Not known yet (a token the cloud makes): whole, secret or not by SDK version.
+                inputs[field] = PLACEHOLDER
     return inputs
 
 
