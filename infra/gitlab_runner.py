@@ -317,19 +317,19 @@ def _created_runner(
         path_with_namespace=_project_path(args),
         opts=pulumi.InvokeOptions(provider=provider),
     )
-    settings = {
-        "runner_type": "project_type",
-        "description": f"gpu-runners {name}",
-        "tag_lists": list(args.labels),
-        "untagged": False,
-        "locked": True,
+    runner = gitlab.UserRunner(
+        name,
+        runner_type="project_type",
+        project_id=project.id.apply(int),
+        description=f"gpu-runners {name}",
+        tag_lists=list(args.labels),
+        untagged=False,
+        locked=True,
         # A protected runner takes jobs of protected branches and tags only (GitLab docs,
         # "Protect runners"); a runner made in GitLab's UI is protected there, not here.
-        "access_level": "ref_protected" if args.trusted else "not_protected",
-    }
-    runner = gitlab.UserRunner(name, project_id=project.id.apply(int), **settings, opts=on_gitlab)
-    # The token exists only once the runner does, after a first preview. What it changes with
-    # is the runner (a new one, a new token), and so with these settings and the project: their
-    # digest, known on every preview, restarts the manager when the token may have changed.
-    version = _fingerprint(json.dumps([_project_path(args), settings], sort_keys=True))
-    return runner.token, pulumi.Output.from_input(version)
+        access_level="ref_protected" if args.trusted else "not_protected",
+        opts=on_gitlab,
+    )
+    # Unknown on a first preview, as the token is: the policy pack knows this annotation holds
+    # a digest and does not read it (policy/rules.py, TOKEN_DIGEST_ANNOTATION).
+    return runner.token, pulumi.Output.unsecret(runner.token.apply(_fingerprint))

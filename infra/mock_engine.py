@@ -134,7 +134,13 @@ def _first_preview_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[
     if type_.startswith("kubernetes:"):
         return {key: rpc.UNKNOWN for key in inputs}
     computed = _computed_state(type_, name, inputs)
-    return {**inputs, **{key: rpc.UNKNOWN for key in computed}}
+    # An auto-name is chosen by the provider's Check, which a preview runs: known.
+    known = {"name"} if type_ == "gcp:storage/bucket:Bucket" else set()
+    return {
+        **inputs,
+        **{key: rpc.UNKNOWN for key in computed.keys() - known},
+        **{key: computed[key] for key in computed.keys() & known},
+    }
 
 
 class RecordingMocks(pulumi.runtime.Mocks):

@@ -306,7 +306,7 @@ def markdown(
         "No cloud was called: this is what `pulumi up` would create in an empty project, from "
         "the stack file alone, as its first `pulumi preview` sees it and runs the policy pack on "
         f"it. Secret values show as `{PLACEHOLDER}`; what only the cloud computes (account "
-        "emails, the cluster's endpoint, generated names) as "
+        "emails, the cluster's endpoint, every output of a Kubernetes object) as "
         f"`{UNKNOWN_SHOWN}`. A GitLab project's ID, which a preview reads from GitLab, is a "
         f"stand-in: {STAND_IN_GITLAB_PROJECT_ID}.",
     ]

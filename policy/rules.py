@@ -22,6 +22,9 @@ from pulumi_policy import (
 )
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# The annotation on GitLab's manager that restarts it on a new token: a digest of the token
+# (infra/gitlab_runner.py, TOKEN_VERSION_ANNOTATION), which holds no token by construction.
+TOKEN_DIGEST_ANNOTATION = "gpu-runners/runner-token-sha256"
 GPU_LABEL = "gpu"
 # The CPU runner pool's label (infra/runner_base.py): CPU runner pods select it, so they never
 # land on the system pool beside the controllers.
@@ -128,26 +131,37 @@ def _gitlab_manager_pod_spec(values: Mapping[str, Any]) -> Mapping[str, Any]:
     }
 
 
+# A job pod's containers and the config.toml table that overrides the executor-wide keys for
+# each (common/config.go: Build-, Helper- and ServiceContainerSecurityContext; the executor
+# takes each container's own flag over the executor-wide one). "svc-0" stands for every
+# service container.
+_GITLAB_CONTAINERS = {
+    "build": "build_container_security_context",
+    "helper": "helper_container_security_context",
+    "svc-0": "service_container_security_context",
+}
+
+
 def _gitlab_job_pod_spec(config: Any) -> Mapping[str, Any] | None:
     """The parts of a job pod spec that GitLab Runner's Kubernetes executor builds from its
-    config.toml: node selector, tolerations, token mounting, the build container's privileges,
-    and what strategic pod_spec patches set over them (the pod's security context and token
-    mounting, the build container's GPU resources)."""
+    config.toml: node selector, tolerations, token mounting, each container's privileges, and
+    what strategic pod_spec patches set over them (the pod's security context and token
+    mounting, a container's security context and resources, containers they add)."""
     if not isinstance(config, str):
         return None
     kubernetes = (tomllib.loads(config).get("runners") or [{}])[0].get("kubernetes", {})
-    # build_container_security_context, the build container's own security context
-    # (common/config.go, BuildContainerSecurityContext), over the executor-wide keys.
-    build_context = kubernetes.get("build_container_security_context", {})
-    build: dict[str, Any] = {
-        "name": "build",
-        "securityContext": {
-            "privileged": build_context.get("privileged", kubernetes.get("privileged", False)),
-            "allowPrivilegeEscalation": build_context.get(
-                "allow_privilege_escalation", kubernetes.get("allow_privilege_escalation")
-            ),
-        },
-    }
+    containers: dict[str, dict[str, Any]] = {}
+    for name, table in _GITLAB_CONTAINERS.items():
+        own = kubernetes.get(table, {})
+        containers[name] = {
+            "name": name,
+            "securityContext": {
+                "privileged": own.get("privileged", kubernetes.get("privileged", False)),
+                "allowPrivilegeEscalation": own.get(
+                    "allow_privilege_escalation", kubernetes.get("allow_privilege_escalation")
+                ),
+            },
+        }
     pod: dict[str, Any] = {
         "automountServiceAccountToken": kubernetes.get("automount_service_account_token"),
     }
@@ -158,11 +172,13 @@ def _gitlab_job_pod_spec(config: Any) -> Mapping[str, Any] | None:
             if key in patched:
                 pod[key] = patched[key]
         for container in patched.get("containers", []):
-            if container.get("name") != "build":
-                continue
+            # A strategic patch merges containers by name, and adds the ones it names anew.
+            modelled = containers.setdefault(
+                container.get("name"), {"name": container.get("name"), "securityContext": {}}
+            )
             if "resources" in container:
-                build["resources"] = container["resources"]
-            build["securityContext"] |= container.get("securityContext", {})
+                modelled["resources"] = container["resources"]
+            modelled["securityContext"] |= container.get("securityContext", {})
     return {
         **pod,
         "nodeSelector": kubernetes.get("node_selector", {}),
@@ -173,7 +189,7 @@ def _gitlab_job_pod_spec(config: Any) -> Mapping[str, Any] | None:
             else {"key": key, "operator": "Exists", "effect": effect}
             for key, effect in kubernetes.get("node_tolerations", {}).items()
         ],
-        "containers": [build],
+        "containers": list(containers.values()),
     }
 
 
@@ -389,8 +405,11 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, Any]]:
     read-only sequences, not `list`, and secrets in plain text (pulumi-policy, policy.py)."""
     value = _plain(value)
     if isinstance(value, Mapping):
-        for key, inner in value.items():
-            yield from _strings(inner, f"{path}.{key}")
+        # Iterating the keys reads no value, so the digest is never read (unknown on a first
+        # preview when the token is made by GitLab).
+        for key in value:
+            if key != TOKEN_DIGEST_ANNOTATION:
+                yield from _strings(value[key], f"{path}.{key}")
     elif isinstance(value, Sequence) and not isinstance(value, str):
         for index, inner in enumerate(value):
             yield from _strings(inner, f"{path}[{index}]")

@@ -477,29 +477,20 @@ def test_a_destroy_waits_in_a_group_no_push_can_cancel(workflow):
     assert destroy["concurrency"]["group"].startswith("pulumi-destroy-")
 
 
-def test_gitlab_never_deploys_an_older_commit_over_a_newer_one(gitlab):
-    script = gitlab["up"]["script"]
-    guard = next(line for line in script if "FETCH_HEAD" in line)
-    assert script.index(guard) < next(
-        i for i, line in enumerate(script) if line.startswith("pulumi up")
-    )
-    # Run as the job would, with git answering that the branch has moved on.
-    moved = subprocess.run(
-        ["bash", "-c", f'git() {{ echo "newer"; }}\n{guard}\necho deploying'],
-        env={"CI_COMMIT_SHA": "older", "CI_COMMIT_SHORT_SHA": "older", "CI_DEFAULT_BRANCH": "main"},
-        capture_output=True,
-        text=True,
-    )
-    assert moved.returncode == 0
-    assert "main has moved past older" in moved.stdout
-    assert "deploying" not in moved.stdout
-    head = subprocess.run(
-        ["bash", "-c", f'git() {{ echo "same"; }}\n{guard}\necho deploying'],
-        env={"CI_COMMIT_SHA": "same", "CI_COMMIT_SHORT_SHA": "same", "CI_DEFAULT_BRANCH": "main"},
-        capture_output=True,
-        text=True,
-    )
-    assert head.stdout.strip() == "deploying"
+def test_gitlab_deploys_to_an_environment_so_an_outdated_up_is_dropped(gitlab):
+    up = gitlab["up"]
+    assert up["environment"]["name"] == "pulumi/$PULUMI_STACK"
+    assert up["resource_group"] == "pulumi-$PULUMI_STACK"
+    # The README names the project setting the environment relies on.
+    assert "Prevent outdated deployment jobs" in (REPO / "README.md").read_text()
+
+
+def test_gitlab_writes_the_cost_estimate_before_a_preview_that_may_fail(gitlab):
+    script = gitlab["preview"]["script"]
+    estimate = next(i for i, line in enumerate(script) if "infra.estimate" in line)
+    preview = next(i for i, line in enumerate(script) if line.startswith("pulumi preview"))
+    assert estimate < preview
+    assert gitlab["preview"]["artifacts"]["when"] == "always"
 
 
 def estimate_markdown() -> str:

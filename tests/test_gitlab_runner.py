@@ -1,5 +1,6 @@
 """Engine gitlab-runner: GitLab's runner manager on the system pool, one GPU pod per CI job."""
 
+import hashlib
 import json
 import re
 import tomllib
@@ -336,3 +337,11 @@ def test_a_gitlab_url_that_does_not_fit_the_repository_is_refused(fields, messag
     )
     assert registered == []
     assert message_part in str(error)
+
+
+def test_the_manager_of_a_created_runner_restarts_with_the_token_gitlab_made(created):
+    # The digest follows the token itself: a runner made anew (new project, deleted in GitLab,
+    # `--replace`) brings a new token, and the manager, which reads it only at start, restarts.
+    annotations = chart_values(created)["podAnnotations"]
+    digest = hashlib.sha256(CREATED_RUNNER_TOKEN.encode()).hexdigest()[:16]
+    assert annotations["gpu-runners/runner-token-sha256"] == digest

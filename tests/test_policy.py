@@ -300,8 +300,10 @@ def test_rules_read_the_job_pods_of_a_gitlab_runner():
     (untargeted,) = violations(runner, "gpu-workloads-select-and-tolerate-gpu-nodes")
     assert untargeted.startswith("Release 'gl-gpu' requests nvidia.com/gpu")
     assert "does not tolerate the GPU taint" in untargeted
-    (privileged,) = violations(runner, "no-privileged-containers")
-    assert privileged.startswith("Release 'gl-gpu': container 'build' is privileged")
+    # The executor-wide flag makes the build, helper and service containers privileged.
+    privileged = violations(runner, "no-privileged-containers")
+    assert [m.split(":")[1].split("'")[1] for m in privileged] == ["build", "helper", "svc-0"]
+    assert all(m.endswith("add only the capabilities it needs.") for m in privileged)
     assert violations(program.one(RELEASE, "gl-gpu"), "no-privileged-containers") == []
 
 
@@ -469,6 +471,16 @@ def test_the_gitlab_job_pod_model_reads_the_build_containers_own_security_contex
     )
     (found,) = violations(privileged, "no-privileged-containers")
     assert "container 'build' is privileged" in found
+
+    def privilege_all_but_the_build_container(kubernetes: dict) -> None:
+        kubernetes["privileged"] = True
+        kubernetes["build_container_security_context"] = {"privileged": False}
+
+    helpers = crafted(
+        program, RELEASE, "gl-gpu", _gitlab_config_change(privilege_all_but_the_build_container)
+    )
+    found = violations(helpers, "no-privileged-containers")
+    assert [m.split("'")[3] for m in found] == ["helper", "svc-0"]
     patched = crafted(program, RELEASE, "gl-gpu", _gitlab_config_change(privilege_through_a_patch))
     (found,) = violations(patched, "no-privileged-containers")
     assert "container 'build' may escalate privileges" in found
@@ -493,8 +505,9 @@ def test_a_mandatory_violation_in_a_helm_release_is_caught_on_a_first_preview():
         kubernetes["privileged"] = True
 
     release = crafted(program, RELEASE, "gl-gpu", _gitlab_config_change(privilege))
-    (found,) = violations(release, "no-privileged-containers")
-    assert found.startswith("Release 'gl-gpu': container 'build' is privileged")
+    found = violations(release, "no-privileged-containers")
+    assert found[0].startswith("Release 'gl-gpu': container 'build' is privileged")
+    assert not any(plan.CANNOT_RUN in message for message in found)
 
 
 def test_a_rule_that_reads_a_value_unknown_on_a_first_preview_fails_instead_of_warning():
@@ -522,3 +535,35 @@ def test_a_gpu_runner_pinned_to_the_gpu_pool_by_name_passes_the_placement_rule()
         "gpu": "true",
     }
     assert violations(job, "gpu-workloads-select-and-tolerate-gpu-nodes") == []
+
+
+def test_the_token_digest_the_policy_pack_leaves_unread_is_the_managers_annotation():
+    from infra.gitlab_runner import TOKEN_VERSION_ANNOTATION
+    from policy.rules import TOKEN_DIGEST_ANNOTATION
+
+    assert TOKEN_DIGEST_ANNOTATION == TOKEN_VERSION_ANNOTATION
+    # Anywhere else, a token in clear is still found.
+    program = run_program(GITLAB, secrets=GITLAB_TOKEN)
+
+    def elsewhere(inputs):
+        inputs["values"]["podAnnotations"]["note"] = fake_token("gl-gpu")
+
+    (found,) = violations(crafted(program, RELEASE, "gl-gpu", elsewhere), TOKENS_IN_VALUES)
+    assert "values.podAnnotations.note holds a GitHub token" in found
+
+
+@pytest.mark.parametrize("first_preview", [False, True])
+def test_the_first_preview_simulation_leaves_every_kubernetes_output_unknown(first_preview):
+    import pulumi_kubernetes as k8s
+
+    from infra.mock_engine import run_mocked
+
+    def build():
+        namespace = k8s.core.v1.Namespace("ns", metadata={"name": "ns"})
+        k8s.core.v1.ConfigMap("cm", metadata={"name": "cm", "namespace": namespace.metadata.name})
+
+    run = run_mocked(build, {}, (), "components", first_preview=first_preview)
+    assert run.error is None
+    (config_map,) = [r for r in run.registered if r.name == "cm"]
+    namespace = config_map.inputs["metadata"]["namespace"]
+    assert namespace == (rpc.UNKNOWN if first_preview else "ns")
