@@ -327,8 +327,11 @@ def test_github_example_trains_on_the_dev_runner_and_keeps_the_report():
 
 def test_arc_example_targets_the_scale_set_and_brings_its_own_tools():
     train = load(GITHUB_ARC_EXAMPLE)["jobs"]["train"]
-    # Scale sets register their name and labels only; `self-hosted` would never match.
-    assert train["runs-on"] == ["cml-runner"]
+    # Scale sets register their name and labels only; `self-hosted` would never match. The
+    # labels are those of the engine-arc runner the README configures, none of the dev CML
+    # runner's (a job for both kinds of labels would run on either).
+    assert train["runs-on"] == readme_runner_labels("arc")
+    assert not set(train["runs-on"]) & set(dev_runner_labels())
     assert [s["uses"].split("@")[0] for s in train["steps"] if "uses" in s] == [
         "actions/checkout",
         "actions/setup-python",
@@ -347,7 +350,10 @@ def test_gitlab_example_trains_on_the_dev_runner_and_keeps_the_report():
     assert "setup-runner" not in example
     assert example["stages"] == ["train", "report"]
     train = example["train"]
-    assert train["tags"] == dev_runner_labels()
+    assert train["tags"] == dev_runner_labels() == readme_runner_labels("gitlab")
+    # Every variable the example reads that GitLab does not set is in its header and the README.
+    header = GITLAB_EXAMPLE.read_text().split("stages:")[0]
+    assert "CML_PAT" in header and "`CML_PAT`" in (REPO / "README.md").read_text()
     assert train["script"] == ["dvc pull", "dvc repro --force"]
     assert "GOOGLE_APPLICATION_CREDENTIALS" not in str(train)
     # A job lost with a reclaimed Spot node, or with its runner manager, is retried once.
@@ -525,3 +531,16 @@ def test_the_comment_script_finds_a_comment_by_the_first_line_of_its_file(tmp_pa
     assert 'select(.user.login == "github-actions[bot]")' in "\n".join(lookup)
     # No comment of its own yet (the fake gh found none): a new one is posted.
     assert post == f"pr comment 7 --body-file {body}"
+
+
+def readme_runner_labels(kind: str) -> list[str]:
+    """The labels of the runner the README's example config gives for an engine or forge."""
+    readme = (REPO / "README.md").read_text()
+    for block in re.findall(r"```yaml\n(.+?)```", readme, re.DOTALL):
+        config = yaml.safe_load(block)
+        if not isinstance(config, dict) or "gpu-runners:runners" not in config:
+            continue
+        for runner in config["gpu-runners:runners"]:
+            if runner.get("engine") == kind or runner.get("platform") == kind:
+                return runner["labels"]
+    raise AssertionError(f"the README configures no {kind} runner")
