@@ -136,7 +136,7 @@ def test_upgrading_from_4bd629f_meets_what_the_upgrade_notes_say():
         for old in previous
         if old["protect"] and old["urn"].rsplit("::", 1)[1] in replaced | removed
     }
-    notes = LIFECYCLE[LIFECYCLE.index("## Upgrading a stack made before stack-scoped names") :]
+    notes = LIFECYCLE[LIFECYCLE.index("## Upgrading to 0.2.0, from 0.1") :]
     unprotected = re.findall(r"pulumi state unprotect '([^']+)'", notes)
     assert {urn.replace("urn:pulumi:dev::", "urn:pulumi:<stack>::") for urn in blocked} == set(
         unprotected
@@ -153,7 +153,7 @@ def test_upgrading_from_f902498_meets_what_the_upgrade_notes_say(dataplane_v2):
     assert replaced == {"runner-identity-dvc-objects"} | ({"gke"} if dataplane_v2 else set())
     assert removed == set()
     assert not any(old["protect"] for old in previous if old["urn"].endswith("::gke"))
-    notes = LIFECYCLE[LIFECYCLE.index("## Upgrading a stack made before job containment") :]
+    notes = LIFECYCLE[LIFECYCLE.index("## Upgrading to 0.3.0, from 0.2") :]
     assert "pulumi config set --path cluster.dataplaneV2 false" in notes
     assert "runner-identity-dvc-objects" in notes
 
