@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pulumi
-import pulumi_gitlab as gitlab
 import pulumi_kubernetes as k8s
 import tomli_w
 
@@ -306,6 +305,9 @@ def _created_runner(
 ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
     """A project runner made through GitLab's API (tags are the labels, untagged jobs refused):
     its token, and a version of it for the manager's restart."""
+    # Imported here: a stack without such a runner never loads the GitLab provider's SDK.
+    import pulumi_gitlab as gitlab
+
     provider = gitlab.Provider(
         f"{name}-gitlab",
         base_url=f"{_instance(args)}/api/v4/",

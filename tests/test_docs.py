@@ -2,6 +2,7 @@
 
 import re
 import tomllib
+from functools import cache
 
 import pytest
 from markdown_it import MarkdownIt
@@ -16,6 +17,7 @@ def slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@cache
 def anchors(page) -> set[str]:
     tokens = MarkdownIt("commonmark").enable("table").parse(page.read_text())
     return {

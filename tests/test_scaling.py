@@ -2,6 +2,7 @@
 
 import copy
 import json
+from functools import cache
 
 import jsonschema
 import pulumi
@@ -310,6 +311,7 @@ def strict(schema: dict) -> dict:
     return schema
 
 
+@cache
 def crd_validator(kind: str) -> jsonschema.Draft7Validator:
     for path in KEDA_SCHEMAS.glob("*.yaml"):
         crd = yaml.safe_load(path.read_text())
