@@ -11,7 +11,7 @@ import yaml
 
 from infra import gitlab_runner
 from policy.rules import POLICIES
-from tests.harness import REPO, run_program
+from tests.harness import REPO, manual, run_program
 
 GITHUB_WORKFLOW = REPO / ".github/workflows/infrastructure.yml"
 GITLAB_CI = REPO / ".gitlab-ci.yml"
@@ -353,7 +353,7 @@ def test_gitlab_example_trains_on_the_dev_runner_and_keeps_the_report():
     assert train["tags"] == dev_runner_labels() == readme_runner_labels("gitlab")
     # Every variable the example reads that GitLab does not set is in its header and the README.
     header = GITLAB_EXAMPLE.read_text().split("stages:")[0]
-    assert "CML_PAT" in header and "`CML_PAT`" in (REPO / "README.md").read_text()
+    assert "CML_PAT" in header and "`CML_PAT`" in manual()
     assert train["script"] == ["dvc pull", "dvc repro --force"]
     assert "GOOGLE_APPLICATION_CREDENTIALS" not in str(train)
     # A job lost with a reclaimed Spot node, or with its runner manager, is retried once.
@@ -449,7 +449,7 @@ def test_no_passphrase_reaches_ci(workflow, gitlab):
     # The stack's secrets provider is its KMS key; CI's accounts may decrypt with it.
     for path in (GITHUB_WORKFLOW, REPO / ".gitlab-ci.yml"):
         assert "PULUMI_CONFIG_PASSPHRASE" not in path.read_text(), path.name
-    readme = (REPO / "README.md").read_text()
+    readme = manual()
     assert "leave it unprotected" not in readme
     assert "gh secret set PULUMI_CONFIG_PASSPHRASE" not in readme
 
@@ -488,7 +488,7 @@ def test_gitlab_deploys_to_an_environment_so_an_outdated_up_is_dropped(gitlab):
     assert up["environment"]["name"] == "pulumi/$PULUMI_STACK"
     assert up["resource_group"] == "pulumi-$PULUMI_STACK"
     # The README names the project setting the environment relies on.
-    assert "Prevent outdated deployment jobs" in (REPO / "README.md").read_text()
+    assert "Prevent outdated deployment jobs" in manual()
 
 
 def test_gitlab_writes_the_cost_estimate_before_a_preview_that_may_fail(gitlab):
@@ -535,7 +535,7 @@ def test_the_comment_script_finds_a_comment_by_the_first_line_of_its_file(tmp_pa
 
 def readme_runner_labels(kind: str) -> list[str]:
     """The labels of the runner the README's example config gives for an engine or forge."""
-    readme = (REPO / "README.md").read_text()
+    readme = manual()
     for block in re.findall(r"```yaml\n(.+?)```", readme, re.DOTALL):
         config = yaml.safe_load(block)
         if not isinstance(config, dict) or "gpu-runners:runners" not in config:

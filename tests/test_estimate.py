@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from infra import estimate
-from tests.harness import REPO
+from tests.harness import REPO, manual
 
 HOURS = 730
 # europe-west6 prices from infra/data/prices.yaml, written out so a wrong lookup shows.
@@ -99,7 +99,7 @@ def test_an_encrypted_value_is_never_shown_even_when_refused(tmp_path, capsys):
 
 
 def test_the_readmes_idle_figures_are_the_estimates():
-    readme = (REPO / "README.md").read_text()
+    readme = manual()
     for name in ("dev", "prod"):
         idle = by_label(estimate.estimate(stack(name)))["Month while idle"]
         assert f"{idle:.2f}" in readme, name

@@ -12,11 +12,14 @@ from infra import apis, arc, ci, cluster, gitlab_runner, identity, keda, machine
 from infra.ci import DEPLOYER_ROLES
 from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
 from policy.rules import POLICIES
-from tests.harness import REPO, run_components, run_program
+from tests.harness import REPO, manual, run_components, run_program
 from tests.stacks import WITH_CI
 from tests.test_arc_runner import ARC, release
 
 README = (REPO / "README.md").read_text()
+# What the README and the docs say, as one text: a table or figure may be on any page.
+MANUAL = manual()
+DEVELOPMENT = (REPO / "docs/development.md").read_text()
 DOCUMENTED_MODELS = {**SECTIONS, f"{RUNNERS_KEY}[]": RunnerSettings}
 
 
@@ -41,7 +44,7 @@ def table_with_header(*header: str) -> list[list[str]]:
     """The rows (without header) of every table whose header starts with these cells."""
     return [
         row
-        for table in tables(README)
+        for table in tables(MANUAL)
         if tuple(table[0][: len(header)]) == header
         for row in table[1:]
     ]
@@ -82,12 +85,15 @@ def test_ci_runs_the_readme_test_command():
     assert command in (REPO / ".ci" / "run").read_text()
 
 
-def test_the_test_command_and_layout_come_before_the_prerequisites():
-    assert README.index("## Layout") < README.index("## Tests") < README.index("## Prerequisites")
+def test_a_newcomer_meets_the_two_offline_commands_in_the_first_60_lines():
+    top = "\n".join(README.splitlines()[:60])
+    section = top[top.index("## Try it without a cloud") : top.index("## What it creates")]
+    assert "-m pytest" in section and "-m infra.plan Pulumi.dev.yaml" in section
+    assert "-m infra.estimate Pulumi.dev.yaml" in section
 
 
 def test_the_layout_names_every_module():
-    layout = README[README.index("## Layout") : README.index("## Tests")]
+    layout = DEVELOPMENT[DEVELOPMENT.index("## Layout") : DEVELOPMENT.index("## Tests")]
     modules = [p.relative_to(REPO).as_posix() for p in (REPO / "infra").glob("*.py")]
     missing = [m for m in modules if m != "infra/__init__.py" and m not in layout]
     assert missing == []
@@ -118,7 +124,7 @@ def test_every_policy_is_listed_with_its_level():
 
 
 def test_the_own_cluster_example_passes_the_policy_pack():
-    section = README[README.index("## Runners on your own cluster") :]
+    section = MANUAL[MANUAL.index("## Runners on your own cluster") :]
     example = re.search(r"```python\n(.+?)```", section, re.DOTALL).group(1)
 
     def build():
@@ -133,7 +139,7 @@ def test_the_own_cluster_example_passes_the_policy_pack():
 
 
 def test_the_memory_a_node_leaves_to_pods_is_what_the_settings_check():
-    shown = re.findall(r"an? `([a-z0-9-]+)` (?:leaves )?(\d+)Mi of its", README)
+    shown = re.findall(r"an? `([a-z0-9-]+)` (?:leaves )?(\d+)Mi of its", MANUAL)
     assert len(shown) == 2
     for machine_type, mib in shown:
         node = machines.machine(machine_type)
@@ -174,9 +180,9 @@ def test_the_lifecycle_page_links_every_engine_page():
 
 
 def test_the_system_pool_requests_the_readme_counts_are_the_codes():
-    assert f"controller {arc.CONTROLLER_RESOURCES['requests']['cpu']}" in README
-    assert f"listener {arc.LISTENER_RESOURCES['requests']['cpu']}" in README
-    assert f"manager {gitlab_runner.MANAGER_RESOURCES['requests']['cpu']} per runner" in README
+    assert f"controller {arc.CONTROLLER_RESOURCES['requests']['cpu']}" in MANUAL
+    assert f"listener {arc.LISTENER_RESOURCES['requests']['cpu']}" in MANUAL
+    assert f"manager {gitlab_runner.MANAGER_RESOURCES['requests']['cpu']} per runner" in MANUAL
 
 
 def test_the_system_node_arithmetic_for_arc_and_gitlab_runner_adds_up():
@@ -192,7 +198,7 @@ def test_the_system_node_arithmetic_for_arc_and_gitlab_runner_adds_up():
     assert gke + controller + 3 * listener == 938 <= allocatable < gke + controller + 4 * listener
     # One manager, and a second while a restarted one drains; a second runner would not fit.
     assert gke + manager + manager == 913 <= allocatable < gke + 2 * manager + manager
-    assert "three arc runners (938m) or one gitlab-runner runner with room for its" in README
+    assert "three arc runners (938m) or one gitlab-runner runner with room for its" in MANUAL
 
 
 def test_who_ci_can_become_quotes_the_conditions_and_principals_the_program_makes():
