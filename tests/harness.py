@@ -46,6 +46,8 @@ def manual() -> str:
     """The user's manual: the README, then every page of docs/."""
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     return "\n\n".join(page.read_text() for page in pages)
+
+
 # The dev stack's image mirror: Artifact Registry in the cluster's region.
 MIRROR = f"europe-west6-docker.pkg.dev/{TEST_PROJECT_ID}"
 TEST_REPOSITORIES = {

@@ -133,3 +133,27 @@ def test_cpu_runners_add_their_own_pool_and_an_always_one_keeps_a_node_up():
     # At most two of them (cpuPool.maxNodes).
     assert figures["Worst month"] == pytest.approx(dev["Worst month"] + 2 * cpu_month)
     assert "CPU runner pool: e2-standard-2, on demand." in result.about
+
+
+def test_the_manuals_cost_figures_are_the_estimates():
+    """Every cost figure the docs give for the dev stack's GPU runner, from the estimate."""
+    text = manual()
+    spot = estimate.node_hour("europe-west6", "g2-standard-4", True, 100)
+    on_demand = estimate.node_hour("europe-west6", "g2-standard-4", False, 100)
+    assert f"{on_demand * HOURS:.2f} a month on demand, {spot * HOURS:.2f} on Spot" in text
+    always = stack("dev")
+    runner = always["gpu-runners:runners"][0]
+    runner.update(mode="always")
+    runner.pop("maxRunners")
+    runner.pop("idleTimeoutSeconds")
+    always["gpu-runners:gpuPool"]["spot"] = False
+    idle = by_label(estimate.estimate(always))["Month while idle"]
+    assert text.count(f"{idle:.2f} on demand (dev stack)") == 2
+    assert f"the dev stack's idle month becomes {idle:.2f} USD on demand" in text
+    jobs = by_label(estimate.estimate(stack("dev")))
+    ten, sixty = (jobs[f"{m}-minute job on a cold node, runner cml-runner"] for m in (10, 60))
+    assert f"at most {ten:.2f} after; a 60-minute job" in text
+    assert f"at most {sixty:.2f} after, as `python -m infra.estimate` prints" in text
+    # The Spot discount, wherever it is given.
+    discount = round(100 * (1 - G2_STANDARD_4_SPOT / G2_STANDARD_4))
+    assert f"({discount} % less)" in text and "58 %" not in text
