@@ -228,3 +228,14 @@ def test_who_ci_can_become_quotes_the_conditions_and_principals_the_program_make
         assert members[f"ci-{key}-may-preview"].endswith(
             "/" + preview_principal.replace("<id>", ci[id_key])
         )
+
+
+def test_the_picture_names_every_stack_output_in_every_shape():
+    picture = README[README.index("stack outputs:") :].split("```")[0]
+    named = set(re.findall(r"[a-z][A-Za-z]+", picture))
+    for shape in (
+        {},
+        WITH_CI,
+        {"gpu-runners:runners": [{"name": "cml-runner", "trust": "trusted"}]},
+    ):
+        assert set(run_program(shape).outputs) <= named, shape
