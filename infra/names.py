@@ -3,7 +3,7 @@
 Every one of them derives from `cluster.name`, the runners' names, and `ci.poolId` for CI
 access, so two stacks that differ in those can share a project. The components name their
 resources with these functions, and the settings refuse a second stack file of the same project
-whose IDs would collide (infra/settings.py), before anything is created.
+whose IDs would collide (infra/settings/), before anything is created.
 """
 
 from collections.abc import Iterable, Sequence
