@@ -3,17 +3,17 @@
 import pulumi
 
 from infra import settings as stack_settings
-from infra.apis import CI_APIS, STACK_APIS, ProjectApis
-from infra.arc import ArcController
-from infra.arc_runner import ArcRunner, ArcRunnerArgs
-from infra.ci import CiDeployer, CiDeployerArgs, PreviewerReads
-from infra.cluster import GpuCluster, GpuClusterArgs
-from infra.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
-from infra.gitlab_runner import GitlabRunner, GitlabRunnerArgs
-from infra.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
-from infra.keda import Keda
-from infra.registry import ImageMirror
-from infra.runner_base import SANDBOX_RUNTIME_CLASS, SYSTEM_NODES
+from infra.engines.arc import ArcController
+from infra.engines.arc_runner import ArcRunner, ArcRunnerArgs
+from infra.engines.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
+from infra.engines.gitlab_runner import GitlabRunner, GitlabRunnerArgs
+from infra.engines.keda import Keda
+from infra.engines.runner_base import SANDBOX_RUNTIME_CLASS, SYSTEM_NODES
+from infra.gcp.apis import CI_APIS, STACK_APIS, ProjectApis
+from infra.gcp.ci import CiDeployer, CiDeployerArgs, PreviewerReads
+from infra.gcp.cluster import GpuCluster, GpuClusterArgs
+from infra.gcp.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
+from infra.gcp.registry import ImageMirror
 
 settings = stack_settings.load()
 

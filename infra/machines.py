@@ -102,7 +102,7 @@ def allocatable_cpu(node: Machine) -> float:
 # GKE's memory reservation (GKE docs, "Plan node sizes"): 25 % of the first 4 GiB, 20 % of the
 # next 4, 10 % of the next 8, 6 % of the next 112, 2 % above 128 (255 MiB below 1 GiB).
 _MEMORY_TIERS = ((4, 0.25), (4, 0.20), (8, 0.10), (112, 0.06), (float("inf"), 0.02))
-# Image streaming, on for every pool of the stack (infra/cluster.py, gcfs_config), reserves
+# Image streaming, on for every pool of the stack (infra/gcp/cluster.py, gcfs_config), reserves
 # more: 10 % of the first 4 GiB, 8 % of the next 4, 4 % of the next 8, 2.4 % of the next 112,
 # 0.8 % above 128, nothing below 1 GiB (GKE docs, "Use Image streaming", memory reservation,
 # as hatemosphere/gke-node-allocatable-memory-calculator tabulates it; the stored copies of

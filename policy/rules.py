@@ -23,11 +23,11 @@ from pulumi_policy import (
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # The annotation on GitLab's manager that restarts it on a new token: a digest of the token
-# (infra/gitlab_runner.py, TOKEN_VERSION_ANNOTATION), which holds no token by construction.
+# (infra/engines/gitlab_runner.py, TOKEN_VERSION_ANNOTATION), which holds no token by construction.
 TOKEN_DIGEST_ANNOTATION = "gpu-runners/runner-token-sha256"
 GPU_LABEL = "gpu"
-# The CPU runner pool's label (infra/runner_base.py): CPU runner pods select it, so they never
-# land on the system pool beside the controllers.
+# The CPU runner pool's label (infra/engines/runner_base.py): CPU runner pods select it, so they
+# never land on the system pool beside the controllers.
 CPU_JOBS_LABEL = "gpu-runners/cpu-jobs"
 NODE_POOL = "gcp:container/nodePool:NodePool"
 CLUSTER = "gcp:container/cluster:Cluster"

@@ -1,4 +1,4 @@
-"""The tests' way into infra/mock_engine.py: Pulumi.<stack>.yaml with per-test overrides."""
+"""The tests' way into infra/tools/mock_engine.py: Pulumi.<stack>.yaml with per-test overrides."""
 
 import copy
 import hashlib
@@ -11,7 +11,7 @@ import pulumi
 from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.mock_engine import (
+from infra.tools.mock_engine import (
     PROJECT,
     REPO,
     Resource,
@@ -21,10 +21,10 @@ from infra.mock_engine import (
     run_mocked,
     run_stack,
 )
-from infra.mock_engine import STAND_IN_GITLAB_PROJECT_ID as TEST_GITLAB_PROJECT_ID
-from infra.mock_engine import STAND_IN_PROJECT_NUMBER as TEST_PROJECT_NUMBER
-from infra.mock_engine import STAND_IN_RUNNER_TOKEN as CREATED_RUNNER_TOKEN
-from infra.stack_file import RUNNERS, TOKENS, fill_quickstart_values, read_config
+from infra.tools.mock_engine import STAND_IN_GITLAB_PROJECT_ID as TEST_GITLAB_PROJECT_ID
+from infra.tools.mock_engine import STAND_IN_PROJECT_NUMBER as TEST_PROJECT_NUMBER
+from infra.tools.mock_engine import STAND_IN_RUNNER_TOKEN as CREATED_RUNNER_TOKEN
+from infra.tools.stack_file import RUNNERS, TOKENS, fill_quickstart_values, read_config
 
 __all__ = [
     "CREATED_RUNNER_TOKEN",

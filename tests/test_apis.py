@@ -3,7 +3,7 @@ disables them."""
 
 import pytest
 
-from infra.apis import CI_APIS, RESOURCE_MANAGER_API, SETTLE_SECONDS, STACK_APIS
+from infra.gcp.apis import CI_APIS, RESOURCE_MANAGER_API, SETTLE_SECONDS, STACK_APIS
 from tests.harness import TEST_PROJECT_ID, run_program
 from tests.stacks import SHAPES, TWO_RUNNERS, WITH_CI
 

@@ -6,7 +6,7 @@ import kubernetes_validate
 import pulumi
 import pytest
 
-from infra.arc import ArcVersionChange, refuse_version_change
+from infra.engines.arc import ArcVersionChange, refuse_version_change
 from tests.charts import unread_values
 from tests.harness import (
     MIRROR,
@@ -332,7 +332,7 @@ def upgrade_hook_args(before, after) -> pulumi.ResourceHookArgs:
 def test_a_minor_version_change_of_arc_is_refused_with_the_steps_that_keep_runners(
     arc, monkeypatch
 ):
-    monkeypatch.setattr("infra.arc.CHART_VERSION", "0.15.0")
+    monkeypatch.setattr("infra.engines.arc.CHART_VERSION", "0.15.0")
     newer = run_program(ARC)
     # The scale sets follow the controller's version, so they change in the same run.
     assert release(newer, "gha-runner-scale-set").inputs["version"] == "0.15.0"
@@ -357,13 +357,13 @@ def test_a_minor_version_change_of_arc_is_refused_with_the_steps_that_keep_runne
 
 def test_a_patch_release_of_arc_is_upgraded_in_place(arc, monkeypatch):
     # ARC's controller accepts a scale set whose major.minor matches (IsVersionAllowed).
-    monkeypatch.setattr("infra.arc.CHART_VERSION", "0.14.3")
+    monkeypatch.setattr("infra.engines.arc.CHART_VERSION", "0.14.3")
     refuse_version_change(upgrade_hook_args(arc, run_program(ARC)))
 
 
 def test_a_pre_release_of_arc_is_refused_like_a_minor_change(arc, monkeypatch):
     # ARC's version check cannot parse it, and so deletes the scale sets of any other version.
-    monkeypatch.setattr("infra.arc.CHART_VERSION", "0.14.3-rc.1")
+    monkeypatch.setattr("infra.engines.arc.CHART_VERSION", "0.14.3-rc.1")
     with pytest.raises(ArcVersionChange):
         refuse_version_change(upgrade_hook_args(arc, run_program(ARC)))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import gitlab_runner
+from infra.engines import gitlab_runner
 from policy.rules import POLICIES
 from tests.harness import REPO, manual, run_program
 
@@ -185,7 +185,7 @@ def test_the_gitlab_plan_job_runs_for_fork_merge_requests_and_keeps_a_failing_pl
     ]
     assert "id_tokens" not in plan and plan.get("extends") != ".pulumi"
     assert plan["artifacts"]["paths"] == ["plan.md"] and plan["artifacts"]["when"] == "always"
-    (script,) = [s for s in plan["script"] if "infra.plan" in s]
+    (script,) = [s for s in plan["script"] if "infra.tools.plan" in s]
     status, output = run_ci_script(script, stack_files(tmp_path, False), {})
     assert status == 1, output
     text = (tmp_path / "plan.md").read_text()
@@ -386,7 +386,7 @@ def test_the_preview_carries_a_cost_estimate_against_the_base_branch(workflow, g
         steps_using(workflow["jobs"]["preview"], "pulumi/actions")[0]
     )
     assert (
-        "python -m infra.estimate" in estimate["run"]
+        "python -m infra.tools.estimate" in estimate["run"]
         and "--base base-stack.yaml" in estimate["run"]
     )
     # One comment, updated by each run, found by its heading (estimate.md starts with it).
@@ -394,7 +394,7 @@ def test_the_preview_carries_a_cost_estimate_against_the_base_branch(workflow, g
     assert "### Cost estimate:" in estimate_markdown()
     assert workflow["jobs"]["preview"]["permissions"]["pull-requests"] == "write"
     script = "\n".join(gitlab["preview"]["script"])
-    assert "python -m infra.estimate" in script and "--base base-stack.yaml" in script
+    assert "python -m infra.tools.estimate" in script and "--base base-stack.yaml" in script
     assert "estimate.md" in gitlab["preview"]["artifacts"]["paths"]
 
 
@@ -493,7 +493,7 @@ def test_gitlab_deploys_to_an_environment_so_an_outdated_up_is_dropped(gitlab):
 
 def test_gitlab_writes_the_cost_estimate_before_a_preview_that_may_fail(gitlab):
     script = gitlab["preview"]["script"]
-    estimate = next(i for i, line in enumerate(script) if "infra.estimate" in line)
+    estimate = next(i for i, line in enumerate(script) if "infra.tools.estimate" in line)
     preview = next(i for i, line in enumerate(script) if line.startswith("pulumi preview"))
     assert estimate < preview
     assert gitlab["preview"]["artifacts"]["when"] == "always"
@@ -502,7 +502,7 @@ def test_gitlab_writes_the_cost_estimate_before_a_preview_that_may_fail(gitlab):
 def estimate_markdown() -> str:
     """What the cost estimate step writes to estimate.md for the dev stack."""
     result = subprocess.run(
-        [sys.executable, "-m", "infra.estimate", "Pulumi.dev.yaml"],
+        [sys.executable, "-m", "infra.tools.estimate", "Pulumi.dev.yaml"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -4,9 +4,9 @@ as a deployer that holds no primitive role and cannot raise its own rights."""
 import pytest
 import yaml
 
-from infra.ci import WORKFLOW_FILE
-from infra.cluster import NODE_ROLES
-from infra.registry import UPSTREAMS
+from infra.gcp.ci import WORKFLOW_FILE
+from infra.gcp.cluster import NODE_ROLES
+from infra.gcp.registry import UPSTREAMS
 from tests.harness import (
     REPO,
     TEST_PROJECT_ID,

@@ -6,7 +6,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pytest
 
-from infra.cml_runner import CmlRunner, CmlRunnerArgs
+from infra.engines.cml_runner import CmlRunner, CmlRunnerArgs
 from tests.harness import (
     MIRROR,
     TEST_PROJECT_ID,

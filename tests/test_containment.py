@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from infra.runner_base import PROTECTED_REFS_ONLY
+from infra.engines.runner_base import PROTECTED_REFS_ONLY
 from tests.harness import (
     RUNNERS,
     TOKENS,

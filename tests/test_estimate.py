@@ -1,9 +1,9 @@
-"""`python -m infra.estimate`: the figures match ones computed by hand from the catalog."""
+"""`python -m infra.tools.estimate`: the figures match ones computed by hand from the catalog."""
 
 import pytest
 import yaml
 
-from infra import estimate
+from infra.tools import estimate
 from tests.harness import REPO, manual
 
 HOURS = 730
@@ -153,7 +153,7 @@ def test_the_manuals_cost_figures_are_the_estimates():
     jobs = by_label(estimate.estimate(stack("dev")))
     ten, sixty = (jobs[f"{m}-minute job on a cold node, runner cml-runner"] for m in (10, 60))
     assert f"at most {ten:.2f} after; a 60-minute job" in text
-    assert f"at most {sixty:.2f} after, as `python -m infra.estimate` prints" in text
+    assert f"at most {sixty:.2f} after, as `python -m infra.tools.estimate` prints" in text
     # The Spot discount, wherever it is given.
     discount = round(100 * (1 - G2_STANDARD_4_SPOT / G2_STANDARD_4))
     assert f"({discount} % less)" in text and "58 %" not in text

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from infra.registry import UPSTREAMS
+from infra.gcp.registry import UPSTREAMS
 from tests.harness import REPO, Program, Resource, reveal, run_program
 from tests.stacks import BOTH_ENGINES, TWO_RUNNERS, WITH_CI
 

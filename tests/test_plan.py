@@ -1,4 +1,4 @@
-"""`python -m infra.plan`: what a fork's pull request sees, from the stack file alone."""
+"""`python -m infra.tools.plan`: what a fork's pull request sees, from the stack file alone."""
 
 import re
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import plan
-from infra.stack_file import read_config
+from infra.tools import plan
+from infra.tools.stack_file import read_config
 from policy.rules import POLICIES
 from tests.harness import REPO, reveal, run_program
 

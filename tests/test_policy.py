@@ -11,7 +11,7 @@ import yaml
 from pulumi.runtime import rpc
 from pulumi_policy import EnforcementLevel
 
-from infra import plan
+from infra.tools import plan
 from policy.rules import HELM_RELEASE as RELEASE
 from policy.rules import POLICIES
 from tests.harness import REPO, TOKENS, Resource, fake_token, run_program
@@ -24,7 +24,7 @@ SECCOMP_RULE = "pods-have-a-seccomp-profile"
 
 
 def violations(resource: Resource, policy_name: str) -> list[str]:
-    """Run one policy on one recorded resource, as `python -m infra.plan` does."""
+    """Run one policy on one recorded resource, as `python -m infra.tools.plan` does."""
     return plan.violations(resource, BY_NAME[policy_name])
 
 
@@ -538,7 +538,7 @@ def test_a_gpu_runner_pinned_to_the_gpu_pool_by_name_passes_the_placement_rule()
 
 
 def test_the_token_digest_the_policy_pack_leaves_unread_is_the_managers_annotation():
-    from infra.gitlab_runner import TOKEN_VERSION_ANNOTATION
+    from infra.engines.gitlab_runner import TOKEN_VERSION_ANNOTATION
     from policy.rules import TOKEN_DIGEST_ANNOTATION
 
     assert TOKEN_DIGEST_ANNOTATION == TOKEN_VERSION_ANNOTATION
@@ -556,7 +556,7 @@ def test_the_token_digest_the_policy_pack_leaves_unread_is_the_managers_annotati
 def test_the_first_preview_simulation_leaves_every_kubernetes_output_unknown(first_preview):
     import pulumi_kubernetes as k8s
 
-    from infra.mock_engine import run_mocked
+    from infra.tools.mock_engine import run_mocked
 
     def build():
         namespace = k8s.core.v1.Namespace("ns", metadata={"name": "ns"})

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from infra import apis, ci, cluster, identity, registry
-from infra.ci import DEPLOYER_ROLES, GRANTABLE_ROLES_CONDITION
+from infra.gcp import apis, ci, cluster, identity, registry
+from infra.gcp.ci import DEPLOYER_ROLES, GRANTABLE_ROLES_CONDITION
 from tests.harness import Program, Resource, run_program
 from tests.stacks import SHAPES, WITH_CI
 
@@ -20,7 +20,7 @@ NEEDS: dict[str, set[str]] = {
     "gcp:serviceaccount/iAMMember:IAMMember": {"roles/iam.serviceAccountAdmin"},
     "gcp:projects/iAMMember:IAMMember": {"roles/resourcemanager.projectIamAdmin"},
     # Pools run as the node account (actAs); the provider lists their instance groups after
-    # each change and on each read (infra/cluster.py, COMPUTE_READS).
+    # each change and on each read (infra/gcp/cluster.py, COMPUTE_READS).
     "gcp:container/cluster:Cluster": {
         "roles/container.admin",
         "roles/compute.viewer",

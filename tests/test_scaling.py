@@ -10,8 +10,8 @@ import pulumi_kubernetes as k8s
 import pytest
 import yaml
 
-from infra.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
-from infra.keda import CHART_VERSION
+from infra.engines.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
+from infra.engines.keda import CHART_VERSION
 from tests.harness import (
     REPO,
     RUNNERS,

@@ -13,7 +13,7 @@ WI_BINDING = "gcp:serviceaccount/iAMMember:IAMMember"
 
 def project_unique_ids(program) -> set[str]:
     """The IDs the program gives resources whose ID is unique in their project, and the
-    Kubernetes identities it lets act as a Google account, in the form infra/names.py writes
+    Kubernetes identities it lets act as a Google account, in the form infra/gcp/names.py writes
     them."""
     ids = set()
     for resource in program.resources:

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from infra import estimate, markdown, plan
-from infra.stack_file import REPO
+from infra.tools import estimate, markdown, plan
+from infra.tools.stack_file import REPO
 
 SECRET_LOOKING = "ghp_" + "h" * 36
 ALIAS_BOMB = "\n".join(

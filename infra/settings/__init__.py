@@ -11,7 +11,6 @@ import pulumi
 from pulumi.runtime.config import is_config_secret
 
 from infra import messages
-from infra import stack_file as stack_files
 from infra.settings.credentials import (
     _credential,
     _misplaced_token_problems,
@@ -41,6 +40,7 @@ from infra.settings.sections import (
     SystemPoolSettings,
 )
 from infra.settings.validation import SettingsError, region_of
+from infra.tools import stack_file as stack_files
 
 # What the program, the tools and the tests read from the settings.
 __all__ = [

@@ -6,8 +6,8 @@ import pulumi
 from pulumi.runtime.config import is_config_secret
 
 from infra import messages
-from infra.arc_runner import GithubApp
-from infra.gitlab_runner import CreateRunner
+from infra.engines.arc_runner import GithubApp
+from infra.engines.gitlab_runner import CreateRunner
 from infra.settings.parse import RUNNERS_KEY, TOKENS_KEY
 from infra.settings.runners import RunnerSettings
 from infra.settings.validation import (

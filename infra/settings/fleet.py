@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from infra import machines, messages, names, registry
+from infra import machines, messages
+from infra.gcp import names, registry
 from infra.settings.parse import RUNNERS_KEY
 from infra.settings.runners import RunnerSettings, _runner_pool, quantity_value
 from infra.settings.sections import CpuPoolSettings, GpuPoolSettings
@@ -24,7 +25,7 @@ _NODE_POOL_NAMES = {"gpuPool": "gpu", "cpuPool": "cpu", "systemPool": "system"}
 def _pool_labels(
     name: str, pool: GpuPoolSettings | CpuPoolSettings, zones: tuple[str, ...]
 ) -> dict[str, set[str]]:
-    """The labels a pool's nodes carry, key -> values: the stack's (infra/cluster.py), and
+    """The labels a pool's nodes carry, key -> values: the stack's (infra/gcp/cluster.py), and
     those GKE sets (GKE docs: "Spot VMs", cloud.google.com/gke-spot; "Run GPUs",
     cloud.google.com/gke-accelerator; gke-nodepool, instance-type and zone on every node)."""
     labels = {key: {value} for key, value in pool.node_labels.items()}

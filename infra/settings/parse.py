@@ -15,8 +15,8 @@ from pydantic import (
 )
 
 from infra import machines, messages
-from infra.arc_runner import GithubApp
-from infra.gitlab_runner import CreateRunner
+from infra.engines.arc_runner import GithubApp
+from infra.engines.gitlab_runner import CreateRunner
 from infra.settings.runners import RunnerSettings
 from infra.settings.sections import (
     CiSettings,

@@ -10,7 +10,8 @@ from pydantic import (
     ValidationInfo,
 )
 
-from infra import arc, cml_runner, keda, machines, messages, runner_base
+from infra import machines, messages
+from infra.engines import arc, cml_runner, keda, runner_base
 from infra.settings.sections import _Section
 from infra.settings.validation import (
     _GITHUB_REPO,

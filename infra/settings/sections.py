@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic.alias_generators import to_camel
 
-from infra import gpu, machines, runner_base
+from infra import gpu, machines
+from infra.engines import runner_base
 from infra.settings.validation import (
     _BRANCH,
     _BUCKET,

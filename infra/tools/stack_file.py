@@ -18,7 +18,7 @@ import yaml
 
 from infra import messages
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 PROJECT = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["name"]
 RUNNERS = f"{PROJECT}:runners"
 TOKENS = f"{PROJECT}:runnerTokens"

@@ -10,9 +10,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 import tomli_w
 
-from infra import cml_runner
-from infra.options import child_options
-from infra.runner_base import (
+from infra.engines import cml_runner
+from infra.engines.runner_base import (
     CPU_JOBS_LABEL,
     GPU_RESOURCE,
     NOT_EVICTABLE,
@@ -23,6 +22,7 @@ from infra.runner_base import (
     node_selector,
     runner_objects,
 )
+from infra.options import child_options
 
 ENGINE = "gitlab-runner"
 COMPONENT_TYPE = "gpu-runners:index:GitlabRunner"

@@ -6,9 +6,8 @@ from typing import Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import keda
-from infra.options import child_options
-from infra.runner_base import (
+from infra.engines import keda
+from infra.engines.runner_base import (
     NOT_EVICTABLE,
     RUNTIME_DEFAULT_SECCOMP,
     Registries,
@@ -21,6 +20,7 @@ from infra.runner_base import (
     pod_labels,
     runner_objects,
 )
+from infra.options import child_options
 
 ENGINE = "cml-runner"
 COMPONENT_TYPE = "gpu-runners:index:CmlRunner"
@@ -142,7 +142,7 @@ class CmlRunner(pulumi.ComponentResource):
 
         scaler: list[pulumi.Resource] = []
         if args.on_demand is not None:
-            # KEDA reads Secrets in its own namespace only (infra/keda.py), so the scaler's
+            # KEDA reads Secrets in its own namespace only (infra/engines/keda.py), so the scaler's
             # copy of the token lives there, behind a ClusterTriggerAuthentication.
             authentication = f"{name}-github"
             scaler_token = k8s.core.v1.Secret(

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.engines.runner_base import app_labels
 from infra.options import child_options
-from infra.runner_base import app_labels
 
 CHART_REPOSITORY = "oci://ghcr.io/actions/actions-runner-controller-charts"
 CONTROLLER_CHART = f"{CHART_REPOSITORY}/gha-runner-scale-set-controller"

@@ -9,9 +9,9 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.cluster import NODE_ROLES
-from infra.iam import grant_project_roles
-from infra.names import deployer_account_id, previewer_account_id
+from infra.gcp.cluster import NODE_ROLES
+from infra.gcp.iam import grant_project_roles
+from infra.gcp.names import deployer_account_id, previewer_account_id
 from infra.options import child_options
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
@@ -28,7 +28,7 @@ DEPLOYER_ROLES: tuple[str, ...] = (
     # The cluster, its node pools, and the Kubernetes objects in it (namespaces, Secrets,
     # Deployments, and the CRDs and RBAC of add-ons such as KEDA).
     "roles/container.admin",
-    # Read the node pools' instance groups (see COMPUTE_READS in infra/cluster.py).
+    # Read the node pools' instance groups (see COMPUTE_READS in infra/gcp/cluster.py).
     "roles/compute.viewer",
     # The DVC bucket and its IAM, and the Pulumi state bucket.
     "roles/storage.admin",

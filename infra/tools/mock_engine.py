@@ -1,6 +1,6 @@
 """Runs the stack program offline under Pulumi mocks and records every resource it registers.
 
-The tests and `python -m infra.plan` both run `__main__.py` through this module: no cloud, no
+The tests and `python -m infra.tools.plan` both run `__main__.py` through this module: no cloud, no
 Pulumi CLI, no credentials. What only the cloud would compute (account e-mails, the project
 number, the cluster's endpoint, a GitLab project's ID, a created runner's token) is answered
 with the stand-ins below.
@@ -18,7 +18,7 @@ from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.stack_file import PROJECT, REPO
+from infra.tools.stack_file import PROJECT, REPO
 
 STAND_IN_PROJECT_NUMBER = "123456789012"
 STAND_IN_GITLAB_PROJECT_ID = "4242"

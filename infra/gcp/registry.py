@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.names import repository_id
+from infra.engines.runner_base import Registries
+from infra.gcp.names import repository_id
 from infra.options import child_options
-from infra.runner_base import Registries
 
 # Repository -> its upstream. Remote repositories cache what they pull, so a new node gets a
 # multi-gigabyte runner image from its own region instead of Docker Hub (with its anonymous pull

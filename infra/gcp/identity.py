@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.iam import grant_ci_account_role
-from infra.names import runner_account_id, trusted_runner_account_id
+from infra.gcp.iam import grant_ci_account_role
+from infra.gcp.names import runner_account_id, trusted_runner_account_id
 from infra.options import child_options
 
 # What an untrusted runner (pull requests) may do with the DVC remote: read and list objects,

@@ -1,8 +1,8 @@
-"""What a stack file would create, offline and without secrets: `python -m infra.plan`.
+"""What a stack file would create, offline and without secrets: `python -m infra.tools.plan`.
 
-    python -m infra.plan [Pulumi.<stack>.yaml]
+    python -m infra.tools.plan [Pulumi.<stack>.yaml]
 
-Runs `__main__.py` under the mocks of infra/mock_engine.py as the first `pulumi preview` of a
+Runs `__main__.py` under the mocks of infra/tools/mock_engine.py as the first `pulumi preview` of a
 stack would (what the cloud computes is not known yet, and a rule that would read such a
 value fails here, where Pulumi would only warn), and prints as Markdown: the policy pack's
 verdicts, every resource that `pulumi up` would create on an empty project with its inputs,
@@ -37,15 +37,15 @@ from pulumi_policy import (
 from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
 
-from infra.markdown import bounded, code_block, text
-from infra.mock_engine import (
+from infra.tools.markdown import bounded, code_block, text
+from infra.tools.mock_engine import (
     STAND_IN_GITLAB_PROJECT_ID,
     Resource,
     is_secret,
     reveal,
     run_stack,
 )
-from infra.stack_file import (
+from infra.tools.stack_file import (
     PLACEHOLDER,
     TOKENS,
     StackFileError,
@@ -329,7 +329,7 @@ def markdown(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.plan", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m infra.tools.plan", description=__doc__)
     parser.add_argument("stack_file", nargs="?", default="Pulumi.dev.yaml", type=Path)
     args = parser.parse_args(argv)
     heading = f"### Offline plan: {text(args.stack_file.name)}"

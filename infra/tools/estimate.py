@@ -1,6 +1,6 @@
-"""What a stack costs, from its stack file and the price catalog: `python -m infra.estimate`.
+"""What a stack costs, from its stack file and the price catalog: `python -m infra.tools.estimate`.
 
-    python -m infra.estimate [Pulumi.<stack>.yaml] [--base <stack file of the base branch>]
+    python -m infra.tools.estimate [Pulumi.<stack>.yaml] [--base <stack file of the base branch>]
 
 Prints a Markdown table: the month while idle, the worst month (every pool at its maximum),
 and for each GPU runner one hour of its node and one job of 10 and of 60 minutes. A price the
@@ -18,11 +18,11 @@ import yaml
 
 from infra import machines, messages
 from infra import settings as stack_settings
-from infra.markdown import bounded
-from infra.markdown import text as markdown_text
-from infra.stack_file import PROJECT, StackFileError, read_config
+from infra.tools.markdown import bounded
+from infra.tools.markdown import text as markdown_text
+from infra.tools.stack_file import PROJECT, StackFileError, read_config
 
-CATALOG = Path(__file__).parent / "data" / "prices.yaml"
+CATALOG = Path(__file__).parent.parent / "data" / "prices.yaml"
 BOOT_DISK = "pd-balanced"  # GKE's default boot disk type; the pools do not set another.
 # The billed-minutes model of a job on a cold GPU node (README, "Per job"): the node is billed
 # from its boot (about 1 minute), through the driver install (2) and the image (1, streamed from
@@ -122,7 +122,7 @@ def estimate(config: dict) -> Estimate:
     idle_gpu_nodes = min(
         gpu.max_nodes, max(gpu.min_nodes, math.ceil(waiting_gpus / gpu.gpus_per_node))
     )
-    # CPU runners have a pool of their own (infra/cluster.py), created with the first one.
+    # CPU runners have a pool of their own (infra/gcp/cluster.py), created with the first one.
     cpu_runners = [r for r in runners if r.gpus == 0]
     cpu_hour = node_hour(region, cpu.machine_type, cpu.spot, cpu.disk_size_gb)
     waiting_cpus = sum(
@@ -203,7 +203,7 @@ def _config(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.estimate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m infra.tools.estimate", description=__doc__)
     parser.add_argument("stack_file", nargs="?", default="Pulumi.dev.yaml", type=Path)
     parser.add_argument("--base", type=Path, help="the same stack file on the base branch")
     args = parser.parse_args(argv)

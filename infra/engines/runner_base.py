@@ -327,7 +327,7 @@ def runner_objects(
         for policy, spec in (exceptions or {}).items()
     ]
     # Every pod of the namespace: no traffic in, and out only JOB_EGRESS. GKE enforces it with
-    # Dataplane V2, or Calico on the legacy dataplane (infra/cluster.py).
+    # Dataplane V2, or Calico on the legacy dataplane (infra/gcp/cluster.py).
     egress = JOB_EGRESS
     if args.services_range is not None:
         services = {"to": [{"ipBlock": {"cidr": args.services_range}}], "ports": DNS_PORTS}

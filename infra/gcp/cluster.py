@@ -10,10 +10,10 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import yaml
 
-from infra.iam import grant_ci_account_role, grant_project_roles
-from infra.names import node_account_id
+from infra.engines.runner_base import CPU_JOBS_LABEL
+from infra.gcp.iam import grant_ci_account_role, grant_project_roles
+from infra.gcp.names import node_account_id
 from infra.options import child_options
-from infra.runner_base import CPU_JOBS_LABEL
 from infra.settings import ClusterSettings, CpuPoolSettings, GpuPoolSettings, SystemPoolSettings
 
 # What a node needs and nothing more. Kubernetes Engine Default Node Service Account is the role
@@ -21,7 +21,7 @@ from infra.settings import ClusterSettings, CpuPoolSettings, GpuPoolSettings, Sy
 # node service accounts must have" it): write logs, metrics and autoscaling metrics, six
 # permissions in all. Image streaming also needs Service Usage Consumer of a custom node account
 # (GKE docs, "Use Image streaming", requirements). The nodes read images from the stack's
-# mirror repositories only, granted on them (infra/registry.py).
+# mirror repositories only, granted on them (infra/gcp/registry.py).
 NODE_ROLES: tuple[str, ...] = (
     "roles/container.defaultNodeServiceAccount",
     "roles/serviceusage.serviceUsageConsumer",

@@ -53,7 +53,8 @@ class Keda(pulumi.ComponentResource):
                 # (templates/manager/clusterrole.yaml), the forge credentials of ARC and
                 # GitLab included; restricted, it reads Secrets in its own namespace only
                 # (KEDA_RESTRICT_SECRET_ACCESS; pkg/scaling/resolver/scale_resolvers.go,
-                # resolveAuthSecret), where the CML scalers' tokens are (infra/cml_runner.py).
+                # resolveAuthSecret), where the CML scalers' tokens are
+                # (infra/engines/cml_runner.py).
                 "permissions": {"operator": {"restrict": {"secret": True}}},
             },
             # No skip_await: KEDA's CRDs are chart templates (templates/crds), which Helm does

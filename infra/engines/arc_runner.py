@@ -6,9 +6,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import arc
-from infra.options import child_options
-from infra.runner_base import (
+from infra.engines import arc
+from infra.engines.runner_base import (
     NOT_EVICTABLE,
     RUNTIME_DEFAULT_SECCOMP,
     RunnerBaseArgs,
@@ -20,6 +19,7 @@ from infra.runner_base import (
     pod_labels,
     runner_objects,
 )
+from infra.options import child_options
 
 ENGINE = "arc-runner"
 COMPONENT_TYPE = "gpu-runners:index:ArcRunner"
