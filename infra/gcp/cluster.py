@@ -216,84 +216,7 @@ class GpuCluster(pulumi.ComponentResource):
             ),
         )
 
-        def node_pool(
-            pool: str,
-            zones: Sequence[str],
-            initial_nodes: int,
-            size: tuple[int, int],
-            location_policy: str,
-            node_config: dict,
-        ) -> gcp.container.NodePool:
-            """A pool of this cluster, autoscaled between size[0] and size[1] nodes."""
-            return gcp.container.NodePool(
-                f"{name}-{pool}",
-                name=pool,
-                project=args.project,
-                cluster=cluster.name,
-                location=settings.location,
-                node_locations=list(zones),
-                initial_node_count=initial_nodes,
-                autoscaling={
-                    "total_min_node_count": size[0],
-                    "total_max_node_count": size[1],
-                    "location_policy": location_policy,
-                },
-                management={"auto_repair": True, "auto_upgrade": True},
-                node_config=node_config,
-                opts=pool_options,
-            )
-
-        system = args.system_pool
-        system_pool = node_pool(
-            "system",
-            system.zones,
-            1,
-            (system.min_nodes, system.max_nodes),
-            "BALANCED",
-            _node_config(
-                node_sa.email, system.machine_type, system.disk_size_gb, system.node_labels
-            )
-            | {"spot": system.spot},
-        )
-        gpu = args.gpu_pool
-        node_pool(
-            "gpu",
-            gpu.zones,
-            0,
-            (gpu.min_nodes, gpu.max_nodes),
-            # ANY takes a GPU wherever one is free, which matters for scarce GPUs and Spot.
-            "ANY",
-            _node_config(node_sa.email, gpu.machine_type, gpu.disk_size_gb, gpu.node_labels)
-            | {
-                "spot": gpu.spot,
-                "guest_accelerators": [
-                    {
-                        "type": gpu.accelerator_type,
-                        "count": gpu.gpus_per_node,
-                        "gpu_driver_installation_config": {
-                            "gpu_driver_version": gpu.driver_version
-                        },
-                    }
-                ],
-                "taints": [GPU_TAINT],
-            },
-        )
-        cpu = args.cpu_pool
-        if cpu is not None:
-            node_pool(
-                "cpu",
-                cpu.zones or system.zones,
-                0,
-                (cpu.min_nodes, cpu.max_nodes),
-                "ANY",
-                _node_config(node_sa.email, cpu.machine_type, cpu.disk_size_gb, cpu.node_labels)
-                | {"spot": cpu.spot, "taints": [CPU_JOBS_TAINT]}
-                # GKE Sandbox: each pod in its own gVisor kernel. sandbox_config replaces the
-                # pool when changed (ForceNew in the provider); `type` replaces the
-                # deprecated `sandbox_type`. GKE requires Container-Optimized OS, which the
-                # pools use, and another pool beside it, which the system pool is.
-                | ({"sandbox_config": {"type": "GVISOR"}} if cpu.sandbox else {}),
-            )
+        system_pool = self._node_pools(name, args, cluster.name, node_sa.email, pool_options)
 
         context = f"gke_{args.project}_{settings.location}_{settings.name}"
         self.name = cluster.name
@@ -320,6 +243,108 @@ class GpuCluster(pulumi.ComponentResource):
             # nodes by themselves, and `pulumi up` need not wait minutes for that pool.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[system_pool]),
         )
+        self._manage_kube_dns_scaling(name, settings.single_dns_replica)
+        self.register_outputs(
+            {
+                "name": self.name,
+                "endpoint": self.endpoint,
+                "location": self.location,
+                "kubeconfig": self.kubeconfig,
+                "nodeServiceAccount": self.node_service_account,
+            }
+        )
+
+    def _node_pools(
+        self,
+        name: str,
+        args: GpuClusterArgs,
+        cluster_name: pulumi.Output[str],
+        node_account: pulumi.Output[str],
+        opts: pulumi.ResourceOptions,
+    ) -> gcp.container.NodePool:
+        """The system, GPU and (with CPU runners) CPU runner pools, running as the node
+        account; the system pool, which the controllers need, is returned."""
+
+        def node_pool(
+            pool: str,
+            zones: Sequence[str],
+            initial_nodes: int,
+            size: tuple[int, int],
+            location_policy: str,
+            node_config: dict,
+        ) -> gcp.container.NodePool:
+            """A pool of this cluster, autoscaled between size[0] and size[1] nodes."""
+            return gcp.container.NodePool(
+                f"{name}-{pool}",
+                name=pool,
+                project=args.project,
+                cluster=cluster_name,
+                location=args.cluster.location,
+                node_locations=list(zones),
+                initial_node_count=initial_nodes,
+                autoscaling={
+                    "total_min_node_count": size[0],
+                    "total_max_node_count": size[1],
+                    "location_policy": location_policy,
+                },
+                management={"auto_repair": True, "auto_upgrade": True},
+                node_config=node_config,
+                opts=opts,
+            )
+
+        system = args.system_pool
+        system_pool = node_pool(
+            "system",
+            system.zones,
+            1,
+            (system.min_nodes, system.max_nodes),
+            "BALANCED",
+            _node_config(node_account, system.machine_type, system.disk_size_gb, system.node_labels)
+            | {"spot": system.spot},
+        )
+        gpu = args.gpu_pool
+        node_pool(
+            "gpu",
+            gpu.zones,
+            0,
+            (gpu.min_nodes, gpu.max_nodes),
+            # ANY takes a GPU wherever one is free, which matters for scarce GPUs and Spot.
+            "ANY",
+            _node_config(node_account, gpu.machine_type, gpu.disk_size_gb, gpu.node_labels)
+            | {
+                "spot": gpu.spot,
+                "guest_accelerators": [
+                    {
+                        "type": gpu.accelerator_type,
+                        "count": gpu.gpus_per_node,
+                        "gpu_driver_installation_config": {
+                            "gpu_driver_version": gpu.driver_version
+                        },
+                    }
+                ],
+                "taints": [GPU_TAINT],
+            },
+        )
+        cpu = args.cpu_pool
+        if cpu is not None:
+            node_pool(
+                "cpu",
+                cpu.zones or system.zones,
+                0,
+                (cpu.min_nodes, cpu.max_nodes),
+                "ANY",
+                _node_config(node_account, cpu.machine_type, cpu.disk_size_gb, cpu.node_labels)
+                | {"spot": cpu.spot, "taints": [CPU_JOBS_TAINT]}
+                # GKE Sandbox: each pod in its own gVisor kernel. sandbox_config replaces the
+                # pool when changed (ForceNew in the provider); `type` replaces the
+                # deprecated `sandbox_type`. GKE requires Container-Optimized OS, which the
+                # pools use, and another pool beside it, which the system pool is.
+                | ({"sandbox_config": {"type": "GVISOR"}} if cpu.sandbox else {}),
+            )
+        return system_pool
+
+    def _manage_kube_dns_scaling(self, name: str, single_replica: bool) -> None:
+        """kube-dns-autoscaler's parameters: GKE's own, or one replica for a one-node pool."""
         # With `single_dns_replica`: kube-dns-autoscaler keeps two kube-dns replicas once the
         # cluster has two nodes (preventSinglePointFailure). A GPU node counts, but kube-dns
         # does not tolerate its taint, so the second replica needs a second system node, which
@@ -337,17 +362,8 @@ class GpuCluster(pulumi.ComponentResource):
                 "namespace": "kube-system",
                 "annotations": {"pulumi.com/patchForce": "true"},
             },
-            data={"linear": json.dumps(kube_dns_scaling(settings.single_dns_replica))},
+            data={"linear": json.dumps(kube_dns_scaling(single_replica))},
             opts=pulumi.ResourceOptions(parent=self, provider=self.provider, retain_on_delete=True),
-        )
-        self.register_outputs(
-            {
-                "name": self.name,
-                "endpoint": self.endpoint,
-                "location": self.location,
-                "kubeconfig": self.kubeconfig,
-                "nodeServiceAccount": self.node_service_account,
-            }
         )
 
 
