@@ -4,6 +4,7 @@ import glob
 import re
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -499,6 +500,7 @@ def test_gitlab_writes_the_cost_estimate_before_a_preview_that_may_fail(gitlab):
     assert gitlab["preview"]["artifacts"]["when"] == "always"
 
 
+@cache
 def estimate_markdown() -> str:
     """What the cost estimate step writes to estimate.md for the dev stack."""
     result = subprocess.run(
