@@ -505,7 +505,7 @@ def gpu_pools_use_spot(args: ResourceValidationArgs, report_violation: ReportVio
     if not (_plain(node.get("spot")) or _plain(node.get("preemptible"))):
         report_violation(
             f"GPU node pool {args.name!r} runs on-demand VMs; gpuPool.spot: true costs less "
-            "(42 % less for a g2-standard-4 in Zurich, see the README's cost notes) if your "
+            "(42 % less for a g2-standard-4 in Zurich, see docs/cost.md) if your "
             "jobs can be re-run when Google reclaims a node.",
             None,
         )
