@@ -1,6 +1,7 @@
 """The tests' way into infra/tools/mock_engine.py: Pulumi.<stack>.yaml with per-test overrides."""
 
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -107,6 +108,12 @@ def fake_token(runner: str, platform: str = "github") -> str:
     return "glpat-" + digest[:20] if platform == "gitlab" else "ghp_" + digest[:36]
 
 
+@functools.cache
+def _stack_file_values(stack: str) -> dict[str, Any]:
+    """Pulumi.<stack>.yaml's config, read once per session: the tests never write it."""
+    return read_config(REPO / f"Pulumi.{stack}.yaml").values
+
+
 def stack_config(
     stack: str, overrides: Mapping[str, Any], without: Iterable[str]
 ) -> dict[str, Any]:
@@ -116,7 +123,7 @@ def stack_config(
     test names only the fields it changes; a field overridden with None is removed. Keys in
     `without` are removed after the quickstart's values are added.
     """
-    config = read_config(REPO / f"Pulumi.{stack}.yaml").values
+    config = copy.deepcopy(_stack_file_values(stack))
     for key, value in overrides.items():
         base = config.get(key)
         if isinstance(base, dict) and isinstance(value, dict):
