@@ -18,7 +18,7 @@ GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 # The workflow that may deploy (the repository's own .github/workflows/infrastructure.yml).
 WORKFLOW_FILE = ".github/workflows/infrastructure.yml"
 
-# Project roles the deployer needs for `pulumi up`, `preview` and `destroy` (see README). No
+# Project roles the deployer needs for `pulumi up`, `preview` and `destroy` (docs/ci-cd.md). No
 # project-wide service account role: Service Account Admin on the project could set the IAM
 # policy of every account in it (and so let CI act as any of them), and IAM Conditions cannot
 # narrow it, because IAM resources carry no resource attributes ("Resource attributes for IAM

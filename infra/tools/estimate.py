@@ -24,11 +24,11 @@ from infra.tools.stack_file import PROJECT, StackFileError, read_config
 
 CATALOG = Path(__file__).parent.parent / "data" / "prices.yaml"
 BOOT_DISK = "pd-balanced"  # GKE's default boot disk type; the pools do not set another.
-# The billed-minutes model of a job on a cold GPU node (README, "Per job"): the node is billed
-# from its boot (about 1 minute), through the driver install (2) and the image (1, streamed from
-# the mirror) and the runner's start (0.5), the job, then until the autoscaler removes it (at
-# most its default 10 minutes; OPTIMIZE_UTILIZATION removes nodes sooner, by no published
-# figure, so this is the upper bound).
+# The billed-minutes model of a job on a cold GPU node (docs/cost.md, "Per job"): the node is
+# billed from its boot (about 1 minute), through the driver install (2) and the image (1,
+# streamed from the mirror) and the runner's start (0.5), the job, then until the autoscaler
+# removes it (at most its default 10 minutes; OPTIMIZE_UTILIZATION removes nodes sooner, by no
+# published figure, so this is the upper bound).
 START_BILLED_MINUTES = 4.5
 TAIL_MINUTES = 10
 JOB_MINUTES = (10, 60)
