@@ -8,7 +8,7 @@ from infra.engines.arc_runner import ArcRunner, ArcRunnerArgs
 from infra.engines.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
 from infra.engines.gitlab_runner import GitlabRunner, GitlabRunnerArgs
 from infra.engines.keda import Keda
-from infra.engines.runner_base import SANDBOX_RUNTIME_CLASS, SYSTEM_NODES
+from infra.engines.runner_base import SANDBOX_RUNTIME_CLASS, SYSTEM_NODES, GpuClassPlacement
 from infra.gcp.apis import CI_APIS, STACK_APIS, ProjectApis
 from infra.gcp.ci import CiDeployer, CiDeployerArgs, PreviewerReads
 from infra.gcp.cluster import GpuCluster, GpuClusterArgs
@@ -50,7 +50,7 @@ cluster = GpuCluster(
         project=settings.project,
         cluster=settings.cluster,
         system_pool=settings.system_pool,
-        gpu_pool=settings.gpu_pool,
+        gpu_classes=settings.gpu_classes,
         cpu_pool=settings.cpu_pool if any(r.gpus == 0 for r in settings.runners) else None,
         node_account_users=ci_members,
     ),
@@ -91,10 +91,13 @@ cml_runners = [r for r in settings.runners if r.runner_engine == "cml"]
 arc_runners = [r for r in settings.runners if r.runner_engine == "arc"]
 gitlab_runners = [r for r in settings.runners if r.runner_engine == "gitlab-runner"]
 on_cluster = pulumi.ResourceOptions(providers=[cluster.provider])
-# Runner pods pull their images through the mirror: its repositories and the nodes' grants.
+# Runner pods pull their images through the mirror (its repositories and the nodes' grants),
+# and select a ComputeClass, which exists first.
 runner_options = pulumi.ResourceOptions.merge(
-    on_cluster, pulumi.ResourceOptions(depends_on=[mirror])
+    on_cluster,
+    pulumi.ResourceOptions(depends_on=[mirror, *cluster.compute_classes.values()]),
 )
+gpu_classes = {c.name: c for c in settings.gpu_classes}
 # What a preview reads in the cluster, for the previewer.
 if deployer:
     PreviewerReads("ci-previewer", deployer.previewer_email, opts=on_cluster)
@@ -103,6 +106,14 @@ if deployer:
 keda = Keda("keda", node_selector=SYSTEM_NODES, opts=on_cluster) if cml_runners else None
 # actions-runner-controller, once, on the system pool, when a runner uses engine arc.
 arc = ArcController("arc", node_selector=SYSTEM_NODES, opts=on_cluster) if arc_runners else None
+
+
+def runner_gpu_class(runner: stack_settings.RunnerSettings) -> GpuClassPlacement | None:
+    """Where a GPU runner's pods land: its class (the stack's only one when it names none)."""
+    gpu_class = stack_settings.class_named(gpu_classes, runner.gpu_pool) if runner.gpus else None
+    if gpu_class is None:
+        return None
+    return GpuClassPlacement(gpu_class.name, gpu_class.settings.time_sharing_clients_per_gpu)
 
 
 def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
@@ -114,6 +125,7 @@ def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
         "memory": runner.memory,
         "gpus": runner.gpus,
         "node_selector": runner.node_selector,
+        "gpu_class": runner_gpu_class(runner),
         "google_service_account": identity.email_for(runner.trust == "trusted"),
         "registries": mirror.registries,
         "services_range": cluster.services_range,

@@ -53,6 +53,13 @@ _POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "kubernetes:keda.sh/v1alpha1:ScaledJob": ("spec", "jobTargetRef", "template", "spec"),
 }
 SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
+COMPUTE_CLASS = "kubernetes:cloud.google.com/v1:ComputeClass"
+# GKE binds a node pool to a ComputeClass by this label and a NoSchedule taint of the same key
+# and value; a pod chooses the class by selecting the label (infra/gcp/gpu_classes.py).
+COMPUTE_CLASS_LABEL = "cloud.google.com/compute-class"
+# The pool a Spot GPU class falls back to, on demand by design (infra/gcp/gpu_classes.py).
+ON_DEMAND_FALLBACK_LABEL = "gpu-runners/on-demand-fallback"
+SHARED_CLIENTS_LABEL = "cloud.google.com/gke-max-shared-clients-per-gpu"
 
 _LITERAL_SECRETS: dict[str, re.Pattern] = {
     "a GitHub token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_\w{20,})"),
@@ -233,7 +240,8 @@ def _selects_gpu_nodes(pod: Mapping[str, Any]) -> bool:
 def gpu_node_pools_are_labelled_tainted_and_driven(
     args: ResourceValidationArgs, report_violation: ReportViolation
 ) -> None:
-    """A GPU node pool carries gpu=true, the NoSchedule GPU taint, and GKE's driver install."""
+    """A GPU node pool carries gpu=true, the NoSchedule GPU taint, its GPU class's label and
+    taint, and GKE's driver install."""
     if args.resource_type != NODE_POOL or not _gpu_accelerators(args.props):
         return
     subject = f"GPU node pool {args.name!r}"
@@ -248,6 +256,15 @@ def gpu_node_pools_are_labelled_tainted_and_driven(
         report_violation(
             f"{subject} lacks the taint nvidia.com/gpu=present:NoSchedule, so any "
             "pod may land on a GPU node; declare it in node_config.taints.",
+            None,
+        )
+    gpu_class = (_get(args.props, "nodeConfig", "labels") or {}).get(COMPUTE_CLASS_LABEL)
+    class_taint = {"key": COMPUTE_CLASS_LABEL, "value": gpu_class, "effect": "NO_SCHEDULE"}
+    if gpu_class is None or class_taint not in taints:
+        report_violation(
+            f"{subject} belongs to no GPU class: it needs the label and the NoSchedule taint "
+            f"{COMPUTE_CLASS_LABEL}=<class>, which bind it to its class's ComputeClass; declare "
+            "both in node_config.",
             None,
         )
     for accelerator in _gpu_accelerators(args.props):
@@ -297,6 +314,88 @@ def runner_pods_land_on_runner_pools(
             f'or {CPU_JOBS_LABEL}: "true" with its toleration.',
             None,
         )
+
+
+def _shared_clients(pool: Mapping[str, Any]) -> str | None:
+    """How many pods share each GPU of a node pool, as GKE labels its nodes; None: unshared."""
+    for accelerator in _gpu_accelerators(pool):
+        clients = _get(accelerator, "gpuSharingConfig", "maxSharedClientsPerGpu")
+        if clients is not None:
+            return str(int(clients))
+    return None
+
+
+def _gpu_classes(
+    args: StackValidationArgs, report_violation: ReportViolation
+) -> dict[str, list[Mapping[str, Any]]]:
+    """Each ComputeClass of the stack -> the GPU node pools it names, reporting a class that
+    names a pool the stack does not make or that is not bound to it."""
+    pools = {
+        _plain(r.props.get("name")): r.props
+        for r in args.resources
+        if r.resource_type == NODE_POOL and _gpu_accelerators(r.props)
+    }
+    classes = {}
+    for resource in args.resources:
+        if resource.resource_type != COMPUTE_CLASS:
+            continue
+        name = _get(resource.props, "metadata", "name")
+        priorities = [_plain(p) for p in _get(resource.props, "spec", "priorities") or []]
+        named = [pool for item in priorities for pool in _plain(item.get("nodepools")) or []]
+        classes[name] = [pools[pool] for pool in named if pool in pools]
+        for pool in named:
+            labels = _get(pools.get(pool) or {}, "nodeConfig", "labels") or {}
+            if labels.get(COMPUTE_CLASS_LABEL) != name:
+                report_violation(
+                    f"ComputeClass {name!r} names node pool {pool!r}, which is no GPU pool of "
+                    f"the stack bound to it (label {COMPUTE_CLASS_LABEL}={name}); the class "
+                    "would never scale it up.",
+                    resource.urn,
+                )
+        if not named:
+            report_violation(
+                f"ComputeClass {name!r} names no node pool, so no runner pod of it ever gets "
+                "a node.",
+                resource.urn,
+            )
+    return classes
+
+
+def gpu_runner_pods_select_a_gpu_class(
+    args: StackValidationArgs, report_violation: ReportViolation
+) -> None:
+    """In a stack with GPU classes, a pod that runs CI jobs on GPUs selects a ComputeClass of
+    the stack, whose priorities name the stack's GPU pools bound to it; on time-shared GPUs it
+    selects their sharing and takes one GPU."""
+    classes = _gpu_classes(args, report_violation)
+    if not classes:
+        return  # runners on a cluster the stack does not make: its nodes are not its business
+    for resource in args.resources:
+        for pod in _job_pod_specs(resource):
+            if not _requests_gpus(pod):
+                continue
+            subject = f"{resource.resource_type.rsplit(':', 1)[-1]} {resource.name!r}"
+            selector = _plain(pod.get("nodeSelector")) or {}
+            chosen = selector.get(COMPUTE_CLASS_LABEL)
+            if chosen not in classes:
+                report_violation(
+                    f"{subject} runs CI jobs on GPUs but selects no GPU class of the stack "
+                    f"({COMPUTE_CLASS_LABEL}: {chosen or 'unset'}), so no fallback applies to "
+                    "it; select the ComputeClass of its class.",
+                    resource.urn,
+                )
+                continue
+            shared = {_shared_clients(pool) for pool in classes[chosen]} - {None}
+            gpus = [
+                int(_get(c, "resources", "limits", GPU_RESOURCE) or 0) for c in _containers(pod)
+            ]
+            if shared and (selector.get(SHARED_CLIENTS_LABEL) not in shared or max(gpus) > 1):
+                report_violation(
+                    f"{subject} runs on time-shared GPUs (class {chosen!r}) but does not select "
+                    f"{SHARED_CLIENTS_LABEL}: {', '.join(sorted(shared))} with one GPU per "
+                    "container, as GKE requires of a pod that shares a GPU.",
+                    resource.urn,
+                )
 
 
 def runner_pods_mount_no_api_token(
@@ -498,13 +597,17 @@ def prod_clusters_have_deletion_protection(
 
 
 def gpu_pools_use_spot(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    """GPU pools on Spot VMs cost less (42 % less for a g2-standard-4 in Zurich)."""
+    """GPU pools on Spot VMs cost less (42 % less for a g2-standard-4 in Zurich); a Spot
+    class's on-demand fallback pool is on demand by design."""
     if args.resource_type != NODE_POOL or not _gpu_accelerators(args.props):
         return
     node = _get(args.props, "nodeConfig") or {}
+    if (_plain(node.get("labels")) or {}).get(ON_DEMAND_FALLBACK_LABEL) == "true":
+        return
     if not (_plain(node.get("spot")) or _plain(node.get("preemptible"))):
         report_violation(
-            f"GPU node pool {args.name!r} runs on-demand VMs; gpuPool.spot: true costs less "
+            f"GPU node pool {args.name!r} runs on-demand VMs; spot: true (gpuPool, or the "
+            "class in gpuPools) costs less "
             "(42 % less for a g2-standard-4 in Zurich, see docs/cost.md) if your "
             "jobs can be re-run when Google reclaims a node.",
             None,
@@ -524,7 +627,7 @@ def gpu_pools_scale_to_zero(
             # Numbers reach the analyzer as floats (1.0): shown as whole numbers.
             f"GPU node pool {args.name!r} keeps {int(_plain(minimum) or 0) or 'a fixed number of'} "
             "GPU node(s) "
-            "even when idle; set gpuPool.minNodes: 0.",
+            "even when idle; set minNodes: 0 (gpuPool, or the class in gpuPools).",
             None,
         )
 
@@ -551,6 +654,7 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     _policy(gpu_node_pools_are_labelled_tainted_and_driven, MANDATORY),
     _policy(gpu_workloads_select_and_tolerate_gpu_nodes, MANDATORY),
     _policy(runner_pods_land_on_runner_pools, MANDATORY),
+    _policy(gpu_runner_pods_select_a_gpu_class, MANDATORY, StackValidationPolicy),
     _policy(runner_pods_mount_no_api_token, MANDATORY),
     _policy(pods_have_a_seccomp_profile, MANDATORY),
     _policy(runner_namespaces_are_isolated, MANDATORY, StackValidationPolicy),

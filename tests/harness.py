@@ -120,11 +120,14 @@ def stack_config(
     """Pulumi.<stack>.yaml's config, per-test overrides merged in, plus the quickstart's values.
 
     An override of an object key is merged one level deep into the stack file's object, so a
-    test names only the fields it changes; a field overridden with None is removed. Keys in
+    test names only the fields it changes; a key or field overridden with None is removed. Keys in
     `without` are removed after the quickstart's values are added.
     """
     config = copy.deepcopy(_stack_file_values(stack))
     for key, value in overrides.items():
+        if value is None:
+            config.pop(key, None)
+            continue
         base = config.get(key)
         if isinstance(base, dict) and isinstance(value, dict):
             value = {k: v for k, v in (base | value).items() if v is not None}

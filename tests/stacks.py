@@ -1,5 +1,14 @@
 """The stack shapes the tests build, as config overrides of Pulumi.dev.yaml."""
 
+import re
+import textwrap
+from pathlib import Path
+
+import yaml
+
+_GPU_CLASSES_PAGE = (Path(__file__).parent.parent / "docs" / "gpu-classes.md").read_text()
+_YAML_BLOCKS = re.findall(r"```yaml\n(.*?)```", _GPU_CLASSES_PAGE, re.DOTALL)
+
 # A GitHub GPU runner and a GitLab CPU runner in one stack.
 TWO_RUNNERS = {
     "gpu-runners:runners": [
@@ -48,6 +57,26 @@ GITLAB = {
     ]
 }
 
+# docs/gpu-classes.md's example: a Spot L4 class in two zones that falls back to on demand,
+# and an on-demand A100 class, each with its runner.
+TWO_CLASSES = {"gpu-runners:gpuPool": None, **yaml.safe_load(_YAML_BLOCKS[0])["config"]}
+# docs/gpu-classes.md's time-shared class, for the example's test runner, beside an arc and a
+# GitLab runner on the same class.
+SHARED_GPUS = {
+    **TWO_CLASSES,
+    **yaml.safe_load(textwrap.dedent(_YAML_BLOCKS[1])),
+    "gpu-runners:runners": [
+        {
+            **TWO_CLASSES["gpu-runners:runners"][0],
+            "gpuPool": "l4-shared",
+            "cpu": "1",
+            "memory": "4Gi",
+        },
+        {"name": "arc-shared", "engine": "arc", "labels": ["arc-shared"], "gpuPool": "l4-shared"},
+        {"name": "gl-shared", "platform": "gitlab", "labels": ["shared"], "gpuPool": "l4-shared"},
+    ],
+}
+
 SHAPES = {
     "dev": {},
     "two-runners": TWO_RUNNERS,
@@ -56,4 +85,6 @@ SHAPES = {
     "always": ALWAYS,
     "both-engines": BOTH_ENGINES,
     "gitlab": GITLAB,
+    "two-classes": TWO_CLASSES,
+    "shared-gpus": SHARED_GPUS,
 }

@@ -180,9 +180,15 @@ def test_the_runner_pod_lands_on_a_gpu_and_acts_as_the_runner_account(arc):
     assert runner["name"] == "runner"
     assert runner["image"] == f"{MIRROR}/mlops-kubernetes-ghcr/actions/actions-runner:2.338.0"
     assert runner["command"] == ["/home/runner/run.sh"]
-    assert spec["nodeSelector"] == {"gpu": "true"}
+    assert spec["nodeSelector"] == {"gpu": "true", "cloud.google.com/compute-class": "gpu"}
     assert spec["tolerations"] == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {
+            "key": "cloud.google.com/compute-class",
+            "operator": "Equal",
+            "value": "gpu",
+            "effect": "NoSchedule",
+        },
     ]
     expected = {"cpu": "1", "memory": "2000Mi", "nvidia.com/gpu": "1"}
     assert runner["resources"] == {"requests": expected, "limits": expected}

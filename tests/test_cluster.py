@@ -84,7 +84,8 @@ def test_gpu_pool_has_one_spot_l4_with_driver_taint_label_and_scales_from_zero(d
     assert pool["autoscaling"]["totalMaxNodeCount"] == 1
     assert pool["management"] == {"autoRepair": True, "autoUpgrade": True}
     assert node["machineType"] == "g2-standard-4"
-    assert node["labels"] == {"gpu": "true"}
+    # The guide's gpu=true, and the label of its GPU class (the one class of `gpuPool`).
+    assert node["labels"] == {"gpu": "true", "cloud.google.com/compute-class": "gpu"}
     assert node["guestAccelerators"] == [
         {
             "type": "nvidia-l4",
@@ -93,7 +94,8 @@ def test_gpu_pool_has_one_spot_l4_with_driver_taint_label_and_scales_from_zero(d
         }
     ]
     assert node["taints"] == [
-        {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
+        {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"},
+        {"key": "cloud.google.com/compute-class", "value": "gpu", "effect": "NO_SCHEDULE"},
     ]
     assert node["spot"] is True
     assert node["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
@@ -131,16 +133,19 @@ def test_kubernetes_provider_uses_the_kubeconfig_and_waits_for_the_system_pool(d
 @pytest.mark.parametrize("shape", SHAPES)
 def test_no_kubernetes_object_waits_for_the_gpu_pool(shape):
     program = run_program(SHAPES[shape])
-    gpu_pool = program.one(NODE_POOL, "gke-gpu")
+    gpu_pools = [
+        p for p in program.of_type(NODE_POOL) if p.inputs["nodeConfig"]["labels"]["gpu"] == "true"
+    ]
     provider = program.one("pulumi:providers:kubernetes")
     # Every Kubernetes object goes through this provider, and the engine creates the provider
     # before them: what it waits for, they wait for.
     assert program.waits_for(provider, program.one(NODE_POOL, "gke-system"))
-    assert not program.waits_for(provider, gpu_pool)
     on_cluster = [r for r in program.resources if r.provider.startswith(provider.urn)]
-    assert on_cluster
-    for resource in on_cluster:
-        assert not program.waits_for(resource, gpu_pool), resource.name
+    assert gpu_pools and on_cluster
+    for gpu_pool in gpu_pools:
+        assert not program.waits_for(provider, gpu_pool)
+        for resource in on_cluster:
+            assert not program.waits_for(resource, gpu_pool), resource.name
 
 
 def test_the_autoscaler_removes_empty_nodes_sooner_than_by_default(dev):
@@ -161,6 +166,7 @@ def test_everything_is_parented_to_the_cluster_component(dev):
         NODE_POOL,
         "pulumi:providers:kubernetes",
         "kubernetes:core/v1:ConfigMapPatch",
+        "kubernetes:cloud.google.com/v1:ComputeClass",
     }
     assert all(r.parent == component.urn for r in parts if r is not component)
 
@@ -224,7 +230,11 @@ def test_a_regional_t4_spot_pool_across_zones():
     assert node["guestAccelerators"][0]["type"] == "nvidia-tesla-t4"
     assert node["guestAccelerators"][0]["count"] == 2
     assert node["spot"] is True
-    assert node["labels"] == {"team": "vision", "gpu": "true"}
+    assert node["labels"] == {
+        "team": "vision",
+        "gpu": "true",
+        "cloud.google.com/compute-class": "gpu",
+    }
 
 
 def test_the_machine_type_fixes_the_gpu_count_when_none_is_set():

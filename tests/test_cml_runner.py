@@ -59,9 +59,15 @@ def container(program, name: str) -> dict:
 def test_dev_runner_is_the_chapters_runner_pinned_to_the_gpu_nodes(dev):
     spec = pod_spec(dev, "cml-runner")
     runner = container(dev, "cml-runner")
-    assert spec["nodeSelector"] == {"gpu": "true"}
+    assert spec["nodeSelector"] == {"gpu": "true", "cloud.google.com/compute-class": "gpu"}
     assert spec["tolerations"] == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {
+            "key": "cloud.google.com/compute-class",
+            "operator": "Equal",
+            "value": "gpu",
+            "effect": "NoSchedule",
+        },
     ]
     expected = {"cpu": "1", "memory": "2000Mi", "nvidia.com/gpu": "1"}
     assert runner["resources"] == {"requests": expected, "limits": expected}

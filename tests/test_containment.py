@@ -149,7 +149,11 @@ def test_cpu_runners_get_a_tainted_pool_of_their_own_that_scales_to_zero(every_e
 
 
 def test_a_stack_without_cpu_runners_has_no_cpu_pool():
-    assert sorted(p.name for p in run_program().of_type(NODE_POOL)) == ["gke-gpu", "gke-system"]
+    assert sorted(p.name for p in run_program().of_type(NODE_POOL)) == [
+        "gke-gpu",
+        "gke-gpu-on-demand",
+        "gke-system",
+    ]
 
 
 def allowed_destinations(policy: dict) -> list[tuple[str, list[int]]]:
@@ -241,7 +245,7 @@ def test_the_kubelet_read_only_port_is_closed_on_every_pool(every_engine):
     closed = {"insecureKubeletReadonlyPortEnabled": "FALSE"}
     assert cluster["nodePoolDefaults"] == {"nodeConfigDefaults": closed}
     pools = every_engine.of_type(NODE_POOL)
-    assert len(pools) == 3
+    assert {p.name for p in pools} == {"gke-system", "gke-gpu", "gke-gpu-on-demand", "gke-cpu"}
     for pool in pools:
         assert pool.inputs["nodeConfig"]["kubeletConfig"] == closed, pool.name
 

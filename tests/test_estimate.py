@@ -5,12 +5,16 @@ import yaml
 
 from infra.tools import estimate
 from tests.harness import REPO, manual
+from tests.stacks import TWO_CLASSES
 
 HOURS = 730
 # europe-west6 prices from infra/data/prices.yaml, written out so a wrong lookup shows.
 E2_MEDIUM_SPOT, E2_STANDARD_2 = 0.01725, 0.08778266
 G2_STANDARD_4, G2_STANDARD_4_SPOT = 0.975748092, 0.565076
 PD_BALANCED, IP = 0.13, 0.005
+# europe-west4, for docs/gpu-classes.md's example.
+NL_E2_MEDIUM_SPOT, NL_PD_BALANCED = 0.017632, 0.11
+NL_G2_STANDARD_8, NL_G2_STANDARD_8_SPOT, NL_A2_HIGHGPU_1G = 0.897201806, 0.47082, 3.747972
 
 
 def stack(name: str) -> dict:
@@ -28,9 +32,13 @@ def test_the_dev_stack_by_hand():
     # Zonal: the free-tier credit pays the cluster fee.
     assert figures["Month while idle"] == pytest.approx(system_month)
     assert round(figures["Month while idle"], 2) == 18.84
-    worst = 2 * system_month + gpu_hour * HOURS
+    fallback_hour = G2_STANDARD_4 + 100 * PD_BALANCED / HOURS + IP
+    # Every pool at its maximum: the Spot GPU node and its on-demand fallback, all month.
+    worst = 2 * system_month + (gpu_hour + fallback_hour) * HOURS
     assert figures["Worst month"] == pytest.approx(worst)
     assert figures["GPU node hour, runner cml-runner"] == pytest.approx(gpu_hour)
+    fallback = figures["GPU node hour on the on-demand fallback, runner cml-runner"]
+    assert fallback == pytest.approx(fallback_hour)
     job = "10-minute job on a cold node, runner cml-runner"
     assert figures[job] == pytest.approx((4.5 + 10 + 10) / 60 * gpu_hour)
     assert round(figures[job], 2) == 0.24
@@ -157,3 +165,35 @@ def test_the_manuals_cost_figures_are_the_estimates():
     # The Spot discount, wherever it is given.
     discount = round(100 * (1 - G2_STANDARD_4_SPOT / G2_STANDARD_4))
     assert f"({discount} % less)" in text and "58 %" not in text
+
+
+def test_the_two_class_example_prices_each_class_and_the_fallback():
+    # The docs' example as a stack file of its own.
+    example = {key: value for key, value in TWO_CLASSES.items() if value is not None}
+    figures = by_label(estimate.estimate(example))
+    l4_spot = NL_G2_STANDARD_8_SPOT + 100 * NL_PD_BALANCED / HOURS + IP
+    l4_on_demand = NL_G2_STANDARD_8 + 100 * NL_PD_BALANCED / HOURS + IP
+    a100 = NL_A2_HIGHGPU_1G + 200 * NL_PD_BALANCED / HOURS + IP
+    system_month = (NL_E2_MEDIUM_SPOT + IP) * HOURS + 50 * NL_PD_BALANCED
+    # Zonal: the free tier pays the fee; every GPU pool scales to zero.
+    assert figures["Month while idle"] == pytest.approx(system_month)
+    # Every pool at its maximum: two Spot L4 nodes, two on-demand fallbacks, one A100.
+    worst = 2 * system_month + (2 * l4_spot + 2 * l4_on_demand + a100) * HOURS
+    assert figures["Worst month"] == pytest.approx(worst)
+    assert figures["GPU node hour, runner gpu-tests"] == pytest.approx(l4_spot)
+    assert figures["GPU node hour on the on-demand fallback, runner gpu-tests"] == pytest.approx(
+        l4_on_demand
+    )
+    assert figures["GPU node hour, runner gpu-train"] == pytest.approx(a100)
+    assert "GPU node hour on the on-demand fallback, runner gpu-train" not in figures
+    job = "60-minute job on a cold node, runner gpu-train"
+    assert figures[job] == pytest.approx((4.5 + 60 + 10) / 60 * a100)
+
+
+def test_a_flex_start_class_is_priced_at_on_demand_and_says_so():
+    config = stack("dev")
+    config["gpu-runners:gpuPool"] = {**config["gpu-runners:gpuPool"], "flexStart": True}
+    result = estimate.estimate(config)
+    assert "GPU class gpu: g2-standard-4, Spot, then flex-start (priced on demand)." in result.about
+    fallback = by_label(result)["GPU node hour on the on-demand fallback, runner cml-runner"]
+    assert fallback == pytest.approx(G2_STANDARD_4 + 100 * PD_BALANCED / HOURS + IP)

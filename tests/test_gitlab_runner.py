@@ -92,8 +92,11 @@ def test_job_pods_go_to_gpu_nodes_with_the_gpu_limit(given_token):
     assert runner["executor"] == "kubernetes"
     kubernetes = runner["kubernetes"]
     assert kubernetes["namespace"] == "gl-gpu"
-    assert kubernetes["node_selector"] == {"gpu": "true"}
-    assert kubernetes["node_tolerations"] == {"nvidia.com/gpu=present": "NoSchedule"}
+    assert kubernetes["node_selector"] == {"gpu": "true", "cloud.google.com/compute-class": "gpu"}
+    assert kubernetes["node_tolerations"] == {
+        "nvidia.com/gpu=present": "NoSchedule",
+        "cloud.google.com/compute-class=gpu": "NoSchedule",
+    }
     assert runner["feature_flags"] == {
         "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION": True,
         "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True,

@@ -81,9 +81,11 @@ def test_removing_ci_access_meets_protected_resources_as_the_lifecycle_page_says
     assert "pulumi state unprotect --all" in row
 
 
-# Node settings a node pool updates in place (terraform-provider-google, node pools:
-# nodePoolUpdate sends KubeletConfig with NodePools.Update), left out of the comparison.
-IN_PLACE_NODE_CONFIG = ("kubeletConfig",)
+# Node settings a node pool updates in place, left out of the comparison:
+# terraform-provider-google's node_config.go sends KubeletConfig, Labels and Taints with
+# NodePools.Update (none is ForceNew), and GKE applies labels and taints "without re-creating
+# the node pool" ("Update existing node pools").
+IN_PLACE_NODE_CONFIG = ("kubeletConfig", "labels", "taints")
 
 
 def replacing(inputs: dict) -> dict:
@@ -168,3 +170,18 @@ def test_removing_the_last_trusted_runner_meets_the_protected_grant_the_lifecycl
     (grant,) = [r for r in with_trusted.resources if r.name in lost]
     urns = re.findall(r"pulumi state unprotect '([^']+)'", LIFECYCLE)
     assert grant.urn.replace("urn:pulumi:dev::", "urn:pulumi:<stack>::") in urns
+
+
+def test_upgrading_from_ec66a1f_keeps_the_gpu_pool_and_adds_its_fallback():
+    previous, replaced, removed = upgrade("ec66a1f-dev-with-ci.json", WITH_CI)
+    # The pool joins its class in place (a label and a taint); nothing else changes.
+    assert replaced == set()
+    assert removed == set()
+    now = run_program(WITH_CI)
+    before = {old["urn"] for old in previous}
+    added = {r.name for r in now.resources if r.type.startswith("gcp:") and r.urn not in before}
+    # The dev stack's Spot class gains its on-demand fallback, which starts from zero nodes.
+    assert added == {"gke-gpu-on-demand"}
+    notes = (REPO / "docs" / "gpu-classes.md").read_text()
+    assert "gets the new pool `gpu-on-demand`" in notes
+    assert "gpuPool.onDemandFallback: false" in notes

@@ -12,7 +12,8 @@ from infra import machines
 from infra.engines import arc, gitlab_runner, keda
 from infra.gcp import apis, ci, cluster, identity, registry
 from infra.gcp.ci import DEPLOYER_ROLES
-from infra.settings import RUNNERS_KEY, SECTIONS, RunnerSettings
+from infra.settings import RUNNERS_KEY, SECTIONS, GpuPoolSettings, RunnerSettings
+from infra.settings.gpu_classes import GpuClassSettings
 from infra.tools import plan
 from policy.rules import POLICIES
 from tests.harness import REPO, manual, run_components, run_program
@@ -24,6 +25,8 @@ README = (REPO / "README.md").read_text()
 MANUAL = manual()
 DEVELOPMENT = (REPO / "docs/development.md").read_text()
 DOCUMENTED_MODELS = {**SECTIONS, f"{RUNNERS_KEY}[]": RunnerSettings}
+# A gpuPools entry takes every gpuPool key, documented once, and a name.
+GPU_CLASS_KEYS = {"name"}
 
 
 def tables(markdown: str) -> list[list[list[str]]]:
@@ -57,7 +60,7 @@ def _shown(field: FieldInfo) -> str:
     """A field's default as the README writes it."""
     if field.is_required():
         return "required"
-    default = field.default
+    default = field.default_factory() if field.default_factory else field.default
     if default is None:
         return "—"
     if isinstance(default, str):
@@ -74,6 +77,11 @@ def test_config_tables_list_every_key_with_its_default():
         (section, field.alias): _shown(field)
         for section, model in DOCUMENTED_MODELS.items()
         for field in model.model_fields.values()
+    }
+    class_only = set(GpuClassSettings.model_fields) - set(GpuPoolSettings.model_fields)
+    assert class_only == GPU_CLASS_KEYS
+    in_code |= {
+        ("gpuPools[]", key): _shown(GpuClassSettings.model_fields[key]) for key in class_only
     }
     assert documented == in_code
 

@@ -70,8 +70,11 @@ def test_every_runner_and_job_image_comes_through_the_mirror(shape):
         # inside a chart value (JSON-escaped quotes there).
         images += IMAGE.findall(json.dumps(reveal(resource.inputs)))
     assert images, shape
+    # The mirror is in the cluster's region, whichever the stack's is.
+    (region,) = {r.inputs["location"] for r in program.of_type(REPOSITORY)}
+    mirror = f"{region}-docker.pkg.dev/{TEST_PROJECT_ID}"
     for image in images:
-        assert image.startswith(f"{MIRROR}/"), image
+        assert image.startswith(f"{mirror}/"), image
         assert not image.startswith(PUBLIC_REGISTRIES), image
 
 

@@ -178,7 +178,7 @@ def test_a_pool_runs_up_to_max_runners_at_once(pool_of_three):
     assert spec["maxReplicaCount"] == 3
     assert spec["triggers"] == [DEV_TRIGGER]
     pod = spec["jobTargetRef"]["template"]["spec"]
-    assert pod["nodeSelector"] == {"gpu": "true"}
+    assert pod["nodeSelector"] == {"gpu": "true", "cloud.google.com/compute-class": "gpu"}
     assert "--idle-timeout=300" in container_args(spec)
 
 

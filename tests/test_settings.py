@@ -167,7 +167,7 @@ BAD_INPUTS = {
     "more GPUs than a node carries": (
         runner(gpus=2),
         "gpu-runners:runners[0].gpus = 2",
-        "a GPU node carries 1 (gpuPool); allowed: 0 to 1",
+        "a GPU node of class 'gpu' carries 1 (gpuPool); allowed: 0 to 1",
     ),
     "a GPU runner sent to CPU nodes": (
         runner(gpus=1, nodeSelector={"gpu": "false"}),
@@ -253,7 +253,8 @@ def test_every_problem_is_reported_at_once():
 def test_a_zone_error_lists_the_zones_that_do_offer_the_accelerator():
     error, _ = run_rejected_program({GPU_POOL: {"zones": ["europe-west6-a"]}})
     assert "allowed in europe-west6: europe-west6-b, europe-west6-c" in str(error)
-    assert "gpuPool.zonesOutsideCatalog" in str(error)
+    assert str(error).count("gpu-runners:gpuPool.zones = ") == 1
+    assert "list it in zonesOutsideCatalog" in str(error)
 
 
 def test_a_missing_token_is_rejected_with_the_command_that_sets_it():

@@ -427,8 +427,8 @@ def test_good_input_that_looked_odd_is_accepted():
 def test_always_on_gpu_runners_the_pool_can_never_hold_are_refused():
     message = rejected(runner(mode="always", replicas=5000))
     assert (
-        "gpu-runners:runners[0].replicas = 5000: always-on GPU runners would hold 5000 GPUs, "
-        "and the GPU pool has at most 1 (gpuPool.maxNodes 1 times 1 per node)"
+        "gpu-runners:runners[0].replicas = 5000: always-on runners of GPU class 'gpu' would "
+        "hold 5000 GPUs, and its first pool has room for 1 (gpuPool.maxNodes 1 times 1 per node)"
     ) in message
 
 
@@ -482,19 +482,15 @@ def test_a_github_app_key_arc_cannot_sign_with_is_refused_unshown(key):
 @pytest.mark.parametrize(
     ("selector", "pool_changes", "missing"),
     [
-        (
-            {"gpu": "true", "cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
-            {},
-            "cloud.google.com/gke-accelerator=nvidia-tesla-a100",
-        ),
-        (
-            {"gpu": "true", "cloud.google.com/gke-spot": "true"},
-            {"spot": False},
-            "cloud.google.com/gke-spot=true",
-        ),
         ({"gpu": "true", "team": "vision"}, {}, "team=vision"),
+        (
+            {"gpu": "true", "topology.kubernetes.io/zone": "europe-west6-c"},
+            {},
+            "topology.kubernetes.io/zone=europe-west6-c",
+        ),
+        ({"cloud.google.com/gke-nodepool": "system"}, {}, "cloud.google.com/gke-nodepool=system"),
     ],
-    ids=["a GPU the pool does not have", "Spot on an on-demand pool", "a label no pool sets"],
+    ids=["a label no pool sets", "a zone of the region the class has not", "the system pool"],
 )
 def test_a_node_selector_no_pool_satisfies_is_refused(selector, pool_changes, missing):
     message = rejected({**runner(nodeSelector=selector), GPU_POOL: pool_changes})
@@ -502,12 +498,36 @@ def test_a_node_selector_no_pool_satisfies_is_refused(selector, pool_changes, mi
     assert f"the gpuPool nodes it must land on carry no {missing}" in message
 
 
+@pytest.mark.parametrize(
+    "label",
+    [
+        "cloud.google.com/gke-accelerator",
+        "cloud.google.com/gke-spot",
+        "node.kubernetes.io/instance-type",
+        "cloud.google.com/compute-class",
+    ],
+)
+def test_a_gpu_runner_selecting_what_its_compute_class_decides_is_refused(label):
+    # GKE rejects a pod that selects a ComputeClass and such a label ("About custom
+    # ComputeClasses"): refused before anything is created, naming the way to choose instead.
+    message = rejected(runner(nodeSelector={"gpu": "true", label: "x"}))
+    assert "gpu-runners:runners[0].nodeSelector = {" in message
+    assert f"selects {label}, which a GPU runner's pods cannot" in message
+    assert "allowed: gpuPool to choose the class" in message
+
+
+def test_a_cpu_runner_may_still_select_spot_nodes():
+    selector = {"gpu": "false", "cloud.google.com/gke-spot": "true"}
+    cpu = {"gpus": 0, "mode": "always", "replicas": 1, "nodeSelector": selector}
+    run_program({**runner(**cpu), "gpu-runners:cpuPool": {"spot": True}})
+
+
 def test_a_node_selector_the_pool_satisfies_is_accepted():
     selector = {
         "gpu": "true",
         "team": "vision",
-        "cloud.google.com/gke-accelerator": "nvidia-l4",
-        "cloud.google.com/gke-spot": "true",
+        "topology.kubernetes.io/zone": "europe-west6-b",
+        "cloud.google.com/gke-nodepool": "gpu-on-demand",
         # A GKE label this stack does not track is left to GKE.
         "cloud.google.com/gke-os-distribution": "cos",
     }

@@ -245,6 +245,12 @@ def runner_config(
         gpus = {GPU_RESOURCE: str(args.gpus)}
         patch["containers"] = [{"name": "build", "resources": {"requests": gpus, "limits": gpus}}]
         kubernetes["node_tolerations"] = {f"{GPU_RESOURCE}=present": "NoSchedule"}
+        if args.gpu_class is not None:
+            # key=value: effect, the executor's form of an Equal toleration.
+            toleration = args.gpu_class.toleration()
+            kubernetes["node_tolerations"][f"{toleration['key']}={toleration['value']}"] = (
+                toleration["effect"]
+            )
     else:
         kubernetes["node_tolerations"] = {CPU_JOBS_LABEL: "NoSchedule"}
     # JSON is YAML, the patch format the executor reads.

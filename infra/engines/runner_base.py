@@ -32,6 +32,42 @@ RUNNER_TYPES = (
 )
 
 
+# A GPU class's node pools carry this label and a NoSchedule taint of the same key and value,
+# which is how GKE binds manually made pools to a ComputeClass; a pod chooses the class with a
+# nodeSelector on the label ("About custom ComputeClasses", manually created node pools).
+COMPUTE_CLASS_LABEL = "cloud.google.com/compute-class"
+# What GKE labels the nodes of a pool whose GPUs are time-shared, and what a pod that shares a
+# GPU selects ("About GPU time-sharing in GKE").
+SHARING_STRATEGY_LABEL = "cloud.google.com/gke-gpu-sharing-strategy"
+SHARED_CLIENTS_LABEL = "cloud.google.com/gke-max-shared-clients-per-gpu"
+
+
+@dataclass(frozen=True)
+class GpuClassPlacement:
+    """The GPU class a runner's pods land on: its ComputeClass, and how many pods share each
+    GPU of its nodes (None: a GPU is a pod's own)."""
+
+    name: str
+    shared_clients_per_gpu: int | None = None
+
+    def node_selector(self) -> dict[str, str]:
+        selector = {COMPUTE_CLASS_LABEL: self.name}
+        if self.shared_clients_per_gpu is not None:
+            selector[SHARING_STRATEGY_LABEL] = "time-sharing"
+            selector[SHARED_CLIENTS_LABEL] = str(self.shared_clients_per_gpu)
+        return selector
+
+    def toleration(self) -> dict[str, str]:
+        """The class taint's toleration, which GKE is said to add itself but no Google page
+        states for Standard clusters, so it is declared."""
+        return {
+            "key": COMPUTE_CLASS_LABEL,
+            "operator": "Equal",
+            "value": self.name,
+            "effect": "NoSchedule",
+        }
+
+
 SYSTEM_NODES = {"gpu": "false"}
 """The system pool, for the controllers and managers; the CPU runner pool's taint keeps them
 off it."""
@@ -72,6 +108,8 @@ class RunnerBaseArgs:
     node_selector: Mapping[str, str] | None = None
     """Node labels the pod must match besides its pool's (runner_node_selector), which it
     cannot override."""
+    gpu_class: GpuClassPlacement | None = None
+    """The GPU class a GPU runner's pods land on; None: any gpu=true node."""
     google_service_account: pulumi.Input[str] | None = None
     """Google service account the pod acts as through GKE Workload Identity, if any."""
     registries: Registries = Registries()
@@ -127,14 +165,25 @@ def pod_identity(service_account: pulumi.Input[str]) -> dict:
 
 
 def node_selector(args: RunnerBaseArgs) -> dict[str, str]:
-    """The runner's own node labels, then its pool's, which no setting can move."""
-    return {**(args.node_selector or {}), **runner_node_selector(args.gpus)}
+    """The runner's own node labels, then its pool's and class's, which no setting can move."""
+    pool = runner_node_selector(args.gpus)
+    if args.gpus > 0 and args.gpu_class is not None:
+        pool |= args.gpu_class.node_selector()
+    return {**(args.node_selector or {}), **pool}
+
+
+def tolerations(args: RunnerBaseArgs) -> list[dict[str, str]]:
+    """The tolerations of the taints on the runner's pool: GPU (and class), or CPU jobs."""
+    if args.gpus == 0:
+        return [CPU_JOBS_TOLERATION]
+    if args.gpu_class is None:
+        return [GPU_TOLERATION]
+    return [GPU_TOLERATION, args.gpu_class.toleration()]
 
 
 def placement(args: RunnerBaseArgs) -> dict:
-    """The pod spec's nodeSelector, the toleration of its pool's taint, and its RuntimeClass."""
-    toleration = GPU_TOLERATION if args.gpus > 0 else CPU_JOBS_TOLERATION
-    spec = {"nodeSelector": node_selector(args), "tolerations": [toleration]}
+    """The pod spec's nodeSelector, the tolerations of its pool's taints, and its RuntimeClass."""
+    spec = {"nodeSelector": node_selector(args), "tolerations": tolerations(args)}
     if args.runtime_class is not None:
         spec["runtimeClassName"] = args.runtime_class
     return spec

@@ -1,5 +1,5 @@
-"""GpuCluster: a GKE Standard cluster with a CPU system pool, a GPU node pool, and a CPU
-runner pool when the stack has CPU runners."""
+"""GpuCluster: a GKE Standard cluster with a CPU system pool, the node pools and ComputeClass
+of each GPU class, and a CPU runner pool when the stack has CPU runners."""
 
 import json
 from collections.abc import Sequence
@@ -11,10 +11,11 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from infra.engines.runner_base import CPU_JOBS_LABEL
+from infra.gcp.gpu_classes import compute_class, gpu_node_config
 from infra.gcp.iam import grant_ci_account_role, grant_project_roles
 from infra.gcp.names import node_account_id
 from infra.options import child_options
-from infra.settings import ClusterSettings, CpuPoolSettings, GpuPoolSettings, SystemPoolSettings
+from infra.settings import ClusterSettings, CpuPoolSettings, GpuClass, SystemPoolSettings
 
 # What a node needs and nothing more. Kubernetes Engine Default Node Service Account is the role
 # GKE asks of a custom node account ("Configure GKE node service accounts": "At a minimum, these
@@ -52,14 +53,6 @@ DEPLOY_ROLES: dict[str, str] = {
     "roles/resourcemanager.projectIamAdmin": "grant the node account its project roles",
 }
 
-# GKE taints a GPU pool itself only when the cluster already has a non-GPU pool when the GPU
-# pool is created (GKE docs, "Run GPUs in Standard node pools", quoted in
-# terraform-google-kubernetes-engine#703); here both pools are created together, so GKE might
-# not. Declaring the taint makes it hold either way, as Google's Cluster Toolkit does
-# (cluster-toolkit#1285). Since terraform-provider-google 5.0 (magic-modules#9011, the fix for
-# the duplicate-taint reports of #7928) a pool manages only the taint keys it declares, and
-# pulumi-gcp 10 builds on it, so a taint GKE adds shows in effectiveTaints, not as a diff.
-GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
 # Keeps everything but CPU runner pods (which tolerate it) off the CPU runner pool.
 CPU_JOBS_TAINT = {"key": CPU_JOBS_LABEL, "value": "true", "effect": "NO_SCHEDULE"}
 # The kubelet's unauthenticated read-only port (10255: pod specs, node metrics) stays closed.
@@ -127,7 +120,8 @@ class GpuClusterArgs:
     project: str
     cluster: ClusterSettings
     system_pool: SystemPoolSettings
-    gpu_pool: GpuPoolSettings
+    gpu_classes: Sequence[GpuClass]
+    """Each a ComputeClass over node pools of its own."""
     cpu_pool: CpuPoolSettings | None
     """The pool of CPU runners, when the stack has any."""
     node_account_users: Sequence[pulumi.Input[str]] = ()
@@ -138,7 +132,8 @@ class GpuClusterArgs:
 
 
 class GpuCluster(pulumi.ComponentResource):
-    """A GKE cluster, its node account, a system pool (gpu=false) and a GPU pool (gpu=true)."""
+    """A GKE cluster, its node account, a system pool (gpu=false), and for each GPU class a
+    ComputeClass and its node pools (gpu=true)."""
 
     name: pulumi.Output[str]
     endpoint: pulumi.Output[str]
@@ -152,6 +147,8 @@ class GpuCluster(pulumi.ComponentResource):
     workload_pool: pulumi.Output[str]
     """The cluster's Workload Identity pool, `<project>.svc.id.goog`, once the cluster exists."""
     provider: k8s.Provider
+    compute_classes: dict[str, k8s.apiextensions.CustomResource]
+    """Each GPU class's ComputeClass, which its runners' pods select."""
 
     def __init__(
         self, name: str, args: GpuClusterArgs, opts: pulumi.ResourceOptions | None = None
@@ -244,6 +241,10 @@ class GpuCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[system_pool]),
         )
         self._manage_kube_dns_scaling(name, settings.single_dns_replica)
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=self.provider)
+        self.compute_classes = {
+            c.name: compute_class(f"{name}-{c.name}-class", c, on_cluster) for c in args.gpu_classes
+        }
         self.register_outputs(
             {
                 "name": self.name,
@@ -262,8 +263,9 @@ class GpuCluster(pulumi.ComponentResource):
         node_account: pulumi.Output[str],
         opts: pulumi.ResourceOptions,
     ) -> gcp.container.NodePool:
-        """The system, GPU and (with CPU runners) CPU runner pools, running as the node
-        account; the system pool, which the controllers need, is returned."""
+        """The system pool, each GPU class's pools and (with CPU runners) the CPU runner pool,
+        running as the node account; the system pool, which the controllers need, is
+        returned."""
 
         def node_pool(
             pool: str,
@@ -272,6 +274,7 @@ class GpuCluster(pulumi.ComponentResource):
             size: tuple[int, int],
             location_policy: str,
             node_config: dict,
+            auto_repair: bool = True,
         ) -> gcp.container.NodePool:
             """A pool of this cluster, autoscaled between size[0] and size[1] nodes."""
             return gcp.container.NodePool(
@@ -287,7 +290,7 @@ class GpuCluster(pulumi.ComponentResource):
                     "total_max_node_count": size[1],
                     "location_policy": location_policy,
                 },
-                management={"auto_repair": True, "auto_upgrade": True},
+                management={"auto_repair": auto_repair, "auto_upgrade": True},
                 node_config=node_config,
                 opts=opts,
             )
@@ -302,29 +305,23 @@ class GpuCluster(pulumi.ComponentResource):
             _node_config(node_account, system.machine_type, system.disk_size_gb, system.node_labels)
             | {"spot": system.spot},
         )
-        gpu = args.gpu_pool
-        node_pool(
-            "gpu",
-            gpu.zones,
-            0,
-            (gpu.min_nodes, gpu.max_nodes),
-            # ANY takes a GPU wherever one is free, which matters for scarce GPUs and Spot.
-            "ANY",
-            _node_config(node_account, gpu.machine_type, gpu.disk_size_gb, gpu.node_labels)
-            | {
-                "spot": gpu.spot,
-                "guest_accelerators": [
-                    {
-                        "type": gpu.accelerator_type,
-                        "count": gpu.gpus_per_node,
-                        "gpu_driver_installation_config": {
-                            "gpu_driver_version": gpu.driver_version
-                        },
-                    }
-                ],
-                "taints": [GPU_TAINT],
-            },
-        )
+        for gpu_class in args.gpu_classes:
+            gpu = gpu_class.settings
+            for pool in gpu_class.node_pools:
+                node_pool(
+                    pool.name,
+                    gpu.zones,
+                    0,
+                    (pool.min_nodes, pool.max_nodes),
+                    # ANY takes a GPU in whichever zone has one, which matters for scarce GPUs
+                    # and Spot: GKE's autoscaler backs a zone off after a stockout and tries
+                    # the pool's other zones before the class's next pool.
+                    "ANY",
+                    _node_config(node_account, gpu.machine_type, gpu.disk_size_gb, {})
+                    | gpu_node_config(gpu_class, pool),
+                    # Flex-start pools run without auto-repair, as GKE creates them.
+                    auto_repair=not pool.flex_start,
+                )
         cpu = args.cpu_pool
         if cpu is not None:
             node_pool(

@@ -18,6 +18,7 @@ from infra.settings.credentials import (
     _trust_problems,
 )
 from infra.settings.fleet import _fleet_problems, _project_unique_ids
+from infra.settings.gpu_classes import GpuClass, GpuNodePool, GpuPoolSettings, class_named
 from infra.settings.parse import (
     RUNNERS_KEY,
     SECTIONS,
@@ -36,7 +37,6 @@ from infra.settings.runners import RunnerSettings, _engine, quantity_value
 from infra.settings.sections import (
     ClusterSettings,
     CpuPoolSettings,
-    GpuPoolSettings,
     SystemPoolSettings,
 )
 from infra.settings.validation import SettingsError, region_of
@@ -50,11 +50,14 @@ __all__ = [
     "TOKENS_KEY",
     "ClusterSettings",
     "CpuPoolSettings",
+    "GpuClass",
+    "GpuNodePool",
     "GpuPoolSettings",
     "RunnerSettings",
     "SettingsError",
     "StackSettings",
     "SystemPoolSettings",
+    "class_named",
     "load",
     "parse_sections",
     "quantity_value",
@@ -157,7 +160,7 @@ def load() -> StackSettings:
         project=project,
         cluster=parsed["cluster"],
         system_pool=parsed["systemPool"],
-        gpu_pool=parsed["gpuPool"],
+        gpu_classes=parsed["gpuClasses"],
         cpu_pool=parsed["cpuPool"],
         dvc_remote=parsed["dvcRemote"],
         ci=parsed["ci"],

@@ -4,9 +4,10 @@ from typing import Any
 
 from infra import machines, messages
 from infra.gcp import names, registry
+from infra.settings.gpu_classes import GpuClass, class_named
 from infra.settings.parse import RUNNERS_KEY
-from infra.settings.runners import RunnerSettings, _runner_pool, quantity_value
-from infra.settings.sections import CpuPoolSettings, GpuPoolSettings
+from infra.settings.runners import RunnerSettings, quantity_value
+from infra.settings.sections import CpuPoolSettings
 
 # Where GKE and Kubernetes keep their own node labels. A key under these that _pool_labels does
 # not know is not refused: GKE sets more than these, and may add some.
@@ -19,24 +20,29 @@ _PLATFORM_LABEL_PREFIXES = (
 )
 
 
-_NODE_POOL_NAMES = {"gpuPool": "gpu", "cpuPool": "cpu", "systemPool": "system"}
-
-
-def _pool_labels(
-    name: str, pool: GpuPoolSettings | CpuPoolSettings, zones: tuple[str, ...]
-) -> dict[str, set[str]]:
-    """The labels a pool's nodes carry, key -> values: the stack's (infra/gcp/cluster.py), and
-    those GKE sets (GKE docs: "Spot VMs", cloud.google.com/gke-spot; "Run GPUs",
-    cloud.google.com/gke-accelerator; gke-nodepool, instance-type and zone on every node)."""
+def _cpu_pool_labels(pool: CpuPoolSettings, zones: tuple[str, ...]) -> dict[str, set[str]]:
+    """The labels the CPU runner pool's nodes carry, key -> values: the stack's
+    (infra/gcp/cluster.py), and those GKE sets (GKE docs: "Spot VMs", cloud.google.com/gke-spot;
+    gke-nodepool, instance-type and zone on every node)."""
     labels = {key: {value} for key, value in pool.node_labels.items()}
-    labels["cloud.google.com/gke-nodepool"] = {_NODE_POOL_NAMES[name]}
+    labels["cloud.google.com/gke-nodepool"] = {"cpu"}
     labels["node.kubernetes.io/instance-type"] = {pool.machine_type}
     labels["topology.kubernetes.io/zone"] = set(zones)
     labels["cloud.google.com/gke-spot"] = {"true"} if pool.spot else set()
     labels["kubernetes.io/arch"] = {"amd64"}
     labels["kubernetes.io/os"] = {"linux"}
-    if isinstance(pool, GpuPoolSettings):
-        labels["cloud.google.com/gke-accelerator"] = {pool.accelerator_type}
+    return labels
+
+
+def _class_labels(gpu_class: GpuClass) -> dict[str, set[str]]:
+    """The labels the nodes of any of a GPU class's pools carry, key -> values (a runner's
+    nodeSelector may not name the ones its ComputeClass governs, infra/settings/runners.py)."""
+    settings = gpu_class.settings
+    labels = {key: {value} for key, value in settings.node_labels.items()}
+    labels["cloud.google.com/gke-nodepool"] = {pool.name for pool in gpu_class.node_pools}
+    labels["topology.kubernetes.io/zone"] = set(settings.zones)
+    labels["kubernetes.io/arch"] = {"amd64"}
+    labels["kubernetes.io/os"] = {"linux"}
     return labels
 
 
@@ -52,28 +58,30 @@ def _fleet_problems(
     """What no single runner shows: GPU runners kept up for good that the GPU pool can never
     hold together, and two runners of one repository that a job's labels cannot tell apart."""
     problems = []
-    pool = parsed.get("gpuPool")
-    if pool:
-        capacity = pool.max_nodes * pool.gpus_per_node
-        always = [(i, r) for i, r in enumerate(runners) if r.gpus and r.scaling_mode == "always"]
-        held = 0
-        for index, runner in always:
-            held += runner.replica_count * runner.gpus
-            if held > capacity:
-                problems.append(
-                    f"{namespace}:{RUNNERS_KEY}[{index}].replicas = {runner.replica_count}: "
-                    f"always-on GPU runners would hold {held} GPUs, and the GPU pool has at most "
-                    f"{capacity} (gpuPool.maxNodes {pool.max_nodes} times {pool.gpus_per_node} per "
-                    "node); the rest would wait for good. Allowed: fewer replicas, or a larger "
-                    "gpuPool.maxNodes"
-                )
-                break
+    classes = {c.name: c for c in parsed["gpuClasses"]}
+    held_gpus: dict[str, int] = {}
+    full: set[str] = set()
+    for index, runner in enumerate(runners):
+        gpu_class = class_named(classes, runner.gpu_pool)
+        if not runner.gpus or runner.scaling_mode != "always" or gpu_class is None:
+            continue
+        name, settings = gpu_class.name, gpu_class.settings
+        shared = settings.time_sharing_clients_per_gpu or 1
+        capacity = settings.max_nodes * settings.gpus_per_node * shared
+        held_gpus[name] = held_gpus.get(name, 0) + runner.replica_count * runner.gpus
+        if held_gpus[name] > capacity and name not in full:
+            full.add(name)
+            sharing = f" times {shared} pods per GPU" if shared > 1 else ""
+            problems.append(
+                f"{namespace}:{RUNNERS_KEY}[{index}].replicas = {runner.replica_count}: "
+                f"always-on runners of GPU class {name!r} would hold {held_gpus[name]} GPUs, "
+                f"and its first pool has room for {capacity} ({gpu_class.key}.maxNodes "
+                f"{settings.max_nodes} times {settings.gpus_per_node} per node{sharing}); the "
+                "rest would wait for good, or for the fallback. Allowed: fewer replicas, or a "
+                f"larger {gpu_class.key}.maxNodes"
+            )
     system, cpu = parsed.get("systemPool"), parsed.get("cpuPool")
-    pools = {}
-    if cpu and system:
-        pools["cpuPool"] = _pool_labels("cpuPool", cpu, cpu.zones or system.zones)
-    if pool:
-        pools["gpuPool"] = _pool_labels("gpuPool", pool, pool.zones)
+    cpu_labels = _cpu_pool_labels(cpu, cpu.zones or system.zones) if cpu and system else None
     node = machines.machine(cpu.machine_type) if cpu else None
     if node is not None:
         # Always-on CPU runners wait on the CPU runner pool: its nodes must hold them all.
@@ -94,20 +102,21 @@ def _fleet_problems(
                 break
     for index, runner in enumerate(runners):
         selector = runner.node_selector or {}
-        pool_name = _runner_pool(runner.gpus)
-        missing = [
-            f"{key}={value}"
-            for key, value in selector.items()
-            if pool_name in pools and not _carries(pools[pool_name], key, value)
-        ]
+        gpu_class = class_named(classes, runner.gpu_pool)
+        if runner.gpus:
+            key = gpu_class.key if gpu_class else None
+            labels = _class_labels(gpu_class) if gpu_class else None
+            own = f"{key}.labels, gpu"
+        else:
+            key, labels, own = "cpuPool", cpu_labels, "cpuPool.labels, gpu, "
+            own += "cloud.google.com/gke-spot, node.kubernetes.io/instance-type"
+        missing = [f"{k}={v}" for k, v in selector.items() if labels and not _carries(labels, k, v)]
         if missing:
             problems.append(
                 f"{namespace}:{RUNNERS_KEY}[{index}].nodeSelector = {messages.show(selector)}: "
-                f"the {pool_name} nodes it must land on carry no {', '.join(missing)}, so the "
-                f"pod would never schedule; allowed: labels of {pool_name} ({pool_name}.labels, "
-                "gpu, and GKE's own: cloud.google.com/gke-nodepool, "
-                "cloud.google.com/gke-accelerator, cloud.google.com/gke-spot, "
-                "node.kubernetes.io/instance-type, topology.kubernetes.io/zone)"
+                f"the {key} nodes it must land on carry no {', '.join(missing)}, so the "
+                f"pod would never schedule; allowed: labels of {key} ({own}, and GKE's own: "
+                "cloud.google.com/gke-nodepool, topology.kubernetes.io/zone)"
             )
     for later, runner in enumerate(runners):
         for earlier, other in enumerate(runners[:later]):

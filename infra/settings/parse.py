@@ -17,13 +17,19 @@ from pydantic import (
 from infra import machines, messages
 from infra.engines.arc_runner import GithubApp
 from infra.engines.gitlab_runner import CreateRunner
+from infra.settings.gpu_classes import (
+    GpuClass,
+    GpuClassList,
+    GpuClassSettings,
+    GpuPoolSettings,
+    gpu_classes,
+)
 from infra.settings.runners import RunnerSettings
 from infra.settings.sections import (
     CiSettings,
     ClusterSettings,
     CpuPoolSettings,
     DvcRemoteSettings,
-    GpuPoolSettings,
     SystemPoolSettings,
     _Section,
 )
@@ -37,7 +43,7 @@ class StackSettings:
     project: str
     cluster: ClusterSettings
     system_pool: SystemPoolSettings
-    gpu_pool: GpuPoolSettings
+    gpu_classes: tuple[GpuClass, ...]
     cpu_pool: CpuPoolSettings
     dvc_remote: DvcRemoteSettings
     ci: CiSettings
@@ -57,13 +63,17 @@ SECTIONS: dict[str, type[_Section]] = {
 }
 RUNNERS_KEY = "runners"
 TOKENS_KEY = "runnerTokens"
+GPU_CLASSES_KEY = "gpuPools"
 _RUNNERS = TypeAdapter(Annotated[list[RunnerSettings], Field(min_length=1)])
+_GPU_CLASSES = TypeAdapter(GpuClassList)
+# Config key of a list -> the model of its entries.
+_LISTS: dict[str, type[_Section]] = {RUNNERS_KEY: RunnerSettings, GPU_CLASSES_KEY: GpuClassSettings}
 
 
-_KNOWN_KEYS = (*SECTIONS, RUNNERS_KEY, TOKENS_KEY)
+_KNOWN_KEYS = (*SECTIONS, GPU_CLASSES_KEY, RUNNERS_KEY, TOKENS_KEY)
 _EXAMPLES = {
-    "repository": "https://github.com/<owner>/<repo>",
-    "name": "cml-runner",
+    RUNNERS_KEY: {"repository": "https://github.com/<owner>/<repo>", "name": "cml-runner"},
+    GPU_CLASSES_KEY: {"name": "l4"},
 }
 
 
@@ -84,7 +94,7 @@ def _describe(namespace: str, key: str, model: type[_Section], error: dict) -> s
     """One line naming the config key, the value given and what is allowed."""
     full, path = _path(namespace, key, model, error["loc"])
     if error["type"] == "missing":
-        example = _EXAMPLES.get(str(error["loc"][-1]), "<value>")
+        example = _EXAMPLES.get(key, {}).get(str(error["loc"][-1]), "<value>")
         return f"{full} is not set; run `pulumi config set --path '{path}' {example}`"
     known = [f.alias for f in model.model_fields.values()]
     return f"{full} = {messages.show(error['input'])}: {messages.reason(error, known)}"
@@ -116,7 +126,7 @@ def _parse(
     try:
         return model.validate_python(raw, context=context)
     except ValidationError as error:
-        item = RunnerSettings if key == RUNNERS_KEY else SECTIONS[key]
+        item = _LISTS.get(key) or SECTIONS[key]
         problems += [
             _describe(namespace, key, item, e)
             for e in messages.innermost(error.errors(include_url=False))
@@ -196,19 +206,35 @@ def _config_keys() -> list[str]:
 def parse_sections(
     namespace: str, given: dict[str, Any], problems: list[str]
 ) -> tuple[dict[str, Any], list[RunnerSettings]]:
-    """The validated sections and runners of a stack's config (keys without the namespace),
-    with what is wrong appended to `problems`. Tokens and the project are not its business."""
+    """The validated sections, GPU classes (under "gpuClasses") and runners of a stack's config
+    (keys without the namespace), with what is wrong appended to `problems`. Tokens and the
+    project are not its business."""
     context: dict[str, Any] = {"machines": {}}
     parsed: dict[str, Any] = {}
+    several = given.get(GPU_CLASSES_KEY)
+    if several is not None and given.get("gpuPool") is not None:
+        problems.append(
+            f"{namespace}:gpuPool and {namespace}:{GPU_CLASSES_KEY} are both set; allowed: one "
+            f"of them, gpuPool for one GPU class or {GPU_CLASSES_KEY} for several "
+            f"(`pulumi config rm gpuPool` once its settings are a class of {GPU_CLASSES_KEY})"
+        )
     for key, model in SECTIONS.items():
+        if key == "gpuPool" and several is not None:
+            parsed[key] = None
+            continue
         raw = given.get(key) or {}
         parsed[key] = _parse(TypeAdapter(model), namespace, key, raw, context, problems)
         if key == "cluster" and parsed[key]:
             context["region"] = parsed[key].region
-        if key == "gpuPool" and parsed[key]:
-            context["gpus_per_node"] = parsed[key].gpus_per_node
-        if key in ("cpuPool", "gpuPool") and parsed[key]:
+        if key == "cpuPool" and parsed[key]:
             context["machines"][key] = machines.machine(parsed[key].machine_type)
+    classes = (
+        _parse(_GPU_CLASSES, namespace, GPU_CLASSES_KEY, several, context, problems)
+        if several is not None
+        else None
+    )
+    parsed["gpuClasses"] = gpu_classes(parsed["gpuPool"], classes)
+    context["gpu_classes"] = {c.name: c for c in parsed["gpuClasses"]}
     raw_runners = given.get(RUNNERS_KEY) or []
     runners = _parse(_RUNNERS, namespace, RUNNERS_KEY, raw_runners, context, problems)
     return parsed, runners or []

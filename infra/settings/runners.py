@@ -12,6 +12,7 @@ from pydantic import (
 
 from infra import machines, messages
 from infra.engines import arc, cml_runner, keda, runner_base
+from infra.settings.gpu_classes import GpuClass, class_named
 from infra.settings.sections import _Section
 from infra.settings.validation import (
     _GITHUB_REPO,
@@ -124,15 +125,20 @@ def _check_quantity(quantity: str) -> str:
     return quantity
 
 
+def _runner_class(info: ValidationInfo) -> GpuClass | None:
+    """The GPU class a runner's pods land on."""
+    return class_named((info.context or {}).get("gpu_classes", {}), info.data.get("gpu_pool"))
+
+
 def _runner_node(info: ValidationInfo) -> tuple[str, machines.Machine | None]:
-    """The pool a runner's pods land on (gpuPool or cpuPool), and its machine if known."""
-    pool = _runner_pool(info.data.get("gpus"))
-    return pool, (info.context or {}).get("machines", {}).get(pool)
-
-
-def _runner_pool(gpus: int | None) -> str:
-    """The config section of the pool a runner's pods land on: never the system pool."""
-    return "gpuPool" if gpus else "cpuPool"
+    """The config key of the pool a runner's pods land on (its GPU class, or cpuPool), and
+    its machine if known."""
+    if not info.data.get("gpus"):
+        return "cpuPool", (info.context or {}).get("machines", {}).get("cpuPool")
+    gpu_class = _runner_class(info)
+    if gpu_class is None:
+        return "gpuPool", None
+    return gpu_class.key, machines.machine(gpu_class.settings.machine_type)
 
 
 def _check_fits_cpu(cpu: str, info: ValidationInfo) -> str:
@@ -165,14 +171,60 @@ def _check_fits_memory(memory: str, info: ValidationInfo) -> str:
     return memory
 
 
-def _check_runner_gpus(gpus: int, info: ValidationInfo) -> int:
-    per_node = (info.context or {}).get("gpus_per_node")
-    if per_node is not None and gpus > per_node:
+def _check_runner_gpu_pool(name: str | None, info: ValidationInfo) -> str | None:
+    classes = (info.context or {}).get("gpu_classes", {})
+    if name is not None and classes and name not in classes:
         raise _invalid(
-            f"a GPU node carries {per_node} (gpuPool); allowed: 0 to {per_node}, "
-            "or a larger gpuPool.machineType"
+            f"no GPU class of that name; allowed: {', '.join(classes)} (gpuPools[].name)"
+        )
+    return name
+
+
+def _check_runner_gpus(gpus: int, info: ValidationInfo) -> int:
+    classes = (info.context or {}).get("gpu_classes", {})
+    if "gpu_pool" not in info.data or not classes:
+        return gpus  # the class's own problem is reported
+    name = info.data["gpu_pool"]
+    if gpus == 0:
+        if name is not None:
+            raise _invalid(
+                f"a CPU runner lands on cpuPool, yet gpuPool names the GPU class {name!r}; "
+                "allowed: 1 or more GPUs, or gpuPool unset"
+            )
+        return gpus
+    gpu_class = _runner_class(info)
+    if gpu_class is None:
+        raise _invalid(
+            f"a GPU runner on a stack of several GPU classes names its class; set this "
+            f"runner's gpuPool, allowed: {', '.join(classes)}"
+        )
+    per_node = gpu_class.settings.gpus_per_node
+    if gpus > per_node:
+        raise _invalid(
+            f"a GPU node of class {gpu_class.name!r} carries {per_node} ({gpu_class.key}); "
+            f"allowed: 0 to {per_node}, or a larger {gpu_class.key}.machineType"
+        )
+    shared = gpu_class.settings.time_sharing_clients_per_gpu
+    if shared and gpus > 1:
+        raise _invalid(
+            f"class {gpu_class.name!r} shares each GPU between up to {shared} pods "
+            f"({gpu_class.key}.timeSharingClientsPerGpu), and a pod there gets one GPU; "
+            "allowed: 1, or a class without time-sharing"
         )
     return gpus
+
+
+# Node labels a pod that selects a ComputeClass may not select: GKE "rejects any Pods that
+# select system labels that have a corresponding field in the ComputeClass specification"
+# ("About custom ComputeClasses"), and the class label itself is the runner's GPU class.
+_BESIDE_A_COMPUTE_CLASS = {
+    runner_base.COMPUTE_CLASS_LABEL,
+    "cloud.google.com/gke-spot",
+    "cloud.google.com/gke-accelerator",
+    "cloud.google.com/gke-gpu-driver-version",
+    "cloud.google.com/machine-family",
+    "node.kubernetes.io/instance-type",
+}
 
 
 def _check_node_selector(
@@ -195,6 +247,14 @@ def _check_node_selector(
     if gpus == 0 and selector.get(GPU_LABEL) == "true":
         raise _invalid(
             "selects the tainted GPU nodes, but gpus is 0; a CPU runner lands on cpuPool"
+        )
+    refused = sorted(set(selector) & _BESIDE_A_COMPUTE_CLASS)
+    if gpus and refused:
+        raise _invalid(
+            f"selects {', '.join(refused)}, which a GPU runner's pods cannot: they select their "
+            "GPU class's ComputeClass, and GKE refuses a pod that selects both; allowed: gpuPool "
+            "to choose the class, and labels of its nodes (gpuPools[].labels, "
+            "topology.kubernetes.io/zone)"
         )
     return selector
 
@@ -339,6 +399,8 @@ class RunnerSettings(_Section):
     ] = None
     repository: Annotated[str, BeforeValidator(_repository_url), AfterValidator(_check_repository)]
     labels: Annotated[tuple[RunnerLabel, ...], Field(min_length=1)] = runner_base.DEFAULT_LABELS
+    gpu_pool: Annotated[str | None, AfterValidator(_check_runner_gpu_pool)] = None
+    """The GPU class (gpuPools[].name) of a GPU runner; unset: the stack's only class."""
     gpus: Annotated[int, Field(ge=0), AfterValidator(_check_runner_gpus)] = 1
     node_selector: Annotated[dict[str, str] | None, AfterValidator(_check_node_selector)] = None
     cpu: Annotated[Quantity, AfterValidator(_check_fits_cpu)] = runner_base.DEFAULT_CPU

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic.alias_generators import to_camel
 
-from infra import gpu, machines
+from infra import machines
 from infra.engines import runner_base
 from infra.settings.validation import (
     _BRANCH,
@@ -106,82 +106,6 @@ class SystemPoolSettings(_CpuNodes):
     @property
     def node_labels(self) -> dict[str, str]:
         return {**self.labels, GPU_LABEL: "false"}
-
-
-def _check_accelerator(accelerator: str) -> str:
-    if accelerator not in gpu.KNOWN_ACCELERATORS:
-        raise _invalid(f"unknown accelerator; allowed: {', '.join(gpu.KNOWN_ACCELERATORS)}")
-    return accelerator
-
-
-def _check_gpu_machine_type(machine_type: str, info: ValidationInfo) -> str:
-    accelerator = info.data.get("accelerator_type")
-    problem = accelerator and gpu.machine_type_problem(accelerator, machine_type)
-    if problem:
-        raise _invalid(problem)
-    if machines.machine(machine_type) is None:
-        raise _invalid(
-            f"unknown machine type; allowed: a Compute Engine type that carries {accelerator}"
-        )
-    return machine_type
-
-
-def _check_accelerator_count(count: int | None, info: ValidationInfo) -> int | None:
-    """Check the configured count, or the default one when none is set."""
-    accelerator, machine_type = info.data.get("accelerator_type"), info.data.get("machine_type")
-    if accelerator is None or machine_type is None:
-        return count
-    effective = count if count is not None else gpu.default_count(accelerator, machine_type)
-    problem = gpu.count_problem(accelerator, machine_type, effective)
-    if problem:
-        raise _invalid(problem)
-    return count
-
-
-def _check_gpu_zones(zones: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-    """Every zone must offer the accelerator, per the catalog or the user's explicit override."""
-    accelerator = info.data.get("accelerator_type")
-    vouched = info.data.get("zones_outside_catalog")
-    if accelerator is None or vouched is None:
-        return zones
-    offering = gpu.zones_offering(accelerator)
-    for zone in zones:
-        if zone not in offering and zone not in vouched:
-            nearby = sorted(z for z in offering if region_of(z) == region_of(zone))
-            raise _invalid(
-                f"{zone!r} does not offer {accelerator} according to the zone catalog "
-                f"(infra/data/gpu_zones.yaml, {gpu.catalog_date()}); "
-                f"allowed in {region_of(zone)}: {', '.join(nearby) or 'none'}. "
-                "If the zone is newer than the catalog, list it in gpuPool.zonesOutsideCatalog"
-            )
-    return zones
-
-
-class GpuPoolSettings(_Section):
-    """The GPU node pool (`gpuPool`), labelled gpu=true and tainted nvidia.com/gpu."""
-
-    accelerator_type: Annotated[str, AfterValidator(_check_accelerator)] = "nvidia-l4"
-    machine_type: Annotated[str, AfterValidator(_check_gpu_machine_type)] = "g2-standard-4"
-    accelerator_count: Annotated[
-        int | None, Field(ge=1), AfterValidator(_check_accelerator_count)
-    ] = None
-    zones_outside_catalog: ZoneList = ()
-    zones: Annotated[Zones, AfterValidator(_check_gpu_zones)] = ("europe-west6-b",)
-    max_nodes: MaxNodes = 1
-    min_nodes: MinNodes = 0
-    spot: bool = False
-    driver_version: Literal["DEFAULT", "LATEST"] = "LATEST"
-    disk_size_gb: DiskSizeGb = 100
-    labels: ExtraLabels = {}
-
-    @property
-    def gpus_per_node(self) -> int:
-        """The configured GPU count, or the one the machine type fixes."""
-        return self.accelerator_count or gpu.default_count(self.accelerator_type, self.machine_type)
-
-    @property
-    def node_labels(self) -> dict[str, str]:
-        return {**self.labels, GPU_LABEL: "true"}
 
 
 class CpuPoolSettings(_CpuNodes):

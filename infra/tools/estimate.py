@@ -3,7 +3,8 @@
     python -m infra.tools.estimate [Pulumi.<stack>.yaml] [--base <stack file of the base branch>]
 
 Prints a Markdown table: the month while idle, the worst month (every pool at its maximum),
-and for each GPU runner one hour of its node and one job of 10 and of 60 minutes. A price the
+and for each GPU runner one hour of its class's node (and of its on-demand fallback) and one
+job of 10 and of 60 minutes. A price the
 catalog (infra/data/prices.yaml) lacks makes a figure "unpriced", never a guess.
 """
 
@@ -107,21 +108,35 @@ def estimate(config: dict) -> Estimate:
     if problems:
         # Masked as the program masks them: a token in a URL's user-info included.
         raise stack_settings.SettingsError(messages.mask("\n".join(problems)))
-    cluster, system, gpu = sections["cluster"], sections["systemPool"], sections["gpuPool"]
-    cpu = sections["cpuPool"]
+    cluster, system, cpu = sections["cluster"], sections["systemPool"], sections["cpuPool"]
     region, hours = cluster.region, catalog()["hours_per_month"]
     system_hour = node_hour(region, system.machine_type, system.spot, system.disk_size_gb)
-    gpu_hour = node_hour(region, gpu.machine_type, gpu.spot, gpu.disk_size_gb)
     fee = cluster_fee_month(cluster.location)
-    # Always runners with GPUs keep their nodes up: CML runners that wait for jobs.
-    waiting_gpus = sum(
-        r.replica_count * r.gpus
-        for r in runners
-        if r.gpus > 0 and r.scaling_mode == "always" and r.runner_engine == "cml"
-    )
-    idle_gpu_nodes = min(
-        gpu.max_nodes, max(gpu.min_nodes, math.ceil(waiting_gpus / gpu.gpus_per_node))
-    )
+    classes = {c.name: c for c in sections["gpuClasses"]}
+    # Each pool's node hour; flex-start at the on-demand price, its upper bound (the catalog
+    # has no flex-start prices).
+    pool_hour = {
+        pool.name: node_hour(region, c.settings.machine_type, pool.spot, c.settings.disk_size_gb)
+        for c in classes.values()
+        for pool in c.node_pools
+    }
+    # Always runners with GPUs keep nodes of their class's first pool up: CML runners that
+    # wait for jobs.
+    waiting_gpus = {name: 0 for name in classes}
+    for r in runners:
+        if r.gpus > 0 and r.scaling_mode == "always" and r.runner_engine == "cml":
+            waiting_gpus[stack_settings.class_named(classes, r.gpu_pool).name] += (
+                r.replica_count * r.gpus
+            )
+    idle_gpu = [
+        _times(_idle_nodes(c, waiting_gpus[name]) * hours, pool_hour[c.node_pools[0].name])
+        for name, c in classes.items()
+    ]
+    worst_gpu = [
+        _times(pool.max_nodes * hours, pool_hour[pool.name])
+        for c in classes.values()
+        for pool in c.node_pools
+    ]
     # CPU runners have a pool of their own (infra/gcp/cluster.py), created with the first one.
     cpu_runners = [r for r in runners if r.gpus == 0]
     cpu_hour = node_hour(region, cpu.machine_type, cpu.spot, cpu.disk_size_gb)
@@ -139,13 +154,13 @@ def estimate(config: dict) -> Estimate:
     idle = _sum(
         fee,
         _times(system.min_nodes * hours, system_hour),
-        _times(idle_gpu_nodes * hours, gpu_hour),
+        *idle_gpu,
         _times(idle_cpu_nodes * hours, cpu_hour),
     )
     worst = _sum(
         fee,
         _times(system.max_nodes * hours, system_hour),
-        _times(gpu.max_nodes * hours, gpu_hour),
+        *worst_gpu,
         _times((cpu.max_nodes if cpu_runners else 0) * hours, cpu_hour),
     )
     lines = [
@@ -153,7 +168,16 @@ def estimate(config: dict) -> Estimate:
         Figure("Worst month (every pool at its maximum, all month)", worst),
     ]
     for runner in (r for r in runners if r.gpus > 0):
+        first, *fallback = stack_settings.class_named(classes, runner.gpu_pool).node_pools
+        gpu_hour = pool_hour[first.name]
         lines.append(Figure(f"GPU node hour, runner {runner.name}", gpu_hour))
+        if fallback:
+            lines.append(
+                Figure(
+                    f"GPU node hour on the on-demand fallback, runner {runner.name}",
+                    pool_hour[fallback[0].name],
+                )
+            )
         for minutes in JOB_MINUTES:
             billed = START_BILLED_MINUTES + minutes + TAIL_MINUTES
             lines.append(
@@ -163,14 +187,32 @@ def estimate(config: dict) -> Estimate:
                     _times(billed / 60, gpu_hour),
                 )
             )
-    buying = {True: "Spot", False: "on demand"}
-    about = (
-        f"System pool: {system.machine_type}, {buying[system.spot]}. "
-        f"GPU pool: {gpu.machine_type}, {buying[gpu.spot]}."
+    about = f"System pool: {system.machine_type}, {_BUYING[system.spot]}. " + " ".join(
+        f"GPU class {c.name}: {c.settings.machine_type}, {_buying(c)}." for c in classes.values()
     )
     if cpu_runners:
-        about += f" CPU runner pool: {cpu.machine_type}, {buying[cpu.spot]}."
+        about += f" CPU runner pool: {cpu.machine_type}, {_BUYING[cpu.spot]}."
     return Estimate(about, lines)
+
+
+_BUYING = {True: "Spot", False: "on demand"}
+
+
+def _buying(gpu_class: stack_settings.GpuClass) -> str:
+    """How a class's nodes are bought, in the order its ComputeClass tries its pools."""
+    kinds = [
+        "flex-start (priced on demand)" if p.flex_start else _BUYING[p.spot]
+        for p in gpu_class.node_pools
+    ]
+    return ", then ".join(kinds)
+
+
+def _idle_nodes(gpu_class: stack_settings.GpuClass, waiting_gpus: int) -> int:
+    """Nodes of a class's first pool up while no job runs: its minimum, or what always-on
+    runners hold."""
+    settings, first = gpu_class.settings, gpu_class.node_pools[0]
+    per_node = settings.gpus_per_node * (settings.time_sharing_clients_per_gpu or 1)
+    return min(first.max_nodes, max(first.min_nodes, math.ceil(waiting_gpus / per_node)))
 
 
 def _usd(value: float | None) -> str:
