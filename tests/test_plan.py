@@ -10,6 +10,7 @@ from infra.tools import plan
 from infra.tools.stack_file import read_config
 from policy.rules import POLICIES
 from tests.harness import REPO, reveal, run_program
+from tests.stacks import TWO_CLASSES
 
 CIPHERTEXTS = {
     "gl-gpu": "v1:AAAAb3Jr0c2VjcmV0Z2w=:qZ8mXcY2tOoL0dP6n3Bf",
@@ -243,3 +244,39 @@ def test_tokens_set_as_one_secret_are_planned_with_stand_ins(capsys, tmp_path, f
     status, text = run_plan(capsys, write_stack(tmp_path, "whole", config))
     assert status == 0, text
     assert "not readable here, so planned with stand-ins: `gpu-runners:runnerTokens`." in text
+
+
+def test_the_two_class_example_plans_each_class_with_its_fallback(capsys, tmp_path):
+    # docs/gpu-classes.md's example, as a stack file of its own.
+    config = {key: value for key, value in TWO_CLASSES.items() if value is not None}
+    status, text = run_plan(capsys, write_stack(tmp_path, "training", config))
+    assert status == 0, text
+    # The on-demand A100 class draws the Spot advisory; no mandatory rule fails.
+    assert "0 mandatory and 1 advisory violations" in text
+    for pool in ("gke-l4", "gke-l4-on-demand", "gke-a100"):
+        assert f"| `gcp:container/nodePool:NodePool` | `{pool}` |" in text
+    classes = {
+        doc["metadata"]["name"]: doc["spec"]["priorities"]
+        for doc in manifests_in(text)
+        if doc["kind"] == "ComputeClass"
+    }
+    assert classes == {
+        "l4": [{"nodepools": ["l4"]}, {"nodepools": ["l4-on-demand"]}],
+        "a100": [{"nodepools": ["a100"]}],
+    }
+
+
+def test_several_stack_files_plan_in_one_run_as_each_alone(capsys, tmp_path):
+    # CI plans every stack file in one process: nothing of one stack's run leaks into the next.
+    broken = yaml.safe_load((REPO / "Pulumi.prod.yaml").read_text())["config"]
+    broken["gpu-runners:gpuPool"]["zones"] = ["europe-west6-a"]
+    files = [
+        REPO / "Pulumi.prod.yaml",
+        write_stack(tmp_path, "broken", broken),
+        REPO / "Pulumi.dev.yaml",
+    ]
+    alone = [run_plan(capsys, path) for path in files]
+    status = plan.main([str(path) for path in files])
+    together = capsys.readouterr().out
+    assert status == max(s for s, _ in alone) == 2
+    assert together == "".join(text for _, text in alone)

@@ -1,6 +1,6 @@
 """What a stack file would create, offline and without secrets: `python -m infra.tools.plan`.
 
-    python -m infra.tools.plan [Pulumi.<stack>.yaml]
+    python -m infra.tools.plan [Pulumi.<stack>.yaml ...]
 
 Runs `__main__.py` under the mocks of infra/tools/mock_engine.py as the first `pulumi preview` of a
 stack would (what the cloud computes is not known yet, and a rule that would read such a
@@ -11,8 +11,10 @@ reads no secret: each encrypted value of the stack file becomes "[secret]" befor
 sees it, so neither a secret nor its ciphertext can reach the output. For pull requests from
 forks, which have no cloud credentials and no passphrase.
 
-Exit status: 0; 1 when a mandatory policy is violated; 2 when the stack file cannot be read
-or the program stops (refused settings, say), with the reason in place of the plan.
+Several stack files are planned one after the other, in one process (CI plans them all).
+Exit status, the highest of the files': 0; 1 when a mandatory policy is violated; 2 when the
+stack file cannot be read or the program stops (refused settings, say), with the reason in
+place of the plan.
 """
 
 import argparse
@@ -328,13 +330,11 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.tools.plan", description=__doc__)
-    parser.add_argument("stack_file", nargs="?", default="Pulumi.dev.yaml", type=Path)
-    args = parser.parse_args(argv)
-    heading = f"### Offline plan: {text(args.stack_file.name)}"
+def plan_stack_file(path: Path) -> int:
+    """Print one stack file's plan; its exit status."""
+    heading = f"### Offline plan: {text(path.name)}"
     try:
-        stack_file = read_stack_file(args.stack_file)
+        stack_file = read_stack_file(path)
     except StackFileError as error:
         print(f"{heading}\n\nThe stack file cannot be read: {text(str(error))}")
         return 2
@@ -344,8 +344,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     resources = sorted(run.registered, key=lambda r: (r.type, r.name))
     found = verdicts(resources)
-    print(bounded(markdown(args.stack_file, stack_file, resources, found)))
+    print(bounded(markdown(path, stack_file, resources, found)))
     return 1 if any(v.level == EnforcementLevel.MANDATORY for v in found) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.tools.plan", description=__doc__)
+    parser.add_argument("stack_files", nargs="*", default=[Path("Pulumi.dev.yaml")], type=Path)
+    args = parser.parse_args(argv)
+    return max(plan_stack_file(path) for path in args.stack_files)
 
 
 if __name__ == "__main__":
