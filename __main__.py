@@ -113,7 +113,7 @@ def runner_gpu_class(runner: stack_settings.RunnerSettings) -> GpuClassPlacement
     gpu_class = stack_settings.class_named(gpu_classes, runner.gpu_pool) if runner.gpus else None
     if gpu_class is None:
         return None
-    return GpuClassPlacement(gpu_class.name, gpu_class.settings.time_sharing_clients_per_gpu)
+    return GpuClassPlacement(gpu_class.name)
 
 
 def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:

@@ -59,7 +59,6 @@ COMPUTE_CLASS = "kubernetes:cloud.google.com/v1:ComputeClass"
 COMPUTE_CLASS_LABEL = "cloud.google.com/compute-class"
 # The pool a Spot GPU class falls back to, on demand by design (infra/gcp/gpu_classes.py).
 ON_DEMAND_FALLBACK_LABEL = "gpu-runners/on-demand-fallback"
-SHARED_CLIENTS_LABEL = "cloud.google.com/gke-max-shared-clients-per-gpu"
 
 _LITERAL_SECRETS: dict[str, re.Pattern] = {
     "a GitHub token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_\w{20,})"),
@@ -316,12 +315,12 @@ def runner_pods_land_on_runner_pools(
         )
 
 
-def _shared_clients(pool: Mapping[str, Any]) -> str | None:
-    """How many pods share each GPU of a node pool, as GKE labels its nodes; None: unshared."""
+def _shared_clients(pool: Mapping[str, Any]) -> int | None:
+    """How many pods share each GPU of a node pool; None: unshared."""
     for accelerator in _gpu_accelerators(pool):
         clients = _get(accelerator, "gpuSharingConfig", "maxSharedClientsPerGpu")
         if clients is not None:
-            return str(int(clients))
+            return int(clients)
     return None
 
 
@@ -366,7 +365,7 @@ def gpu_runner_pods_select_a_gpu_class(
 ) -> None:
     """In a stack with GPU classes, a pod that runs CI jobs on GPUs selects a ComputeClass of
     the stack, whose priorities name the stack's GPU pools bound to it; on time-shared GPUs it
-    selects their sharing and takes one GPU."""
+    takes one GPU per container."""
     classes = _gpu_classes(args, report_violation)
     if not classes:
         return  # runners on a cluster the stack does not make: its nodes are not its business
@@ -385,15 +384,15 @@ def gpu_runner_pods_select_a_gpu_class(
                     resource.urn,
                 )
                 continue
-            shared = {_shared_clients(pool) for pool in classes[chosen]} - {None}
+            shared = any(_shared_clients(pool) for pool in classes[chosen])
             gpus = [
                 int(_get(c, "resources", "limits", GPU_RESOURCE) or 0) for c in _containers(pod)
             ]
-            if shared and (selector.get(SHARED_CLIENTS_LABEL) not in shared or max(gpus) > 1):
+            if shared and max(gpus) > 1:
                 report_violation(
-                    f"{subject} runs on time-shared GPUs (class {chosen!r}) but does not select "
-                    f"{SHARED_CLIENTS_LABEL}: {', '.join(sorted(shared))} with one GPU per "
-                    "container, as GKE requires of a pod that shares a GPU.",
+                    f"{subject} asks for {max(gpus)} GPUs in a container on time-shared GPUs "
+                    f"(class {chosen!r}); GKE gives a container that shares a GPU one GPU at "
+                    "most.",
                     resource.urn,
                 )
 

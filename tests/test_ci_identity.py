@@ -150,6 +150,19 @@ def test_the_previewer_holds_no_admin_role(both):
     assert all("secrets" not in rule["resources"] and "*" not in rule["resources"] for rule in core)
     assert not any("*" in rule["apiGroups"] for rule in rules)
     assert {"keda.sh", "actions.github.com", "apps"} <= {g for r in rules for g in r["apiGroups"]}
+    # Every kind the stack makes in the cluster is readable, but the Secrets.
+    readable = {
+        (group, resource) for r in rules for group in r["apiGroups"] for resource in r["resources"]
+    }
+    for resource in both.resources:
+        if not resource.type.startswith("kubernetes:") or resource.type.startswith(
+            ("kubernetes:helm.sh/", "kubernetes:core/v1:Secret")
+        ):
+            continue
+        group_version, kind = resource.type.removeprefix("kubernetes:").split(":")
+        group = group_version.split("/")[0].replace("core", "")
+        plural = kind.removesuffix("Patch").lower() + "s"
+        assert {(group, "*"), (group, plural)} & readable, resource.type
     binding = both.one("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding", "ci-previewer")
     assert binding.inputs["subjects"] == [
         {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PREVIEWER}

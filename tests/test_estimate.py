@@ -195,5 +195,6 @@ def test_a_flex_start_class_is_priced_at_on_demand_and_says_so():
     config["gpu-runners:gpuPool"] = {**config["gpu-runners:gpuPool"], "flexStart": True}
     result = estimate.estimate(config)
     assert "GPU class gpu: g2-standard-4, Spot, then flex-start (priced on demand)." in result.about
-    fallback = by_label(result)["GPU node hour on the on-demand fallback, runner cml-runner"]
+    label = "GPU node hour on the flex-start (priced on demand) fallback, runner cml-runner"
+    fallback = next(f.usd for f in result.lines if f.label == label)
     assert fallback == pytest.approx(G2_STANDARD_4 + 100 * PD_BALANCED / HOURS + IP)

@@ -139,28 +139,22 @@ def test_the_crd_check_refuses_a_misspelt_field(two_classes):
     assert len(list(crd_validator().iter_errors(manifest))) == 2
 
 
-def test_a_time_shared_class_shares_its_gpus_and_its_pods_select_the_sharing(shared):
+def test_a_time_shared_class_shares_its_gpus_and_its_pods_land_on_it(shared):
     for name in ("l4-shared", "l4-shared-on-demand"):
         (accelerator,) = pools(shared)[name]["nodeConfig"]["guestAccelerators"]
         assert accelerator["gpuSharingConfig"] == {
             "gpuSharingStrategy": "TIME_SHARING",
             "maxSharedClientsPerGpu": 4,
         }
-    sharing = {
-        "gpu": "true",
-        CLASS_LABEL: "l4-shared",
-        "cloud.google.com/gke-gpu-sharing-strategy": "time-sharing",
-        "cloud.google.com/gke-max-shared-clients-per-gpu": "4",
-    }
-    assert job_pod(shared, "gpu-tests")["nodeSelector"] == sharing
+    # The class alone confines the pods to shared GPUs: every pool of it shares them. GKE's
+    # sharing labels are not selected, which beside a ComputeClass would need GKE 1.32.3.
+    in_class = {"gpu": "true", CLASS_LABEL: "l4-shared"}
+    assert job_pod(shared, "gpu-tests")["nodeSelector"] == in_class
     arc = shared.one("kubernetes:helm.sh/v3:Release", "arc-shared").inputs
-    assert arc["values"]["template"]["spec"]["nodeSelector"] == sharing
-    gitlab = reveal(shared.one("kubernetes:helm.sh/v3:Release", "gl-shared").inputs)
-    assert 'node_selector = {"gpu" = "true"' not in gitlab["values"]["runners"]["config"]
-    assert (
-        '"cloud.google.com/gke-max-shared-clients-per-gpu" = "4"'
-        in (gitlab["values"]["runners"]["config"])
-    )
+    assert arc["values"]["template"]["spec"]["nodeSelector"] == in_class
+    config = reveal(shared.one("kubernetes:helm.sh/v3:Release", "gl-shared").inputs)["values"]
+    assert '"cloud.google.com/compute-class" = "l4-shared"' in config["runners"]["config"]
+    assert "gke-max-shared-clients-per-gpu" not in config["runners"]["config"]
 
 
 def test_a_flex_start_class_gets_its_on_demand_nodes_through_flex_start():
@@ -232,7 +226,8 @@ def rejected(config: dict) -> str:
     [
         (
             {**classes(L4), RUNNERS: [{"name": "cml-runner", "gpuPool": "a100"}]},
-            "gpu-runners:runners[0].gpuPool = 'a100': no GPU class of that name; allowed: l4",
+            "gpu-runners:runners[0].gpuPool = 'a100': no GPU class of that name; allowed: l4 "
+            "(gpuPools[0])",
         ),
         (
             classes(L4, {"name": "l4"}),

@@ -488,7 +488,11 @@ def test_a_github_app_key_arc_cannot_sign_with_is_refused_unshown(key):
             {},
             "topology.kubernetes.io/zone=europe-west6-c",
         ),
-        ({"cloud.google.com/gke-nodepool": "system"}, {}, "cloud.google.com/gke-nodepool=system"),
+        (
+            {"cloud.google.com/gke-nodepool": "system"},
+            {"onDemandFallback": False},
+            "cloud.google.com/gke-nodepool=system",
+        ),
     ],
     ids=["a label no pool sets", "a zone of the region the class has not", "the system pool"],
 )
@@ -516,6 +520,29 @@ def test_a_gpu_runner_selecting_what_its_compute_class_decides_is_refused(label)
     assert "allowed: gpuPool to choose the class" in message
 
 
+def test_a_gpu_runner_pinning_one_pool_of_its_class_is_refused():
+    # It would never reach the class's on-demand fallback.
+    message = rejected(runner(nodeSelector={"cloud.google.com/gke-nodepool": "gpu"}))
+    assert "gpu-runners:runners[0].nodeSelector = " in message
+    assert "pins the node pool 'gpu' of class 'gpu', whose pods then never reach" in message
+    # A class with one pool may be pinned.
+    one_pool = {"onDemandFallback": False}
+    run_program(
+        {**runner(nodeSelector={"cloud.google.com/gke-nodepool": "gpu"}), GPU_POOL: one_pool}
+    )
+
+
+@pytest.mark.parametrize(
+    "label", ["gpu-runners/on-demand-fallback", "cloud.google.com/compute-class", "gpu"]
+)
+def test_a_label_the_pools_set_themselves_is_refused_in_a_pools_labels(label):
+    message = rejected({GPU_POOL: {"spot": False, "labels": {label: "true"}}})
+    assert (
+        f'gpu-runners:gpuPool.labels = {{"{label}": "true"}}: the \'{label}\' label is set by '
+        in message
+    )
+
+
 def test_a_cpu_runner_may_still_select_spot_nodes():
     selector = {"gpu": "false", "cloud.google.com/gke-spot": "true"}
     cpu = {"gpus": 0, "mode": "always", "replicas": 1, "nodeSelector": selector}
@@ -527,7 +554,6 @@ def test_a_node_selector_the_pool_satisfies_is_accepted():
         "gpu": "true",
         "team": "vision",
         "topology.kubernetes.io/zone": "europe-west6-b",
-        "cloud.google.com/gke-nodepool": "gpu-on-demand",
         # A GKE label this stack does not track is left to GKE.
         "cloud.google.com/gke-os-distribution": "cos",
     }

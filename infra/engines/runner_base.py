@@ -36,26 +36,22 @@ RUNNER_TYPES = (
 # which is how GKE binds manually made pools to a ComputeClass; a pod chooses the class with a
 # nodeSelector on the label ("About custom ComputeClasses", manually created node pools).
 COMPUTE_CLASS_LABEL = "cloud.google.com/compute-class"
-# What GKE labels the nodes of a pool whose GPUs are time-shared, and what a pod that shares a
-# GPU selects ("About GPU time-sharing in GKE").
-SHARING_STRATEGY_LABEL = "cloud.google.com/gke-gpu-sharing-strategy"
-SHARED_CLIENTS_LABEL = "cloud.google.com/gke-max-shared-clients-per-gpu"
 
 
 @dataclass(frozen=True)
 class GpuClassPlacement:
-    """The GPU class a runner's pods land on: its ComputeClass, and how many pods share each
-    GPU of its nodes (None: a GPU is a pod's own)."""
+    """The GPU class a runner's pods land on: its ComputeClass.
+
+    Every pool of a class shares its GPUs alike, so the class alone confines a pod to shared
+    GPUs where the class shares them. GKE's time-sharing labels are not selected too: a
+    system label beside a ComputeClass needs GKE 1.32.3-gke.1499000 ("About custom
+    ComputeClasses"), and the class is all the autoscaler needs.
+    """
 
     name: str
-    shared_clients_per_gpu: int | None = None
 
     def node_selector(self) -> dict[str, str]:
-        selector = {COMPUTE_CLASS_LABEL: self.name}
-        if self.shared_clients_per_gpu is not None:
-            selector[SHARING_STRATEGY_LABEL] = "time-sharing"
-            selector[SHARED_CLIENTS_LABEL] = str(self.shared_clients_per_gpu)
-        return selector
+        return {COMPUTE_CLASS_LABEL: self.name}
 
     def toleration(self) -> dict[str, str]:
         """The class taint's toleration, which GKE is said to add itself but no Google page

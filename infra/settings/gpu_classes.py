@@ -94,6 +94,16 @@ def _check_on_demand_fallback(fallback: bool | None, info: ValidationInfo) -> bo
     return fallback
 
 
+def _check_on_demand_max_nodes(max_nodes: int | None, info: ValidationInfo) -> int | None:
+    fallback = info.data.get("spot") and info.data.get("on_demand_fallback") is not False
+    if max_nodes is not None and not fallback:
+        raise _invalid(
+            "only read when a Spot class falls back to on demand (spot: true, onDemandFallback "
+            "unset or true); allowed: unset"
+        )
+    return max_nodes
+
+
 def _check_flex_start(flex_start: bool, info: ValidationInfo) -> bool:
     if not flex_start:
         return flex_start
@@ -138,6 +148,10 @@ class GpuPoolSettings(_Section):
     spot: bool = False
     on_demand_fallback: Annotated[bool | None, AfterValidator(_check_on_demand_fallback)] = None
     """With spot: when Spot is out, on-demand nodes of the same kind (unset: true)."""
+    on_demand_max_nodes: Annotated[
+        int | None, Field(ge=1), AfterValidator(_check_on_demand_max_nodes)
+    ] = None
+    """The fallback's most nodes (unset: maxNodes)."""
     flex_start: Annotated[bool, AfterValidator(_check_flex_start)] = False
     """Obtain the class's on-demand nodes through flex-start provisioning."""
     time_sharing_clients_per_gpu: Annotated[int | None, Field(ge=2, le=MAX_SHARED_CLIENTS)] = None
@@ -167,9 +181,15 @@ class GpuPoolSettings(_Section):
         )
         if not self.spot or self.on_demand_fallback is False:
             return (first,)
-        # The fallback starts from zero: it runs only what the Spot pool cannot take.
+        # The fallback starts from zero: it runs only what the Spot pool cannot take, whether
+        # Spot is out or the Spot pool is at maxNodes (GKE tries the next priority whenever
+        # one cannot grow).
         fallback = GpuNodePool(
-            class_name + ON_DEMAND_SUFFIX, False, self.flex_start, 0, self.max_nodes
+            class_name + ON_DEMAND_SUFFIX,
+            False,
+            self.flex_start,
+            0,
+            self.on_demand_max_nodes or self.max_nodes,
         )
         return (first, fallback)
 

@@ -174,9 +174,8 @@ def _check_fits_memory(memory: str, info: ValidationInfo) -> str:
 def _check_runner_gpu_pool(name: str | None, info: ValidationInfo) -> str | None:
     classes = (info.context or {}).get("gpu_classes", {})
     if name is not None and classes and name not in classes:
-        raise _invalid(
-            f"no GPU class of that name; allowed: {', '.join(classes)} (gpuPools[].name)"
-        )
+        where = ", ".join(f"{c.name} ({c.key})" for c in classes.values())
+        raise _invalid(f"no GPU class of that name; allowed: {where}")
     return name
 
 
@@ -216,15 +215,27 @@ def _check_runner_gpus(gpus: int, info: ValidationInfo) -> int:
 
 # Node labels a pod that selects a ComputeClass may not select: GKE "rejects any Pods that
 # select system labels that have a corresponding field in the ComputeClass specification"
-# ("About custom ComputeClasses"), and the class label itself is the runner's GPU class.
+# ("About custom ComputeClasses", the table of node selectors for system node labels), and
+# the class label itself is the runner's GPU class.
 _BESIDE_A_COMPUTE_CLASS = {
     runner_base.COMPUTE_CLASS_LABEL,
     "cloud.google.com/gke-spot",
     "cloud.google.com/gke-accelerator",
     "cloud.google.com/gke-gpu-driver-version",
     "cloud.google.com/machine-family",
+    "cloud.google.com/machine-type",
     "node.kubernetes.io/instance-type",
+    "cloud.google.com/reservation-name",
+    "cloud.google.com/reservation-project",
+    "cloud.google.com/reservation-affinity",
+    "cloud.google.com/gke-ephemeral-storage-local-ssd",
+    "cloud.google.com/gke-boot-disk",
+    "cloud.google.com/gke-boot-disk-size",
+    "cloud.google.com/gke-node-pool-group-name",
+    "cloud.google.com/gke-workload-type",
 }
+# Pinning one pool of a class with several would keep its pods off the fallback.
+_NODE_POOL_LABEL = "cloud.google.com/gke-nodepool"
 
 
 def _check_node_selector(
@@ -255,6 +266,13 @@ def _check_node_selector(
             "GPU class's ComputeClass, and GKE refuses a pod that selects both; allowed: gpuPool "
             "to choose the class, and labels of its nodes (gpuPools[].labels, "
             "topology.kubernetes.io/zone)"
+        )
+    gpu_class = _runner_class(info) if gpus else None
+    if _NODE_POOL_LABEL in selector and gpu_class and len(gpu_class.node_pools) > 1:
+        raise _invalid(
+            f"pins the node pool {selector[_NODE_POOL_LABEL]!r} of class {gpu_class.name!r}, "
+            f"whose pods then never reach its on-demand fallback; allowed: no "
+            f"{_NODE_POOL_LABEL}, or onDemandFallback: false on the class"
         )
     return selector
 

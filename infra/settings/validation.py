@@ -162,9 +162,15 @@ def _label_problem(key: str, value: str) -> str | None:
     return None
 
 
+# Label keys the pools set themselves: the guide's gpu label, the stack's own prefix
+# (gpu-runners/cpu-jobs, gpu-runners/on-demand-fallback), and the GPU class's.
+_POOL_LABEL_PREFIX = "gpu-runners/"
+
+
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
-        if key in (GPU_LABEL, runner_base.CPU_JOBS_LABEL):
+        taken = key in (GPU_LABEL, runner_base.COMPUTE_CLASS_LABEL)
+        if taken or key.startswith(_POOL_LABEL_PREFIX):
             raise _invalid(f"the {key!r} label is set by the pool itself; remove it here")
         problem = _label_problem(key, value)
         if problem:

@@ -172,9 +172,10 @@ def estimate(config: dict) -> Estimate:
         gpu_hour = pool_hour[first.name]
         lines.append(Figure(f"GPU node hour, runner {runner.name}", gpu_hour))
         if fallback:
+            kind = "flex-start (priced on demand)" if fallback[0].flex_start else "on-demand"
             lines.append(
                 Figure(
-                    f"GPU node hour on the on-demand fallback, runner {runner.name}",
+                    f"GPU node hour on the {kind} fallback, runner {runner.name}",
                     pool_hour[fallback[0].name],
                 )
             )
