@@ -6,9 +6,11 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
+import yaml
 from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.sync_await import _sync_await
 
@@ -106,6 +108,16 @@ def fake_token(runner: str, platform: str = "github") -> str:
     """A token-shaped stand-in for a runner's token on its forge, distinct per runner."""
     digest = hashlib.sha256(runner.encode()).hexdigest()
     return "glpat-" + digest[:20] if platform == "gitlab" else "ghp_" + digest[:36]
+
+
+# libyaml's loader where PyYAML has it (its wheels do): a vendored CRD is 100s of KB.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.cache
+def read_yaml(path: Path) -> Any:
+    """A YAML file the tests only read (a vendored schema), parsed once per session."""
+    return yaml.load(path.read_text(), Loader=_FAST_LOADER)
 
 
 @functools.cache

@@ -2,12 +2,13 @@
 after, runners on their class, time-sharing and flex-start, and the checks before any of it."""
 
 import copy
+import functools
 
 import jsonschema
 import pytest
 import yaml
 
-from tests.harness import REPO, Program, reveal, run_program, run_rejected_program
+from tests.harness import REPO, Program, read_yaml, reveal, run_program, run_rejected_program
 from tests.stacks import SHAPES, SHARED_GPUS, TWO_CLASSES
 from tests.test_scaling import strict
 
@@ -109,8 +110,9 @@ def test_runners_wait_for_the_compute_classes_they_select(two_classes):
         assert two_classes.waits_for(scaled_job, compute_class)
 
 
+@functools.cache
 def crd_validator() -> jsonschema.Draft7Validator:
-    crd = yaml.safe_load(CRD.read_text())
+    crd = read_yaml(CRD)
     (version,) = crd["spec"]["versions"]
     return jsonschema.Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
 

@@ -8,7 +8,6 @@ import jsonschema
 import pulumi
 import pulumi_kubernetes as k8s
 import pytest
-import yaml
 
 from infra.engines.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
 from infra.engines.keda import CHART_VERSION
@@ -17,6 +16,7 @@ from tests.harness import (
     RUNNERS,
     fake_token,
     is_secret,
+    read_yaml,
     reveal,
     run_components,
     run_program,
@@ -314,7 +314,7 @@ def strict(schema: dict) -> dict:
 @cache
 def crd_validator(kind: str) -> jsonschema.Draft7Validator:
     for path in KEDA_SCHEMAS.glob("*.yaml"):
-        crd = yaml.safe_load(path.read_text())
+        crd = read_yaml(path)
         if crd["spec"]["names"]["kind"] == kind:
             (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
             return jsonschema.Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
