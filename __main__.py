@@ -1,6 +1,9 @@
-"""gpu-runners: settings -> APIs -> CI access -> GKE cluster -> runner identity -> runners."""
+"""gpu-runners: settings -> APIs -> CI access -> GKE cluster -> runner identity -> runners;
+or, on a cluster the stack does not make (existingCluster): settings -> (on GKE, runner
+identity) -> runners."""
 
 import pulumi
+import pulumi_kubernetes as k8s
 
 from infra import settings as stack_settings
 from infra.engines.arc import ArcController
@@ -8,8 +11,14 @@ from infra.engines.arc_runner import ArcRunner, ArcRunnerArgs
 from infra.engines.cml_runner import CmlRunner, CmlRunnerArgs, OnDemandScaling
 from infra.engines.gitlab_runner import GitlabRunner, GitlabRunnerArgs
 from infra.engines.keda import Keda
-from infra.engines.runner_base import SANDBOX_RUNTIME_CLASS, SYSTEM_NODES, GpuClassPlacement
-from infra.gcp.apis import CI_APIS, STACK_APIS, ProjectApis
+from infra.engines.runner_base import (
+    SANDBOX_RUNTIME_CLASS,
+    SYSTEM_NODES,
+    GpuClassPlacement,
+    Registries,
+    RunnerTarget,
+)
+from infra.gcp.apis import CI_APIS, IDENTITY_APIS, STACK_APIS, ProjectApis
 from infra.gcp.ci import CiDeployer, CiDeployerArgs, PreviewerReads
 from infra.gcp.cluster import GpuCluster, GpuClusterArgs
 from infra.gcp.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
@@ -17,95 +26,150 @@ from infra.gcp.registry import ImageMirror
 
 settings = stack_settings.load()
 
-apis = ProjectApis("apis", settings.project, STACK_APIS | (CI_APIS if settings.ci.enabled else {}))
-# Every Google Cloud resource waits for the APIs it is created through.
-after_apis = pulumi.ResourceOptions(depends_on=[apis])
+runner_accounts = [
+    # Each runner's namespace and Kubernetes service account are named after the runner.
+    KubernetesServiceAccount(namespace=r.name, name=r.name, trusted=r.trust == "trusted")
+    for r in settings.runners
+]
+existing = settings.existing_cluster
 
-deployer = (
-    CiDeployer(
-        "ci",
-        CiDeployerArgs(
+
+def made_cluster() -> tuple[RunnerTarget, RunnerIdentity, GpuCluster, CiDeployer | None]:
+    """The GKE cluster the stack makes, its Google side, and what the runners get there."""
+    ci = settings.ci
+    apis = ProjectApis("apis", settings.project, STACK_APIS | (CI_APIS if ci.enabled else {}))
+    # Every Google Cloud resource waits for the APIs it is created through.
+    after_apis = pulumi.ResourceOptions(depends_on=[apis])
+    deployer = (
+        CiDeployer(
+            "ci",
+            CiDeployerArgs(
+                project=settings.project,
+                pool_id=ci.pool_id,
+                github_repository=ci.github_repository,
+                gitlab_project=ci.gitlab_project,
+                gitlab_url=ci.gitlab_url,
+                github_repository_id=ci.github_repository_id,
+                github_owner_id=ci.github_owner_id,
+                gitlab_project_id=ci.gitlab_project_id,
+                default_branch=ci.default_branch,
+                state_bucket=ci.state_bucket,
+                secrets_key=ci.secrets_key,
+            ),
+            opts=after_apis,
+        )
+        if ci.enabled
+        else None
+    )
+    ci_members = [deployer.member] if deployer else []
+    cluster = GpuCluster(
+        "gke",
+        GpuClusterArgs(
             project=settings.project,
-            pool_id=settings.ci.pool_id,
-            github_repository=settings.ci.github_repository,
-            gitlab_project=settings.ci.gitlab_project,
-            gitlab_url=settings.ci.gitlab_url,
-            github_repository_id=settings.ci.github_repository_id,
-            github_owner_id=settings.ci.github_owner_id,
-            gitlab_project_id=settings.ci.gitlab_project_id,
-            default_branch=settings.ci.default_branch,
-            state_bucket=settings.ci.state_bucket,
-            secrets_key=settings.ci.secrets_key,
+            cluster=settings.cluster,
+            system_pool=settings.system_pool,
+            gpu_classes=settings.gpu_classes,
+            cpu_pool=settings.cpu_pool if any(r.gpus == 0 for r in settings.runners) else None,
+            node_account_users=ci_members,
         ),
         opts=after_apis,
     )
-    if settings.ci.enabled
-    else None
-)
-ci_members = [deployer.member] if deployer else []
-
-cluster = GpuCluster(
-    "gke",
-    GpuClusterArgs(
+    identity = RunnerIdentity(
+        "runner-identity",
+        RunnerIdentityArgs(
+            project=settings.project,
+            workload_pool=cluster.workload_pool,
+            cluster_name=settings.cluster.name,
+            bucket_location=settings.cluster.region,
+            existing_bucket=settings.dvc_remote.bucket,
+            force_destroy_bucket=settings.dvc_remote.force_destroy,
+            kubernetes_service_accounts=runner_accounts,
+            account_admins=ci_members,
+        ),
+        opts=after_apis,
+    )
+    # Runner and job images, pulled through the cluster's region.
+    mirror = ImageMirror(
+        "images",
         project=settings.project,
-        cluster=settings.cluster,
-        system_pool=settings.system_pool,
-        gpu_classes=settings.gpu_classes,
-        cpu_pool=settings.cpu_pool if any(r.gpus == 0 for r in settings.runners) else None,
-        node_account_users=ci_members,
-    ),
-    opts=after_apis,
-)
-
-# Each runner's namespace and Kubernetes service account are named after the runner.
-identity = RunnerIdentity(
-    "runner-identity",
-    RunnerIdentityArgs(
-        project=settings.project,
-        workload_pool=cluster.workload_pool,
+        region=settings.cluster.region,
         cluster_name=settings.cluster.name,
-        bucket_location=settings.cluster.region,
-        existing_bucket=settings.dvc_remote.bucket,
-        force_destroy_bucket=settings.dvc_remote.force_destroy,
-        kubernetes_service_accounts=[
-            KubernetesServiceAccount(namespace=r.name, name=r.name, trusted=r.trust == "trusted")
-            for r in settings.runners
-        ],
-        account_admins=ci_members,
-    ),
-    opts=after_apis,
-)
+        readers={"nodes": cluster.node_member},
+        admins=ci_members,
+        opts=after_apis,
+    )
+    # What a preview reads in the cluster, for the previewer.
+    if deployer:
+        PreviewerReads(
+            "ci-previewer",
+            deployer.previewer_email,
+            opts=pulumi.ResourceOptions(providers=[cluster.provider]),
+        )
+    target = RunnerTarget(
+        provider=cluster.provider,
+        system_nodes=SYSTEM_NODES,
+        registries=mirror.registries,
+        services_range=cluster.services_range,
+        # Runner pods pull their images through the mirror (its repositories and the nodes'
+        # grants), and select a ComputeClass, which exists first.
+        ready=[mirror, *cluster.compute_classes.values()],
+    )
+    return target, identity, cluster, deployer
 
-# Runner and job images, pulled through the cluster's region.
-mirror = ImageMirror(
-    "images",
-    project=settings.project,
-    region=settings.cluster.region,
-    cluster_name=settings.cluster.name,
-    readers={"nodes": cluster.node_member},
-    admins=ci_members,
-    opts=after_apis,
-)
+
+def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None]:
+    """A cluster the stack does not make: reached through a kubeconfig context; on GKE, the
+    runners' Google accounts and DVC bucket."""
+    provider = k8s.Provider("existing-cluster", context=stack_settings.kube_context(existing))
+    identity = None
+    if existing.gke is not None:
+        apis = ProjectApis("apis", settings.project, IDENTITY_APIS)
+        identity = RunnerIdentity(
+            "runner-identity",
+            RunnerIdentityArgs(
+                project=settings.project,
+                # The pool exists: GKE made it with the cluster's Workload Identity.
+                workload_pool=f"{settings.project}.svc.id.goog",
+                cluster_name=existing.gke.name,
+                bucket_location=existing.gke.region,
+                existing_bucket=settings.dvc_remote.bucket,
+                force_destroy_bucket=settings.dvc_remote.force_destroy,
+                kubernetes_service_accounts=runner_accounts,
+            ),
+            opts=pulumi.ResourceOptions(depends_on=[apis]),
+        )
+    target = RunnerTarget(
+        provider=provider,
+        system_nodes=existing.system_node_labels,
+        registries=Registries(),
+        services_range=None,
+        ready=[],
+    )
+    return target, identity
+
+
+if existing is None:
+    target, identity, cluster, deployer = made_cluster()
+else:
+    (target, identity), cluster, deployer = existing_cluster(), None, None
 
 cml_runners = [r for r in settings.runners if r.runner_engine == "cml"]
 arc_runners = [r for r in settings.runners if r.runner_engine == "arc"]
 gitlab_runners = [r for r in settings.runners if r.runner_engine == "gitlab-runner"]
-on_cluster = pulumi.ResourceOptions(providers=[cluster.provider])
-# Runner pods pull their images through the mirror (its repositories and the nodes' grants),
-# and select a ComputeClass, which exists first.
+on_cluster = pulumi.ResourceOptions(providers=[target.provider])
 runner_options = pulumi.ResourceOptions.merge(
-    on_cluster,
-    pulumi.ResourceOptions(depends_on=[mirror, *cluster.compute_classes.values()]),
+    on_cluster, pulumi.ResourceOptions(depends_on=list(target.ready))
 )
 gpu_classes = {c.name: c for c in settings.gpu_classes}
-# What a preview reads in the cluster, for the previewer.
-if deployer:
-    PreviewerReads("ci-previewer", deployer.previewer_email, opts=on_cluster)
 
 # KEDA, once, on the system pool, when a CML runner needs it to start its pods.
-keda = Keda("keda", node_selector=SYSTEM_NODES, opts=on_cluster) if cml_runners else None
+keda = Keda("keda", node_selector=target.system_nodes, opts=on_cluster) if cml_runners else None
 # actions-runner-controller, once, on the system pool, when a runner uses engine arc.
-arc = ArcController("arc", node_selector=SYSTEM_NODES, opts=on_cluster) if arc_runners else None
+arc = (
+    ArcController("arc", node_selector=target.system_nodes, opts=on_cluster)
+    if arc_runners
+    else None
+)
 
 
 def runner_gpu_class(runner: stack_settings.RunnerSettings) -> GpuClassPlacement | None:
@@ -114,6 +178,13 @@ def runner_gpu_class(runner: stack_settings.RunnerSettings) -> GpuClassPlacement
     if gpu_class is None:
         return None
     return GpuClassPlacement(gpu_class.name)
+
+
+def runner_node_labels(runner: stack_settings.RunnerSettings) -> dict[str, str] | None:
+    """On a cluster the stack does not make, how its GPU or CPU nodes are labelled."""
+    if existing is None:
+        return None
+    return existing.gpu_node_labels if runner.gpus else existing.cpu_node_labels
 
 
 def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
@@ -126,11 +197,14 @@ def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
         "gpus": runner.gpus,
         "node_selector": runner.node_selector,
         "gpu_class": runner_gpu_class(runner),
-        "google_service_account": identity.email_for(runner.trust == "trusted"),
-        "registries": mirror.registries,
-        "services_range": cluster.services_range,
+        "node_labels": runner_node_labels(runner),
+        "google_service_account": identity.email_for(runner.trust == "trusted")
+        if identity
+        else None,
+        "registries": target.registries,
+        "services_range": target.services_range,
         "runtime_class": SANDBOX_RUNTIME_CLASS
-        if runner.gpus == 0 and settings.cpu_pool.sandbox
+        if runner.gpus == 0 and settings.cpu_pool and settings.cpu_pool.sandbox
         else None,
         "trusted": runner.trust == "trusted",
     }
@@ -165,7 +239,7 @@ runners |= {
             min_runners=runner.runner_range[0],
             max_runners=runner.runner_range[1],
             image=runner.image,
-            listener_node_selector=SYSTEM_NODES,
+            listener_node_selector=target.system_nodes,
         ),
         # Destroyed before the controller, which must clean the scale set up on GitHub.
         opts=pulumi.ResourceOptions.merge(
@@ -182,7 +256,7 @@ runners |= {
             credentials=settings.runner_credentials[runner.name],
             max_runners=runner.max_runner_count,
             image_tag=runner.image_tag,
-            manager_node_selector=SYSTEM_NODES,
+            manager_node_selector=target.system_nodes,
             gitlab_url=runner.gitlab_url,
         ),
         opts=runner_options,
@@ -190,15 +264,19 @@ runners |= {
     for runner in gitlab_runners
 }
 
-pulumi.export("clusterName", cluster.name)
-pulumi.export("clusterEndpoint", cluster.endpoint)
-pulumi.export("clusterLocation", cluster.location)
-pulumi.export("nodeServiceAccount", cluster.node_service_account)
-pulumi.export("kubeconfig", cluster.kubeconfig)
-pulumi.export("runnerServiceAccount", identity.email)
-if identity.trusted_email is not None:
-    pulumi.export("trustedRunnerServiceAccount", identity.trusted_email)
-pulumi.export("dvcRemoteUrl", identity.bucket_name.apply(lambda bucket: f"gs://{bucket}"))
+if cluster:
+    pulumi.export("clusterName", cluster.name)
+    pulumi.export("clusterEndpoint", cluster.endpoint)
+    pulumi.export("clusterLocation", cluster.location)
+    pulumi.export("nodeServiceAccount", cluster.node_service_account)
+    pulumi.export("kubeconfig", cluster.kubeconfig)
+else:
+    pulumi.export("kubeContext", stack_settings.kube_context(existing))
+if identity:
+    pulumi.export("runnerServiceAccount", identity.email)
+    if identity.trusted_email is not None:
+        pulumi.export("trustedRunnerServiceAccount", identity.trusted_email)
+    pulumi.export("dvcRemoteUrl", identity.bucket_name.apply(lambda bucket: f"gs://{bucket}"))
 pulumi.export(
     "runners",
     {

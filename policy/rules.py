@@ -232,8 +232,13 @@ def _tolerates_gpu_taint(pod: Mapping[str, Any]) -> bool:
 
 
 def _selects_gpu_nodes(pod: Mapping[str, Any]) -> bool:
+    """The guide's gpu=true, GKE's accelerator label, or NVIDIA's GPU Operator's label."""
     selector = _plain(pod.get("nodeSelector")) or {}
-    return selector.get(GPU_LABEL) == "true" or "cloud.google.com/gke-accelerator" in selector
+    return (
+        selector.get(GPU_LABEL) == "true"
+        or "cloud.google.com/gke-accelerator" in selector
+        or selector.get("nvidia.com/gpu.present") == "true"
+    )
 
 
 def gpu_node_pools_are_labelled_tainted_and_driven(
@@ -299,20 +304,25 @@ def gpu_workloads_select_and_tolerate_gpu_nodes(
 
 
 def runner_pods_land_on_runner_pools(
-    args: ResourceValidationArgs, report_violation: ReportViolation
+    args: StackValidationArgs, report_violation: ReportViolation
 ) -> None:
-    """A pod that runs CI jobs selects a runner pool (gpu=true, or the CPU runner pool), never
-    the system pool where the controllers hold forge credentials."""
-    for pod in _job_pod_specs(args):
-        selector = _plain(pod.get("nodeSelector")) or {}
-        if _selects_gpu_nodes(pod) or selector.get(CPU_JOBS_LABEL) == "true":
-            continue
-        report_violation(
-            f"{_subject(args)} runs CI jobs but selects neither the GPU pool nor the CPU runner "
-            f'pool, so its pods may land beside the controllers; add the nodeSelector gpu: "true", '
-            f'or {CPU_JOBS_LABEL}: "true" with its toleration.',
-            None,
-        )
+    """On a cluster the stack makes, a pod that runs CI jobs selects a runner pool (gpu=true,
+    or the CPU runner pool), never the system pool where the controllers hold forge
+    credentials. (On a cluster it does not make, the stack knows no pools.)"""
+    if not any(r.resource_type == CLUSTER for r in args.resources):
+        return
+    for resource in args.resources:
+        for pod in _job_pod_specs(resource):
+            selector = _plain(pod.get("nodeSelector")) or {}
+            if _selects_gpu_nodes(pod) or selector.get(CPU_JOBS_LABEL) == "true":
+                continue
+            report_violation(
+                f"{resource.resource_type.rsplit(':', 1)[-1]} {resource.name!r} runs CI jobs but "
+                "selects neither the GPU pool nor the CPU runner pool, so its pods may land "
+                'beside the controllers; add the nodeSelector gpu: "true", or '
+                f'{CPU_JOBS_LABEL}: "true" with its toleration.',
+                resource.urn,
+            )
 
 
 def _shared_clients(pool: Mapping[str, Any]) -> int | None:
@@ -646,13 +656,23 @@ def _policy(
     )
 
 
+# What only a stack that makes its GKE cluster has to check: node pools, GPU classes, the
+# cluster itself, and runner pools.
+MADE_CLUSTER_RULES = (
+    "gpu-node-pools-are-labelled-tainted-and-driven",
+    "runner-pods-land-on-runner-pools",
+    "gpu-runner-pods-select-a-gpu-class",
+    "prod-clusters-have-deletion-protection",
+    "gpu-pools-use-spot",
+    "gpu-pools-scale-to-zero",
+)
 MANDATORY = EnforcementLevel.MANDATORY
 ADVISORY = EnforcementLevel.ADVISORY
 
 POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     _policy(gpu_node_pools_are_labelled_tainted_and_driven, MANDATORY),
     _policy(gpu_workloads_select_and_tolerate_gpu_nodes, MANDATORY),
-    _policy(runner_pods_land_on_runner_pools, MANDATORY),
+    _policy(runner_pods_land_on_runner_pools, MANDATORY, StackValidationPolicy),
     _policy(gpu_runner_pods_select_a_gpu_class, MANDATORY, StackValidationPolicy),
     _policy(runner_pods_mount_no_api_token, MANDATORY),
     _policy(pods_have_a_seccomp_profile, MANDATORY),

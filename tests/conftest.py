@@ -8,6 +8,15 @@ from tests import harness
 
 
 @pytest.fixture(autouse=True, scope="session")
+def a_kubeconfig_of_test_contexts():
+    """Stacks on a cluster they do not make read the kubeconfig: the tests' own, never the
+    reader's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KUBECONFIG", str(harness.REPO / "tests" / "data" / "kubeconfig.yaml"))
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def resources_registered_without_a_stack_trace():
     """The SDK records the Python stack with every resource it registers, for the engine's
     messages; the mocks never read it, and under pytest the stack is deep: without this the

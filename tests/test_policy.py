@@ -433,15 +433,19 @@ def _move_to_system_pool(engine: str):
 def test_job_pods_with_a_token_without_seccomp_or_beside_the_controllers_are_refused(engine):
     program, type_, name = _engine(engine)
     untouched = program.one(type_, name)
-    for rule in (TOKEN_RULE, SECCOMP_RULE, "runner-pods-land-on-runner-pools"):
+    for rule in (TOKEN_RULE, SECCOMP_RULE):
         assert violations(untouched, rule) == []
+    placement = BY_NAME["runner-pods-land-on-runner-pools"]
+    assert plan.policy_violations(program.resources, placement) == []
 
     (token,) = violations(crafted(program, type_, name, _mount_token(engine)), TOKEN_RULE)
     assert "runs CI jobs with a Kubernetes API token mounted" in token
     (seccomp,) = violations(crafted(program, type_, name, _drop_seccomp(engine)), SECCOMP_RULE)
     assert "runs without a seccomp profile" in seccomp
     moved = crafted(program, type_, name, _move_to_system_pool(engine))
-    (placed,) = violations(moved, "runner-pods-land-on-runner-pools")
+    resources = [moved if r.urn == moved.urn else r for r in program.resources]
+    ((resource, placed),) = plan.policy_violations(resources, placement)
+    assert resource.name == name
     assert "selects neither the GPU pool nor the CPU runner pool" in placed
 
 

@@ -12,7 +12,13 @@ from infra import machines
 from infra.engines import arc, gitlab_runner, keda
 from infra.gcp import apis, ci, cluster, identity, registry
 from infra.gcp.ci import DEPLOYER_ROLES
-from infra.settings import RUNNERS_KEY, SECTIONS, GpuPoolSettings, RunnerSettings
+from infra.settings import (
+    RUNNERS_KEY,
+    SECTIONS,
+    ExistingClusterSettings,
+    GpuPoolSettings,
+    RunnerSettings,
+)
 from infra.settings.gpu_classes import GpuClassSettings
 from infra.tools import plan
 from policy.rules import POLICIES
@@ -24,7 +30,11 @@ README = (REPO / "README.md").read_text()
 # What the README and the docs say, as one text: a table or figure may be on any page.
 MANUAL = manual()
 DEVELOPMENT = (REPO / "docs/development.md").read_text()
-DOCUMENTED_MODELS = {**SECTIONS, f"{RUNNERS_KEY}[]": RunnerSettings}
+DOCUMENTED_MODELS = {
+    **SECTIONS,
+    "existingCluster": ExistingClusterSettings,
+    f"{RUNNERS_KEY}[]": RunnerSettings,
+}
 # A gpuPools entry takes every gpuPool key, documented once, and a name.
 GPU_CLASS_KEYS = {"name"}
 

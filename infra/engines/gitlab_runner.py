@@ -150,7 +150,9 @@ class GitlabRunner(pulumi.ComponentResource):
             "concurrent": args.max_runners,
             "rbac": {"create": True, "clusterWideAccess": False, "rules": MANAGER_RULES},
             "serviceAccount": {"create": True, "name": f"{name}-manager"},
-            "nodeSelector": dict(args.manager_node_selector or SYSTEM_NODES),
+            "nodeSelector": dict(
+                SYSTEM_NODES if args.manager_node_selector is None else args.manager_node_selector
+            ),
             # The manager reads its token once, at start, and the chart's own checksum ignores
             # a Secret it did not render: a new token must restart the manager by itself.
             # The digest is not secret; a secret value would hide all the values in previews.
@@ -251,7 +253,7 @@ def runner_config(
             kubernetes["node_tolerations"][f"{toleration['key']}={toleration['value']}"] = (
                 toleration["effect"]
             )
-    else:
+    elif args.node_labels is None:
         kubernetes["node_tolerations"] = {CPU_JOBS_LABEL: "NoSchedule"}
     # JSON is YAML, the patch format the executor reads.
     kubernetes["pod_spec"] = [

@@ -106,6 +106,9 @@ class RunnerBaseArgs:
     cannot override."""
     gpu_class: GpuClassPlacement | None = None
     """The GPU class a GPU runner's pods land on; None: any gpu=true node."""
+    node_labels: Mapping[str, str] | None = None
+    """On a cluster the stack does not make: the labels of the nodes the pods land on, in
+    place of the stack's pools' (gpu=true, or the CPU runner pool's)."""
     google_service_account: pulumi.Input[str] | None = None
     """Google service account the pod acts as through GKE Workload Identity, if any."""
     registries: Registries = Registries()
@@ -121,6 +124,21 @@ class RunnerBaseArgs:
     trusted: bool = False
     """Take jobs of protected branches only (as far as the forge lets the engine enforce it),
     and act as `google_service_account`, which may then write the DVC remote."""
+
+
+@dataclass(frozen=True)
+class RunnerTarget:
+    """The cluster the runners run on, as the engines need it: the stack's GKE cluster, or
+    one it does not make."""
+
+    provider: k8s.Provider
+    system_nodes: Mapping[str, str]
+    """Where the controllers and managers run."""
+    registries: Registries
+    services_range: pulumi.Input[str] | None
+    """The cluster's Service range, when known (RunnerBaseArgs.services_range)."""
+    ready: Sequence[pulumi.Resource]
+    """What must exist before a runner pod starts."""
 
 
 def app_labels(engine: str, name: str) -> dict[str, str]:
@@ -162,16 +180,20 @@ def pod_identity(service_account: pulumi.Input[str]) -> dict:
 
 def node_selector(args: RunnerBaseArgs) -> dict[str, str]:
     """The runner's own node labels, then its pool's and class's, which no setting can move."""
-    pool = runner_node_selector(args.gpus)
+    if args.node_labels is not None:
+        pool = dict(args.node_labels)
+    else:
+        pool = runner_node_selector(args.gpus)
     if args.gpus > 0 and args.gpu_class is not None:
         pool |= args.gpu_class.node_selector()
     return {**(args.node_selector or {}), **pool}
 
 
 def tolerations(args: RunnerBaseArgs) -> list[dict[str, str]]:
-    """The tolerations of the taints on the runner's pool: GPU (and class), or CPU jobs."""
+    """The tolerations of the taints on the runner's pool: GPU (and class), or CPU jobs; on a
+    cluster the stack does not make, the GPU taint only (NVIDIA's and the guide's)."""
     if args.gpus == 0:
-        return [CPU_JOBS_TOLERATION]
+        return [CPU_JOBS_TOLERATION] if args.node_labels is None else []
     if args.gpu_class is None:
         return [GPU_TOLERATION]
     return [GPU_TOLERATION, args.gpu_class.toleration()]

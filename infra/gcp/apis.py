@@ -26,6 +26,17 @@ STACK_APIS: dict[str, str] = {
     "iamcredentials.googleapis.com": "runner pods' (and CI's) short-lived Google tokens",
     "storage.googleapis.com": "the DVC bucket",
 }
+# On a GKE cluster the stack does not make: the runners' Google accounts, their Workload
+# Identity bindings and the DVC bucket.
+IDENTITY_APIS: dict[str, str] = {
+    key: STACK_APIS[key]
+    for key in (
+        RESOURCE_MANAGER_API,
+        "iam.googleapis.com",
+        "iamcredentials.googleapis.com",
+        "storage.googleapis.com",
+    )
+}
 # Only with CI access: google-github-actions/auth and GitLab's credential configuration
 # exchange the job's OIDC token at sts.googleapis.com, and Pulumi decrypts the stack's
 # secrets through Cloud KMS.

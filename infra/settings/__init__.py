@@ -17,6 +17,12 @@ from infra.settings.credentials import (
     _runner_problems,
     _trust_problems,
 )
+from infra.settings.existing_cluster import (
+    EXISTING_CLUSTER_KEY,
+    ExistingClusterSettings,
+    kube_context,
+    kube_context_problems,
+)
 from infra.settings.fleet import _fleet_problems, _project_unique_ids
 from infra.settings.gpu_classes import GpuClass, GpuNodePool, GpuPoolSettings, class_named
 from infra.settings.parse import (
@@ -50,6 +56,7 @@ __all__ = [
     "TOKENS_KEY",
     "ClusterSettings",
     "CpuPoolSettings",
+    "ExistingClusterSettings",
     "GpuClass",
     "GpuNodePool",
     "GpuPoolSettings",
@@ -58,6 +65,7 @@ __all__ = [
     "StackSettings",
     "SystemPoolSettings",
     "class_named",
+    "kube_context",
     "load",
     "parse_sections",
     "quantity_value",
@@ -121,10 +129,14 @@ def load() -> StackSettings:
     namespace = config.name
     project = pulumi.Config("gcp").get("project")
     keys = [k for k in _config_keys() if k.startswith(f"{namespace}:")]
-    problems = [p for p in [_project_problem(project)] if p]
-    problems += _unknown_key_problems(namespace, keys)
+    problems = _unknown_key_problems(namespace, keys)
     values = {k: _read(config, k.removeprefix(f"{namespace}:")) for k in keys}
     given = {k.removeprefix(f"{namespace}:"): value for k, value in values.items()}
+    existing_config = given.get(EXISTING_CLUSTER_KEY)
+    off_gcp = isinstance(existing_config, dict) and existing_config.get("gke") is None
+    # Off Google Cloud the stack makes nothing there, so needs no project.
+    if not (off_gcp and project is None):
+        problems = [p for p in [_project_problem(project)] if p] + problems
     secrets = [
         text for k in keys if is_config_secret(k) for _, text in messages.strings_in(values[k], k)
     ]
@@ -144,6 +156,8 @@ def load() -> StackSettings:
         tokens,
     )
     problems += _trust_problems(namespace, runners, tokens)
+    if parsed[EXISTING_CLUSTER_KEY] is not None:
+        problems += kube_context_problems(namespace, parsed[EXISTING_CLUSTER_KEY])
     problems += _shared_project_problems(namespace, project, parsed, runners, STACK_FILE_DIR)
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
@@ -158,6 +172,7 @@ def load() -> StackSettings:
         )
     return StackSettings(
         project=project,
+        existing_cluster=parsed[EXISTING_CLUSTER_KEY],
         cluster=parsed["cluster"],
         system_pool=parsed["systemPool"],
         gpu_classes=parsed["gpuClasses"],

@@ -17,6 +17,12 @@ from pydantic import (
 from infra import machines, messages
 from infra.engines.arc_runner import GithubApp
 from infra.engines.gitlab_runner import CreateRunner
+from infra.settings.existing_cluster import (
+    EXISTING_CLUSTER_KEY,
+    GKE_SECTIONS,
+    ExistingClusterSettings,
+    gke_section_problems,
+)
 from infra.settings.gpu_classes import (
     GpuClass,
     GpuClassList,
@@ -40,13 +46,17 @@ from infra.settings.validation import _PROJECT_ID
 class StackSettings:
     """Everything the program needs from the stack's config."""
 
-    project: str
-    cluster: ClusterSettings
-    system_pool: SystemPoolSettings
+    project: str | None
+    """None only on an existing cluster that is not GKE."""
+    existing_cluster: ExistingClusterSettings | None
+    """The cluster the runners run on when the stack does not make one; then the GKE
+    sections below are None, and so is dvc_remote off GKE."""
+    cluster: ClusterSettings | None
+    system_pool: SystemPoolSettings | None
     gpu_classes: tuple[GpuClass, ...]
-    cpu_pool: CpuPoolSettings
-    dvc_remote: DvcRemoteSettings
-    ci: CiSettings
+    cpu_pool: CpuPoolSettings | None
+    dvc_remote: DvcRemoteSettings | None
+    ci: CiSettings | None
     runners: tuple[RunnerSettings, ...]
     runner_credentials: dict[str, pulumi.Output[str] | GithubApp | CreateRunner]
     """Each runner's token (or GitHub App, or token to create the runner), as secrets."""
@@ -66,11 +76,15 @@ TOKENS_KEY = "runnerTokens"
 GPU_CLASSES_KEY = "gpuPools"
 _RUNNERS = TypeAdapter(Annotated[list[RunnerSettings], Field(min_length=1)])
 _GPU_CLASSES = TypeAdapter(GpuClassList)
+_SECTION_MODELS: dict[str, type[_Section]] = {
+    **SECTIONS,
+    EXISTING_CLUSTER_KEY: ExistingClusterSettings,
+}
 # Config key of a list -> the model of its entries.
 _LISTS: dict[str, type[_Section]] = {RUNNERS_KEY: RunnerSettings, GPU_CLASSES_KEY: GpuClassSettings}
 
 
-_KNOWN_KEYS = (*SECTIONS, GPU_CLASSES_KEY, RUNNERS_KEY, TOKENS_KEY)
+_KNOWN_KEYS = (*SECTIONS, GPU_CLASSES_KEY, EXISTING_CLUSTER_KEY, RUNNERS_KEY, TOKENS_KEY)
 _EXAMPLES = {
     RUNNERS_KEY: {"repository": "https://github.com/<owner>/<repo>", "name": "cml-runner"},
     GPU_CLASSES_KEY: {"name": "l4"},
@@ -126,7 +140,7 @@ def _parse(
     try:
         return model.validate_python(raw, context=context)
     except ValidationError as error:
-        item = _LISTS.get(key) or SECTIONS[key]
+        item = _LISTS.get(key) or _SECTION_MODELS[key]
         problems += [
             _describe(namespace, key, item, e)
             for e in messages.innermost(error.errors(include_url=False))
@@ -207,19 +221,35 @@ def parse_sections(
     namespace: str, given: dict[str, Any], problems: list[str]
 ) -> tuple[dict[str, Any], list[RunnerSettings]]:
     """The validated sections, GPU classes (under "gpuClasses") and runners of a stack's config
-    (keys without the namespace), with what is wrong appended to `problems`. Tokens and the
-    project are not its business."""
+    (keys without the namespace), with what is wrong appended to `problems`. On an existing
+    cluster (`existingCluster`) the GKE sections are None. Tokens and the project are not its
+    business."""
     context: dict[str, Any] = {"machines": {}}
-    parsed: dict[str, Any] = {}
+    parsed: dict[str, Any] = {EXISTING_CLUSTER_KEY: None}
+    skipped: tuple[str, ...] = ()
+    if given.get(EXISTING_CLUSTER_KEY) is not None:
+        problems += gke_section_problems(namespace, given)
+        existing = _parse(
+            TypeAdapter(ExistingClusterSettings),
+            namespace,
+            EXISTING_CLUSTER_KEY,
+            given[EXISTING_CLUSTER_KEY],
+            context,
+            problems,
+        )
+        parsed[EXISTING_CLUSTER_KEY] = existing
+        context["existing"] = existing
+        on_gke = existing is not None and existing.gke is not None
+        skipped = (*GKE_SECTIONS, *(() if on_gke else ("dvcRemote",)))
     several = given.get(GPU_CLASSES_KEY)
-    if several is not None and given.get("gpuPool") is not None:
+    if several is not None and given.get("gpuPool") is not None and not skipped:
         problems.append(
             f"{namespace}:gpuPool and {namespace}:{GPU_CLASSES_KEY} are both set; allowed: one "
             f"of them, gpuPool for one GPU class or {GPU_CLASSES_KEY} for several "
             f"(`pulumi config rm gpuPool` once its settings are a class of {GPU_CLASSES_KEY})"
         )
     for key, model in SECTIONS.items():
-        if key == "gpuPool" and several is not None:
+        if key in skipped or (key == "gpuPool" and several is not None):
             parsed[key] = None
             continue
         raw = given.get(key) or {}
@@ -230,7 +260,7 @@ def parse_sections(
             context["machines"][key] = machines.machine(parsed[key].machine_type)
     classes = (
         _parse(_GPU_CLASSES, namespace, GPU_CLASSES_KEY, several, context, problems)
-        if several is not None
+        if several is not None and not skipped
         else None
     )
     parsed["gpuClasses"] = gpu_classes(parsed["gpuPool"], classes)

@@ -172,6 +172,12 @@ def _check_fits_memory(memory: str, info: ValidationInfo) -> str:
 
 
 def _check_runner_gpu_pool(name: str | None, info: ValidationInfo) -> str | None:
+    if name is not None and (info.context or {}).get("existing") is not None:
+        raise _invalid(
+            "GPU classes are the node pools the stack makes, and existingCluster targets a "
+            "cluster it does not make; allowed: unset (existingCluster.gpuNodeLabels says where "
+            "the GPUs are)"
+        )
     classes = (info.context or {}).get("gpu_classes", {})
     if name is not None and classes and name not in classes:
         where = ", ".join(f"{c.name} ({c.key})" for c in classes.values())
@@ -180,6 +186,16 @@ def _check_runner_gpu_pool(name: str | None, info: ValidationInfo) -> str | None
 
 
 def _check_runner_gpus(gpus: int, info: ValidationInfo) -> int:
+    existing = (info.context or {}).get("existing")
+    if existing is not None:
+        if gpus and existing.gpu_node_labels is None:
+            raise _invalid(
+                "existingCluster names no GPU nodes, so the pod would never schedule; allowed: "
+                "0, or existingCluster.gpuNodeLabels set to how the cluster labels its GPU "
+                'nodes: {gpu: "true"} (the guide\'s, by hand) or {nvidia.com/gpu.present: '
+                '"true"} (NVIDIA\'s GPU Operator)'
+            )
+        return gpus
     classes = (info.context or {}).get("gpu_classes", {})
     if "gpu_pool" not in info.data or not classes:
         return gpus  # the class's own problem is reported
@@ -247,6 +263,8 @@ def _check_node_selector(
         problem = _label_problem(key, value)
         if problem:
             raise _invalid(problem)
+    if (info.context or {}).get("existing") is not None:
+        return selector  # the cluster's own labels: the stack knows none of them
     if selector.get(GPU_LABEL, "true") not in ("true", "false"):
         raise _invalid(
             f"{GPU_LABEL}: {selector[GPU_LABEL]!r} matches no node: the pools are labelled "
@@ -260,7 +278,7 @@ def _check_node_selector(
             "selects the tainted GPU nodes, but gpus is 0; a CPU runner lands on cpuPool"
         )
     refused = sorted(set(selector) & _BESIDE_A_COMPUTE_CLASS)
-    if gpus and refused:
+    if gpus and refused and (info.context or {}).get("gpu_classes"):
         raise _invalid(
             f"selects {', '.join(refused)}, which a GPU runner's pods cannot: they select their "
             "GPU class's ComputeClass, and GKE refuses a pod that selects both; allowed: gpuPool "

@@ -108,6 +108,13 @@ def estimate(config: dict) -> Estimate:
     if problems:
         # Masked as the program masks them: a token in a URL's user-info included.
         raise stack_settings.SettingsError(messages.mask("\n".join(problems)))
+    if sections["existingCluster"] is not None:
+        return Estimate(
+            "The stack makes no cluster and no node (existingCluster): their bill, if any, is "
+            "not the stack's. On GKE it makes the DVC bucket, whose storage the catalog does "
+            "not price.",
+            [],
+        )
     cluster, system, cpu = sections["cluster"], sections["systemPool"], sections["cpuPool"]
     region, hours = cluster.region, catalog()["hours_per_month"]
     system_hour = node_hour(region, system.machine_type, system.spot, system.disk_size_gb)
@@ -226,6 +233,8 @@ def markdown(title: str, this: Estimate, base: Estimate | None = None) -> str:
         f"### Cost estimate: {markdown_text(title)}\n\n{this.about} USD, list prices of "
         f"{catalog()['as_of']} (infra/data/prices.yaml)."
     )
+    if not this.lines:
+        return f"### Cost estimate: {markdown_text(title)}\n\n{this.about}\n"
     if base is None:
         rows = [f"| {f.label} | {_usd(f.usd)} |" for f in this.lines]
         return "\n".join([heading, "", "| Figure | USD |", "|---|---|", *rows, ""])

@@ -18,8 +18,11 @@ place of the plan.
 """
 
 import argparse
+import os
 import sys
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,12 +52,13 @@ from infra.tools.mock_engine import (
 )
 from infra.tools.stack_file import (
     PLACEHOLDER,
+    PROJECT,
     TOKENS,
     StackFileError,
     fill_quickstart_values,
     read_config,
 )
-from policy.rules import HELM_RELEASE, POLICIES
+from policy.rules import CLUSTER, HELM_RELEASE, MADE_CLUSTER_RULES, POLICIES
 
 STAND_IN_PROJECT = "your-project-id"
 STAND_IN_REPOSITORIES = {
@@ -85,6 +89,39 @@ class Verdict:
     message: str
 
 
+STAND_IN_CONTEXT = "your-current-context"
+KUBECONFIG_STAND_IN = "the kubeconfig"
+
+
+@contextmanager
+def stand_in_kubeconfig(existing: Any) -> Iterator[None]:
+    """For a stack on a cluster it does not make: a kubeconfig that has the stack's context
+    (or a stand-in current one) and nothing else, in place of the reader's own."""
+    if not isinstance(existing, dict):
+        yield
+        return
+    context = existing.get("context")
+    context = context if isinstance(context, str) and context else STAND_IN_CONTEXT
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
+        "current-context": context,
+    }
+    saved = os.environ.get("KUBECONFIG")
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig))
+        os.environ["KUBECONFIG"] = str(path)
+        try:
+            yield
+        finally:
+            if saved is None:
+                del os.environ["KUBECONFIG"]
+            else:
+                os.environ["KUBECONFIG"] = saved
+
+
 def read_stack_file(path: Path) -> PlannedStack:
     """The stack's config as the program would get it, without decrypting anything."""
     config = read_config(path)
@@ -97,6 +134,8 @@ def read_stack_file(path: Path) -> PlannedStack:
     )
     if TOKENS in stand_ins:
         secret_keys.add(TOKENS)
+    if isinstance(values.get(f"{PROJECT}:existingCluster"), dict):
+        stand_ins.append(KUBECONFIG_STAND_IN)
     stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
     return PlannedStack(stack, values, secret_keys, stand_ins)
 
@@ -248,6 +287,12 @@ def is_kubernetes_object(resource: Resource) -> bool:
 
 def _policy_section(found: list[Verdict], resources: list[Resource]) -> list[str]:
     lines = ["### Policy pack", ""]
+    if not any(r.type == CLUSTER for r in resources):
+        lines += [
+            "The stack makes no cluster, so the rules about the cluster and its node pools have "
+            f"nothing to check here: {', '.join(f'`{rule}`' for rule in MADE_CLUSTER_RULES)}.",
+            "",
+        ]
     if not found:
         lines.append(f"All {len(POLICIES)} rules pass on the {len(resources)} resources.")
         return lines
@@ -338,7 +383,10 @@ def plan_stack_file(path: Path) -> int:
     except StackFileError as error:
         print(f"{heading}\n\nThe stack file cannot be read: {text(str(error))}")
         return 2
-    run = run_stack(stack_file.config, stack_file.secret_keys, stack_file.stack, first_preview=True)
+    with stand_in_kubeconfig(stack_file.config.get(f"{PROJECT}:existingCluster")):
+        run = run_stack(
+            stack_file.config, stack_file.secret_keys, stack_file.stack, first_preview=True
+        )
     if run.error is not None:
         print(bounded(f"{heading}\n\nThe program stops:\n\n{code_block(str(run.error))}"))
         return 2

@@ -216,7 +216,9 @@ def fill_quickstart_values(
     project, each runner's repository (by platform) and the runners' tokens (`token(name,
     platform)`). Returns the keys it set."""
     filled = []
-    if "gcp:project" not in config:
+    existing = config.get(f"{PROJECT}:existingCluster")
+    off_gcp = isinstance(existing, dict) and existing.get("gke") is None
+    if "gcp:project" not in config and not off_gcp:
         config["gcp:project"] = project
         filled.append("gcp:project")
     runners = config.get(RUNNERS)

@@ -1,0 +1,164 @@
+"""`existingCluster`: runners on a cluster the stack does not make, reached through a
+kubeconfig context, and how that cluster's nodes are labelled."""
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AfterValidator, Field
+
+from infra.settings.sections import _Section
+from infra.settings.validation import (
+    ClusterName,
+    Location,
+    _invalid,
+    _label_problem,
+    region_of,
+)
+
+EXISTING_CLUSTER_KEY = "existingCluster"
+# Node labels that mark a GPU node: the guide's, set by hand, and the one NVIDIA's GPU
+# Operator sets through GPU Feature Discovery on every node with a GPU (NVIDIA GPU Operator
+# docs, "GPU Feature Discovery": nvidia.com/gpu.present=true).
+GPU_NODE_LABELS = ({"gpu": "true"}, {"nvidia.com/gpu.present": "true"})
+# The sections of the GKE cluster the stack makes, which mean nothing on another cluster.
+GKE_SECTIONS = ("cluster", "systemPool", "gpuPool", "gpuPools", "cpuPool", "ci")
+
+
+def _check_node_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
+    for key, value in (labels or {}).items():
+        problem = _label_problem(key, value)
+        if problem:
+            raise _invalid(problem)
+    return labels
+
+
+def _check_gpu_node_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
+    _check_node_labels(labels)
+    if labels is not None and not any(marks.items() <= labels.items() for marks in GPU_NODE_LABELS):
+        raise _invalid(
+            'selects no GPU node label; allowed: {gpu: "true"} (the guide\'s, set with '
+            '`kubectl label nodes <node> gpu=true`) or {nvidia.com/gpu.present: "true"} (set '
+            "by NVIDIA's GPU Operator), with more labels if you like"
+        )
+    return labels
+
+
+NodeLabels = Annotated[dict[str, str], AfterValidator(_check_node_labels)]
+
+
+class ExistingGkeSettings(_Section):
+    """The existing cluster is GKE with Workload Identity, in `gcp:project`: runner pods may
+    act as Google accounts the stack makes (`existingCluster.gke`)."""
+
+    name: ClusterName
+    """The cluster's name, which names the runner accounts and the DVC bucket."""
+    location: Location
+    """The cluster's zone or region; the DVC bucket goes in its region."""
+
+    @property
+    def region(self) -> str:
+        return region_of(self.location)
+
+
+class ExistingClusterSettings(_Section):
+    """A cluster the stack does not make (`existingCluster`)."""
+
+    context: Annotated[str | None, Field(min_length=1)] = None
+    """The kubeconfig context; unset: the kubeconfig's current context when the stack runs."""
+    gke: ExistingGkeSettings | None = None
+    system_node_labels: NodeLabels = Field(default_factory=dict)
+    """Where the controllers (KEDA, ARC, GitLab's managers) run; empty: any node."""
+    cpu_node_labels: NodeLabels = Field(default_factory=dict)
+    """Where CPU runners' pods run; empty: any node."""
+    gpu_node_labels: Annotated[dict[str, str] | None, AfterValidator(_check_gpu_node_labels)] = None
+    """How the cluster labels its GPU nodes; unset: it has none, and GPU runners are refused."""
+
+
+def kubeconfig_paths() -> list[Path]:
+    """Where kubectl and the Kubernetes provider read the kubeconfig: $KUBECONFIG's files, or
+    ~/.kube/config."""
+    listed = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    return [Path(p) for p in listed] if listed else [Path.home() / ".kube" / "config"]
+
+
+def _read_kubeconfigs(paths: Sequence[Path]) -> tuple[list[str], str | None, list[str]]:
+    """The contexts the kubeconfig files define, the current one (the first file that names
+    one wins, as kubectl merges them), and what could not be read."""
+    contexts: list[str] = []
+    current = None
+    unreadable = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            config: Any = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            unreadable.append(str(path))
+            continue
+        if not isinstance(config, dict):
+            unreadable.append(str(path))
+            continue
+        for entry in config.get("contexts") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                contexts.append(entry["name"])
+        if current is None and isinstance(config.get("current-context"), str):
+            current = config["current-context"] or None
+    return contexts, current, unreadable
+
+
+def kube_context(existing: ExistingClusterSettings) -> str | None:
+    """The context the stack's Kubernetes provider uses: the configured one, or the current."""
+    if existing.context is not None:
+        return existing.context
+    return _read_kubeconfigs(kubeconfig_paths())[1]
+
+
+def kube_context_problems(namespace: str, existing: ExistingClusterSettings) -> list[str]:
+    """The context must be one the kubeconfig has; with none configured, it must have a
+    current one. Names the files read, never their credentials."""
+    paths = kubeconfig_paths()
+    contexts, current, unreadable = _read_kubeconfigs(paths)
+    where = os.pathsep.join(str(p) for p in paths)
+    key = f"{namespace}:{EXISTING_CLUSTER_KEY}.context"
+    if unreadable:
+        return [f"{key}: the kubeconfig {', '.join(unreadable)} is not a kubeconfig YAML file"]
+    if not contexts:
+        return [
+            f"{key}: no kubeconfig with a context at {where} ($KUBECONFIG, or ~/.kube/config); "
+            "allowed: a context of the cluster, once it exists (`kind create cluster` writes "
+            "one; `gcloud container clusters get-credentials` for GKE)"
+        ]
+    if existing.context is None and current is None:
+        return [
+            f"{key} is not set and the kubeconfig ({where}) has no current context; allowed: "
+            f"one of {', '.join(contexts)}"
+        ]
+    if existing.context is not None and existing.context not in contexts:
+        return [
+            f"{key} = {existing.context!r}: the kubeconfig ({where}) has no such context; "
+            f"allowed: {', '.join(contexts)}"
+        ]
+    return []
+
+
+def gke_section_problems(namespace: str, given: dict[str, Any]) -> list[str]:
+    """Settings of the GKE cluster the stack makes, given beside `existingCluster`."""
+    existing = given.get(EXISTING_CLUSTER_KEY)
+    gke = isinstance(existing, dict) and existing.get("gke") is not None
+    problems = []
+    for key in (*GKE_SECTIONS, *(() if gke else ("dvcRemote",))):
+        if given.get(key) is not None:
+            why = (
+                "the DVC bucket is made and reached through Workload Identity on GKE only "
+                "(existingCluster.gke)"
+                if key == "dvcRemote"
+                else f"a setting of the GKE cluster the stack makes, and {EXISTING_CLUSTER_KEY} "
+                "targets one it does not make"
+            )
+            problems.append(
+                f"{namespace}:{key}: {why}; allowed: remove it (`pulumi config rm {key}`)"
+            )
+    return problems

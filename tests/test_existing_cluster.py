@@ -1,0 +1,226 @@
+"""Runners on a cluster the stack does not make (issue 27): Pulumi.local.yaml on a laptop's
+kind cluster, an existing GKE cluster, and the checks before anything is created."""
+
+import os
+import re
+
+import pytest
+import yaml
+
+from infra.tools import estimate, plan
+from policy.rules import POLICIES
+from tests.harness import REPO, Program, reveal, run_program, run_rejected_program
+
+PROVIDER = "pulumi:providers:kubernetes"
+SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
+EXISTING = "gpu-runners:existingCluster"
+RUNNERS = "gpu-runners:runners"
+GKE_CONTEXT = "gke_ml-team-sandbox_europe-west6-b_team-cluster"
+# An existing GKE cluster with Workload Identity, as a stack of its own (not the dev stack's
+# GKE sections): what `existingCluster` allows beside it.
+ON_EXISTING_GKE = {
+    "gpu-runners:cluster": None,
+    "gpu-runners:systemPool": None,
+    "gpu-runners:gpuPool": None,
+    EXISTING: {
+        "context": GKE_CONTEXT,
+        "gke": {"name": "team-cluster", "location": "europe-west6-b"},
+        "gpuNodeLabels": {"cloud.google.com/gke-accelerator": "nvidia-l4", "gpu": "true"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def local() -> Program:
+    return run_program(stack="local")
+
+
+@pytest.fixture(scope="module")
+def on_gke() -> Program:
+    return run_program(ON_EXISTING_GKE)
+
+
+def job_pod(program: Program, runner: str) -> dict:
+    return program.one(SCALED_JOB, runner).inputs["spec"]["jobTargetRef"]["template"]["spec"]
+
+
+def test_the_local_stack_makes_nothing_on_google_cloud_and_reaches_its_context(local):
+    assert not [r for r in local.resources if r.type.startswith("gcp:")]
+    provider = local.one(PROVIDER)
+    assert provider.inputs["context"] == "kind-gpu-runners"
+    # The kubeconfig of whoever runs `pulumi up`: the SDK passes $KUBECONFIG's path on.
+    assert provider.inputs.get("kubeconfig") == os.environ["KUBECONFIG"]
+    assert local.of_type(SCALED_JOB)
+    for resource in local.resources:
+        if resource.type.startswith("kubernetes:"):
+            assert resource.provider.startswith(provider.urn), resource.name
+    assert local.outputs["kubeContext"] == "kind-gpu-runners"
+    assert "clusterName" not in local.outputs and "runnerServiceAccount" not in local.outputs
+
+
+def test_the_local_runner_lands_on_any_node_with_upstream_images(local):
+    pod = job_pod(local, "local-cml")
+    # A laptop's cluster has no runner pool: no selector, no toleration of a taint it lacks.
+    assert pod["nodeSelector"] == {}
+    assert pod["tolerations"] == []
+    assert pod["containers"][0]["image"].startswith("docker.io/iterativeai/cml:")
+    assert "serviceAccountName" in pod and "iam.gke.io/gcp-service-account" not in str(
+        local.one("kubernetes:core/v1:ServiceAccount", "local-cml").inputs
+    )
+    keda = reveal(local.one("kubernetes:helm.sh/v3:Release", "keda").inputs)
+    assert keda["values"]["nodeSelector"] == {}
+
+
+def test_the_local_stack_file_plans_with_every_rule_passing(capsys):
+    status = plan.main([str(REPO / "Pulumi.local.yaml")])
+    text = capsys.readouterr().out
+    assert status == 0, text
+    assert f"All {len(POLICIES)} rules pass" in text
+    assert "The stack makes no cluster, so the rules about the cluster" in text
+    assert "`gcp:" not in text.split("#### Kubernetes manifests")[0].split("### Resources")[1]
+    assert "planned with stand-ins: `gpu-runners:runners[0].repository`" in text
+    assert "gcp:project" not in text.split("### Policy pack")[0]
+
+
+def test_the_local_stack_costs_nothing_on_google_cloud():
+    config = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())["config"]
+    result = estimate.estimate(config)
+    assert result.lines == []
+    assert "makes no cluster and no node" in result.about
+
+
+def test_an_existing_gke_cluster_gets_runner_accounts_and_no_cluster(on_gke):
+    types = {r.type for r in on_gke.resources}
+    assert "gcp:container/cluster:Cluster" not in types
+    assert "gcp:container/nodePool:NodePool" not in types
+    assert "gcp:artifactregistry/repository:Repository" not in types
+    account = on_gke.one("gcp:serviceaccount/account:Account")
+    assert account.inputs["accountId"] == "team-cluster-runner"
+    binding = reveal(
+        on_gke.one(
+            "gcp:serviceaccount/iAMMember:IAMMember", "runner-identity-wi-cml-runner-cml-runner"
+        ).inputs
+    )
+    assert binding["role"] == "roles/iam.workloadIdentityUser"
+    assert binding["member"] == "serviceAccount:ml-team-sandbox.svc.id.goog[cml-runner/cml-runner]"
+    services = {r.inputs["service"] for r in on_gke.of_type("gcp:projects/service:Service")}
+    assert services == {
+        "cloudresourcemanager.googleapis.com",
+        "iam.googleapis.com",
+        "iamcredentials.googleapis.com",
+        "storage.googleapis.com",
+    }
+    assert on_gke.one(PROVIDER).inputs["context"] == GKE_CONTEXT
+    assert on_gke.outputs["runnerServiceAccount"].startswith("team-cluster-runner@")
+
+
+def test_gpu_runners_select_the_gpu_nodes_the_cluster_labels(on_gke):
+    pod = job_pod(on_gke, "cml-runner")
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", "gpu": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+        pod["tolerations"]
+    )
+    # NVIDIA's GPU Operator's label works too, and the policy pack takes it for a GPU node.
+    operator = {**ON_EXISTING_GKE[EXISTING], "gpuNodeLabels": {"nvidia.com/gpu.present": "true"}}
+    unselected = [{"name": "cml-runner", "nodeSelector": None}]
+    program = run_program({**ON_EXISTING_GKE, EXISTING: operator, RUNNERS: unselected})
+    assert job_pod(program, "cml-runner")["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    for policy in POLICIES:
+        assert plan.policy_violations(program.resources, policy) == [], policy.name
+
+
+def test_the_current_context_is_used_when_none_is_named():
+    program = run_program(
+        {**ON_EXISTING_GKE, EXISTING: {**ON_EXISTING_GKE[EXISTING], "context": None}}
+    )
+    assert program.one(PROVIDER).inputs["context"] == "kind-gpu-runners"
+
+
+def rejected(config: dict, stack: str = "dev") -> str:
+    error, registered = run_rejected_program(config, stack=stack)
+    assert registered == []
+    return str(error)
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            {EXISTING: {"context": "kind-other"}},
+            "gpu-runners:existingCluster.context = 'kind-other': the kubeconfig (",
+        ),
+        (
+            {EXISTING: {"context": "kind-gpu-runners"}, "gpu-runners:gpuPools": [{"name": "l4"}]},
+            "gpu-runners:gpuPools: a setting of the GKE cluster the stack makes, and "
+            "existingCluster targets one it does not make; allowed: remove it",
+        ),
+        (
+            {EXISTING: {"context": "kind-gpu-runners"}, "gpu-runners:dvcRemote": {"bucket": "b"}},
+            "gpu-runners:dvcRemote: the DVC bucket is made and reached through Workload "
+            "Identity on GKE only",
+        ),
+        (
+            {RUNNERS: [{"name": "local-cml", "gpus": 1}]},
+            "gpu-runners:runners[0].gpus = 1: existingCluster names no GPU nodes",
+        ),
+        (
+            {RUNNERS: [{"name": "local-cml", "gpus": 0, "gpuPool": "gpu"}]},
+            "gpu-runners:runners[0].gpuPool = 'gpu': GPU classes are the node pools the stack "
+            "makes",
+        ),
+        (
+            {EXISTING: {"context": "kind-gpu-runners", "gpuNodeLabels": {"team": "vision"}}},
+            'gpu-runners:existingCluster.gpuNodeLabels = {"team": "vision"}: selects no GPU '
+            "node label",
+        ),
+    ],
+    ids=[
+        "a context the kubeconfig lacks",
+        "GPU classes on a cluster the stack does not make",
+        "a DVC bucket off GKE",
+        "a GPU runner with no GPU nodes",
+        "a GPU class on a cluster the stack does not make",
+        "GPU node labels that mark no GPU",
+    ],
+)
+def test_bad_input_on_an_existing_cluster_is_refused_naming_the_key(config, expected):
+    assert expected in rejected(config, stack="local")
+
+
+def test_a_missing_context_names_the_contexts_that_exist():
+    message = rejected({EXISTING: {"context": "kind-other"}}, stack="local")
+    assert f"allowed: kind-gpu-runners, {GKE_CONTEXT}" in message
+
+
+def test_no_kubeconfig_at_all_is_refused_saying_how_to_get_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    message = rejected({}, stack="local")
+    assert "gpu-runners:existingCluster.context: no kubeconfig with a context at" in message
+    assert "kind create cluster" in message
+
+
+def test_a_kubeconfig_without_a_current_context_asks_for_one(monkeypatch, tmp_path):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text("contexts:\n  - name: a\n  - name: b\n")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    message = rejected({EXISTING: {"context": None}}, stack="local")
+    assert "existingCluster.context is not set and the kubeconfig" in message
+    assert "allowed: one of a, b" in message
+
+
+def test_the_laptop_page_walks_the_local_stack_as_it_is():
+    page = (REPO / "docs" / "local.md").read_text()
+    config = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())["config"]
+    (runner,) = config[RUNNERS]
+    # kind names a cluster's context kind-<name>.
+    assert "kind create cluster --name gpu-runners" in page
+    assert config[EXISTING]["context"] == "kind-gpu-runners"
+    assert f"'runnerTokens.{runner['name']}'" in page
+    assert f"kubectl get pods -n {runner['name']} --watch" in page
+    (workflow,) = [
+        yaml.safe_load(block)
+        for block in re.findall(r"```yaml\n(.*?)```", page, re.S)
+        if "runs-on" in block
+    ]
+    (job,) = workflow["jobs"].values()
+    assert set(job["runs-on"]) == {"self-hosted", *runner["labels"]}
