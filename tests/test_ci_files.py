@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rules import POLICIES
 
 from infra.engines import gitlab_runner
-from policy.rules import POLICIES
 from tests.harness import REPO, manual, run_program
 
 GITHUB_WORKFLOW = REPO / ".github/workflows/infrastructure.yml"

@@ -6,9 +6,9 @@ import re
 
 import pytest
 import yaml
+from rules import POLICIES
 
 from infra.tools import estimate, plan
-from policy.rules import POLICIES
 from tests.harness import REPO, Program, reveal, run_program, run_rejected_program
 
 PROVIDER = "pulumi:providers:kubernetes"

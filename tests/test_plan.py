@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rules import POLICIES
 
 from infra.tools import plan
 from infra.tools.stack_file import read_config
-from policy.rules import POLICIES
 from tests.harness import REPO, reveal, run_program
 from tests.stacks import TWO_CLASSES
 

@@ -10,10 +10,10 @@ import tomli_w
 import yaml
 from pulumi.runtime import rpc
 from pulumi_policy import EnforcementLevel
+from rules import HELM_RELEASE as RELEASE
+from rules import POLICIES
 
 from infra.tools import plan
-from policy.rules import HELM_RELEASE as RELEASE
-from policy.rules import POLICIES
 from tests.harness import REPO, TOKENS, Resource, fake_token, run_program
 from tests.stacks import BOTH_ENGINES, GITLAB, SHAPES, SHARED_GPUS
 
@@ -632,8 +632,9 @@ def test_a_compute_class_naming_a_pool_the_stack_does_not_bind_is_refused(dev):
 
 
 def test_the_token_digest_the_policy_pack_leaves_unread_is_the_managers_annotation():
+    from rules import TOKEN_DIGEST_ANNOTATION
+
     from infra.engines.gitlab_runner import TOKEN_VERSION_ANNOTATION
-    from policy.rules import TOKEN_DIGEST_ANNOTATION
 
     assert TOKEN_DIGEST_ANNOTATION == TOKEN_VERSION_ANNOTATION
     # Anywhere else, a token in clear is still found.

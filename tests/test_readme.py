@@ -7,6 +7,7 @@ import pulumi
 from markdown_it import MarkdownIt
 from pulumi_policy import EnforcementLevel
 from pydantic.fields import FieldInfo
+from rules import POLICIES
 
 from infra import machines
 from infra.engines import arc, gitlab_runner, keda
@@ -21,7 +22,6 @@ from infra.settings import (
 )
 from infra.settings.gpu_classes import GpuClassSettings
 from infra.tools import plan
-from policy.rules import POLICIES
 from tests.harness import REPO, manual, run_components, run_program
 from tests.stacks import WITH_CI
 from tests.test_arc_runner import ARC, release

@@ -53,12 +53,17 @@ from infra.tools.mock_engine import (
 from infra.tools.stack_file import (
     PLACEHOLDER,
     PROJECT,
+    REPO,
     TOKENS,
     StackFileError,
     fill_quickstart_values,
     read_config,
 )
-from policy.rules import CLUSTER, HELM_RELEASE, MADE_CLUSTER_RULES, POLICIES
+
+# The policy pack's modules import one another as its runtime loads them, as top-level modules
+# of its folder (policy/rules.py), so the folder goes on the path.
+sys.path.insert(0, str(REPO / "policy"))
+from rules import CLUSTER, HELM_RELEASE, MADE_CLUSTER_RULES, POLICIES
 
 STAND_IN_PROJECT = "your-project-id"
 STAND_IN_REPOSITORIES = {
