@@ -113,6 +113,7 @@ def made_cluster() -> tuple[RunnerTarget, RunnerIdentity, GpuCluster, CiDeployer
         # Runner pods pull their images through the mirror (its repositories and the nodes'
         # grants), and select a ComputeClass, which exists first.
         ready=[mirror, *cluster.compute_classes.values()],
+        api_server_ports=(443,),
     )
     return target, identity, cluster, deployer
 
@@ -120,7 +121,18 @@ def made_cluster() -> tuple[RunnerTarget, RunnerIdentity, GpuCluster, CiDeployer
 def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None]:
     """A cluster the stack does not make: reached through a kubeconfig context; on GKE, the
     runners' Google accounts and DVC bucket."""
-    provider = k8s.Provider("existing-cluster", context=stack_settings.kube_context(existing))
+    context = stack_settings.kube_context(existing)
+    provider = k8s.Provider(
+        "existing-cluster",
+        context=context,
+        # "" keeps the SDK from storing $KUBECONFIG's path in the state: the provider then loads
+        # the kubeconfig as kubectl does (every file of $KUBECONFIG), on whichever machine runs
+        # it. With no kubeconfig given, pulumi-kubernetes cannot tell clusters apart
+        # (pulumi-kubernetes#2771), so the context is the cluster's identity: another context
+        # replaces every object of the stack.
+        kubeconfig="",
+        cluster_identifier=context,
+    )
     identity = None
     if existing.gke is not None:
         apis = ProjectApis("apis", settings.project, IDENTITY_APIS)
@@ -144,6 +156,9 @@ def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None]:
         registries=Registries(),
         services_range=None,
         ready=[],
+        # A NetworkPolicy sees the API server's own port, behind the Service's 443: 6443 on
+        # kind, k3d and kubeadm clusters, 8443 on minikube.
+        api_server_ports=(443, 6443, 8443),
     )
     return target, identity
 
@@ -257,6 +272,7 @@ runners |= {
             max_runners=runner.max_runner_count,
             image_tag=runner.image_tag,
             manager_node_selector=target.system_nodes,
+            api_server_ports=target.api_server_ports,
             gitlab_url=runner.gitlab_url,
         ),
         opts=runner_options,

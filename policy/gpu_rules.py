@@ -140,7 +140,7 @@ def runner_pods_land_on_runner_pools(
     or the CPU runner pool), never the system pool where the controllers hold forge
     credentials. (On a cluster it does not make, the stack knows no pools.)"""
     if not any(r.resource_type == CLUSTER for r in args.resources):
-        return
+        args.not_applicable("the stack makes no cluster, so it has no runner pools")
     for resource in args.resources:
         for pod in job_pod_specs(resource):
             selector = plain(pod.get("nodeSelector")) or {}
@@ -208,7 +208,7 @@ def gpu_runner_pods_select_a_gpu_class(
     takes one GPU per container."""
     classes = _gpu_classes(args, report_violation)
     if not classes:
-        return  # runners on a cluster the stack does not make: its nodes are not its business
+        args.not_applicable("the stack has no GPU classes: it makes no cluster")
     for resource in args.resources:
         for pod in job_pod_specs(resource):
             if not _requests_gpus(pod):

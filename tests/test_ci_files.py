@@ -168,7 +168,7 @@ def test_the_github_plan_step_plans_every_stack_file_into_the_job_summary(workfl
     assert "### Offline plan: Pulumi.dev.yaml (stack dev)" in text
     assert "### Offline plan: Pulumi.prod.yaml (stack prod)" in text
     dev, prod = len(run_program().resources), len(run_program(stack="prod").resources)
-    assert f"All {len(POLICIES)} rules pass on the {dev} resources." in text
+    assert f"All {len(POLICIES)} rules that apply pass on the {dev} resources." in text
     rules = len(POLICIES)
     assert (
         f"0 mandatory and 1 advisory violations of the {rules} rules, on the {prod} resources:"

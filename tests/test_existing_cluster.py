@@ -6,10 +6,18 @@ import re
 
 import pytest
 import yaml
-from rules import POLICIES
+from rules import MADE_CLUSTER_RULES, POLICIES
 
+from infra import settings
 from infra.tools import estimate, plan
-from tests.harness import REPO, Program, reveal, run_program, run_rejected_program
+from tests.harness import (
+    REPO,
+    TEST_PROJECT_ID,
+    Program,
+    reveal,
+    run_program,
+    run_rejected_program,
+)
 
 PROVIDER = "pulumi:providers:kubernetes"
 SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
@@ -48,8 +56,10 @@ def test_the_local_stack_makes_nothing_on_google_cloud_and_reaches_its_context(l
     assert not [r for r in local.resources if r.type.startswith("gcp:")]
     provider = local.one(PROVIDER)
     assert provider.inputs["context"] == "kind-gpu-runners"
-    # The kubeconfig of whoever runs `pulumi up`: the SDK passes $KUBECONFIG's path on.
-    assert provider.inputs.get("kubeconfig") == os.environ["KUBECONFIG"]
+    # The kubeconfig of whoever runs `pulumi up`, loaded as kubectl does, and not its path in
+    # the state (the SDK would store $KUBECONFIG's); the context names the cluster.
+    assert provider.inputs["kubeconfig"] == ""
+    assert provider.inputs["clusterIdentifier"] == "kind-gpu-runners"
     assert local.of_type(SCALED_JOB)
     for resource in local.resources:
         if resource.type.startswith("kubernetes:"):
@@ -75,8 +85,11 @@ def test_the_local_stack_file_plans_with_every_rule_passing(capsys):
     status = plan.main([str(REPO / "Pulumi.local.yaml")])
     text = capsys.readouterr().out
     assert status == 0, text
-    assert f"All {len(POLICIES)} rules pass" in text
-    assert "The stack makes no cluster, so the rules about the cluster" in text
+    applying = len(POLICIES) - len(MADE_CLUSTER_RULES)
+    assert f"All {applying} rules that apply pass" in text
+    assert (
+        f"so {len(MADE_CLUSTER_RULES)} rules, about the cluster and its node pools, do not" in text
+    )
     assert "`gcp:" not in text.split("#### Kubernetes manifests")[0].split("### Resources")[1]
     assert "planned with stand-ins: `gpu-runners:runners[0].repository`" in text
     assert "gcp:project" not in text.split("### Policy pack")[0]
@@ -204,8 +217,49 @@ def test_a_kubeconfig_without_a_current_context_asks_for_one(monkeypatch, tmp_pa
     kubeconfig.write_text("contexts:\n  - name: a\n  - name: b\n")
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     message = rejected({EXISTING: {"context": None}}, stack="local")
-    assert "existingCluster.context is not set and the kubeconfig" in message
-    assert "allowed: one of a, b" in message
+    assert "existingCluster.context is not set, so the kubeconfig's current context" in message
+    assert ") names none; allowed: one of a, b" in message
+
+
+def test_a_current_context_no_file_defines_is_refused(monkeypatch, tmp_path):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text("contexts:\n  - name: a\ncurrent-context: gone\n")
+    empty = tmp_path / "empty"
+    empty.write_text("")  # an empty file is an empty kubeconfig, as kubectl reads it
+    monkeypatch.setenv("KUBECONFIG", f"{empty}{os.pathsep}{kubeconfig}")
+    message = rejected({EXISTING: {"context": None}}, stack="local")
+    assert "names the context 'gone', which it lacks; allowed: one of a" in message
+
+
+def test_gke_labels_its_gpu_nodes_itself():
+    labels = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    program = run_program(
+        {**ON_EXISTING_GKE, EXISTING: {**ON_EXISTING_GKE[EXISTING], "gpuNodeLabels": labels}}
+    )
+    assert (
+        job_pod(program, "cml-runner")["nodeSelector"]["cloud.google.com/gke-accelerator"]
+        == "nvidia-l4"
+    )
+
+
+def test_an_existing_gke_stack_may_not_take_another_stacks_runner_accounts(tmp_path, monkeypatch):
+    # Pulumi.dev.yaml's cluster is mlops-kubernetes: a stack on an existing GKE cluster of that
+    # name in the same project would take the same runner account and Workload Identity member.
+    same = {
+        **ON_EXISTING_GKE[EXISTING],
+        "gke": {"name": "mlops-kubernetes", "location": "europe-west6-b"},
+    }
+    dev = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())
+    dev["config"]["gcp:project"] = TEST_PROJECT_ID
+    (tmp_path / "Pulumi.dev.yaml").write_text(yaml.safe_dump(dev))
+    monkeypatch.setattr(settings, "STACK_FILE_DIR", tmp_path)
+    runners = [{"name": "cml-runner", "gpus": 0, "labels": ["cml-cpu"]}]
+    message = rejected({EXISTING: same, RUNNERS: runners}, stack="local")
+    assert (
+        "gpu-runners:existingCluster.gke.name = 'mlops-kubernetes': Pulumi.dev.yaml deploys"
+        in message
+    )
+    assert "service account mlops-kubernetes-runner" in message
 
 
 def test_the_laptop_page_walks_the_local_stack_as_it_is():
@@ -224,3 +278,17 @@ def test_the_laptop_page_walks_the_local_stack_as_it_is():
     ]
     (job,) = workflow["jobs"].values()
     assert set(job["runs-on"]) == {"self-hosted", *runner["labels"]}
+
+
+def test_gitlabs_manager_reaches_an_api_server_behind_its_own_port():
+    # A NetworkPolicy sees the API server's port after the Service's: 6443 on kind, k3d and
+    # kubeadm, 8443 on minikube. GKE answers on 443 only.
+    gitlab = [{"name": "gl-cpu", "platform": "gitlab", "labels": ["gl-cpu"], "gpus": 0}]
+    policy = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+
+    def ports(program: Program) -> list[int]:
+        egress = program.one(policy, "gl-cpu-manager-egress").inputs["spec"]["egress"]
+        return [port["port"] for rule in egress for port in rule["ports"]]
+
+    assert ports(run_program({RUNNERS: gitlab}, stack="local")) == [443, 6443, 8443]
+    assert ports(run_program({RUNNERS: gitlab})) == [443]

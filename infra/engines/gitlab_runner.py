@@ -2,7 +2,7 @@
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -97,6 +97,9 @@ class GitlabRunnerArgs(RunnerBaseArgs):
     image_tag: str | None = None
     """Tag of iterativeai/cml for the jobs' default image (-gpu appended for GPU runners)."""
     manager_node_selector: Mapping[str, str] | None = None
+    api_server_ports: Sequence[int] = (443,)
+    """The ports the Kubernetes API server answers on, as a NetworkPolicy sees them (after the
+    Service's translation): 443 on GKE."""
     """Node labels for the manager pod; it needs no GPU."""
     gitlab_url: str | None = None
     """The GitLab instance, when it is not the repository's origin (a relative URL root, like
@@ -140,7 +143,7 @@ class GitlabRunner(pulumi.ComponentResource):
             {"runner-token": token, "runner-registration-token": ""},
             COMPONENT_TYPE,
             child_options(self, opts),
-            exceptions={f"{name}-manager-egress": _manager_egress(name)},
+            exceptions={f"{name}-manager-egress": _manager_egress(name, args.api_server_ports)},
         )
         values = {
             # The manager's Deployment (and the chart's other objects) named after the runner,
@@ -272,11 +275,11 @@ def runner_config(
     return tomli_w.dumps({"runners": [runner]})
 
 
-def _manager_egress(name: str) -> dict:
+def _manager_egress(name: str, api_server_ports: Sequence[int]) -> dict:
     """What the manager reaches besides what every pod of the namespace may: HTTPS anywhere,
-    for the Kubernetes API server (an address of the cluster's network) and a GitLab instance
-    that may be private. It reaches job pods only through the API server (executors/kubernetes,
-    exec.go: attach and exec; service_proxy.go: services/proxy)."""
+    for a GitLab instance that may be private, and the Kubernetes API server (an address of
+    the cluster's network) on its ports. It reaches job pods only through the API server
+    (executors/kubernetes, exec.go: attach and exec; service_proxy.go: services/proxy)."""
     return {
         # The chart's manager pod (templates/deployment.yaml, app: <fullname>); a job pod,
         # which the executor labels job.runner.gitlab.com/pod, never, even if it copied that
@@ -286,7 +289,13 @@ def _manager_egress(name: str) -> dict:
             "matchExpressions": [{"key": "job.runner.gitlab.com/pod", "operator": "DoesNotExist"}],
         },
         "policyTypes": ["Egress"],
-        "egress": [{"ports": [{"protocol": "TCP", "port": 443}]}],
+        "egress": [
+            {
+                "ports": [
+                    {"protocol": "TCP", "port": port} for port in sorted({443, *api_server_ports})
+                ]
+            }
+        ],
     }
 
 

@@ -139,6 +139,8 @@ class RunnerTarget:
     """The cluster's Service range, when known (RunnerBaseArgs.services_range)."""
     ready: Sequence[pulumi.Resource]
     """What must exist before a runner pod starts."""
+    api_server_ports: Sequence[int]
+    """Where the API server answers, for GitLab's manager (GitlabRunnerArgs.api_server_ports)."""
 
 
 def app_labels(engine: str, name: str) -> dict[str, str]:

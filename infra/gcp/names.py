@@ -52,6 +52,31 @@ class ProjectId:
     """What takes the ID, for a message: `service account mlops-kubernetes-nodes`."""
 
 
+def runner_identity_ids(
+    name_key: str, cluster_name: str, runner_names: Sequence[str], any_trusted_runner: bool
+) -> dict[str, ProjectId]:
+    """The runner accounts a stack takes (named after the cluster, whose name `name_key` sets),
+    and the Workload Identity members it lets act as them."""
+    ids = {}
+    accounts = [runner_account_id(cluster_name)]
+    if any_trusted_runner:
+        accounts.append(trusted_runner_account_id(cluster_name))
+    for account in accounts:
+        ids[f"serviceAccounts/{account}"] = ProjectId(
+            name_key, cluster_name, f"service account {account}"
+        )
+    # A runner's namespace and Kubernetes service account are both named after it, and GKE
+    # gives every cluster of a project one Workload Identity pool, <project>.svc.id.goog, in
+    # which namespace/account is the identity: the same pair in another stack's cluster could
+    # act as this stack's runner account (GKE docs, Workload Identity Federation for GKE,
+    # "identity sameness").
+    for index, runner in enumerate(runner_names):
+        ids[f"workloadIdentity/{runner}/{runner}"] = ProjectId(
+            f"runners[{index}].name", runner, f"Workload Identity member [{runner}/{runner}]"
+        )
+    return ids
+
+
 def project_unique_ids(
     cluster_name: str,
     cluster_location: str,
@@ -68,24 +93,13 @@ def project_unique_ids(
             *cluster, f"cluster {cluster_name}"
         )
     }
-    accounts = [node_account_id(cluster_name), runner_account_id(cluster_name)]
-    if any_trusted_runner:
-        accounts.append(trusted_runner_account_id(cluster_name))
-    for account in accounts:
-        ids[f"serviceAccounts/{account}"] = ProjectId(*cluster, f"service account {account}")
+    node_account = node_account_id(cluster_name)
+    ids[f"serviceAccounts/{node_account}"] = ProjectId(*cluster, f"service account {node_account}")
+    ids |= runner_identity_ids("cluster.name", cluster_name, runner_names, any_trusted_runner)
     for upstream in upstreams:
         repository = repository_id(cluster_name, upstream)
         ids[f"repositories/{region}/{repository}"] = ProjectId(
             *cluster, f"Artifact Registry repository {repository}"
-        )
-    # A runner's namespace and Kubernetes service account are both named after it, and GKE
-    # gives every cluster of a project one Workload Identity pool, <project>.svc.id.goog, in
-    # which namespace/account is the identity: the same pair in another stack's cluster could
-    # act as this stack's runner account (GKE docs, Workload Identity Federation for GKE,
-    # "identity sameness").
-    for index, runner in enumerate(runner_names):
-        ids[f"workloadIdentity/{runner}/{runner}"] = ProjectId(
-            f"runners[{index}].name", runner, f"Workload Identity member [{runner}/{runner}]"
         )
     if ci_pool_id:
         deployer = deployer_account_id(ci_pool_id)

@@ -85,9 +85,9 @@ def _shared_project_problems(
     """An ID this stack would take that another stack file of the same project takes too: one
     of the two stacks would fail half-way with "already exists", or manage, or act as, what
     belongs to the other."""
-    if not (project and parsed["cluster"] and parsed["ci"]):
+    ours = _project_unique_ids(parsed, runners) if project else {}
+    if not ours:
         return []
-    ours = _project_unique_ids(parsed, runners)
     this_file = f"Pulumi.{pulumi.get_stack()}.yaml"
     problems = []
     for path in sorted(stack_file_dir.glob("Pulumi.*.yaml")):
@@ -101,8 +101,6 @@ def _shared_project_problems(
             continue
         given = {k.removeprefix(f"{namespace}:"): v for k, v in other.items()}
         theirs, their_runners = parse_sections(namespace, given, [])
-        if not (theirs["cluster"] and theirs["ci"]):
-            continue
         shared = ours.keys() & _project_unique_ids(theirs, their_runners).keys()
         for key, value in sorted({(ours[i].key, ours[i].value) for i in shared}):
             what = ", ".join(ours[i].what for i in sorted(shared) if ours[i].key == key)

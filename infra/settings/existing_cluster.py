@@ -23,6 +23,8 @@ EXISTING_CLUSTER_KEY = "existingCluster"
 # Operator sets through GPU Feature Discovery on every node with a GPU (NVIDIA GPU Operator
 # docs, "GPU Feature Discovery": nvidia.com/gpu.present=true).
 GPU_NODE_LABELS = ({"gpu": "true"}, {"nvidia.com/gpu.present": "true"})
+# GKE labels every GPU node with its accelerator type ("Run GPUs in Standard node pools").
+GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 # The sections of the GKE cluster the stack makes, which mean nothing on another cluster.
 GKE_SECTIONS = ("cluster", "systemPool", "gpuPool", "gpuPools", "cpuPool", "ci")
 
@@ -37,11 +39,16 @@ def _check_node_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
 
 def _check_gpu_node_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
     _check_node_labels(labels)
-    if labels is not None and not any(marks.items() <= labels.items() for marks in GPU_NODE_LABELS):
+    marked = labels is not None and (
+        GKE_ACCELERATOR_LABEL in labels
+        or any(marks.items() <= labels.items() for marks in GPU_NODE_LABELS)
+    )
+    if labels is not None and not marked:
         raise _invalid(
             'selects no GPU node label; allowed: {gpu: "true"} (the guide\'s, set with '
-            '`kubectl label nodes <node> gpu=true`) or {nvidia.com/gpu.present: "true"} (set '
-            "by NVIDIA's GPU Operator), with more labels if you like"
+            '`kubectl label nodes <node> gpu=true`), {nvidia.com/gpu.present: "true"} (set '
+            "by NVIDIA's GPU Operator) or {cloud.google.com/gke-accelerator: <type>} (set by "
+            "GKE), with more labels if you like"
         )
     return labels
 
@@ -94,12 +101,16 @@ def _read_kubeconfigs(paths: Sequence[Path]) -> tuple[list[str], str | None, lis
         if not path.is_file():
             continue
         try:
-            config: Any = yaml.safe_load(path.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            unreadable.append(str(path))
+            text = path.read_text()
+        except OSError as error:
+            unreadable.append(f"{path} cannot be read ({error.strerror})")
             continue
+        try:
+            config: Any = yaml.safe_load(text) or {}  # an empty file is an empty kubeconfig
+        except (UnicodeDecodeError, yaml.YAMLError):
+            config = None
         if not isinstance(config, dict):
-            unreadable.append(str(path))
+            unreadable.append(f"{path} is not a kubeconfig YAML file")
             continue
         for entry in config.get("contexts") or []:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str):
@@ -124,17 +135,18 @@ def kube_context_problems(namespace: str, existing: ExistingClusterSettings) -> 
     where = os.pathsep.join(str(p) for p in paths)
     key = f"{namespace}:{EXISTING_CLUSTER_KEY}.context"
     if unreadable:
-        return [f"{key}: the kubeconfig {', '.join(unreadable)} is not a kubeconfig YAML file"]
+        return [f"{key}: the kubeconfig {'; '.join(unreadable)}"]
     if not contexts:
         return [
             f"{key}: no kubeconfig with a context at {where} ($KUBECONFIG, or ~/.kube/config); "
             "allowed: a context of the cluster, once it exists (`kind create cluster` writes "
             "one; `gcloud container clusters get-credentials` for GKE)"
         ]
-    if existing.context is None and current is None:
+    if existing.context is None and current not in contexts:
+        why = f"names the context {current!r}, which it lacks" if current else "names none"
         return [
-            f"{key} is not set and the kubeconfig ({where}) has no current context; allowed: "
-            f"one of {', '.join(contexts)}"
+            f"{key} is not set, so the kubeconfig's current context is used, and the kubeconfig "
+            f"({where}) {why}; allowed: one of {', '.join(contexts)}"
         ]
     if existing.context is not None and existing.context not in contexts:
         return [

@@ -40,6 +40,9 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 from pulumi_policy.deserialize import deserialize_properties
+
+# What a rule's `args.not_applicable()` raises; pulumi-policy reports it as not applicable.
+from pulumi_policy.policy import _NotApplicableError as NotApplicableError
 from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
 
 from infra.tools.markdown import bounded, code_block, text
@@ -186,6 +189,8 @@ def violations(resource: Resource, policy: ResourceValidationPolicy) -> list[str
     found: list[str] = []
     try:
         policy.validate(args, lambda message, urn=None: found.append(message))
+    except NotApplicableError:
+        return []
     except UnknownValueError as error:
         found.append(_unknown(policy, error))
     return found
@@ -216,6 +221,8 @@ def stack_violations(
     found: list[tuple[Resource, str]] = []
     try:
         policy.validate(args, lambda message, urn=None: found.append((by_urn[urn], message)))
+    except NotApplicableError:
+        return []  # the rule says it has nothing to check (the plan names such rules)
     except UnknownValueError as error:
         # A stack rule reads every resource: the verdict is shown on the first.
         found.append((resources[0], _unknown(policy, error)))
@@ -292,14 +299,17 @@ def is_kubernetes_object(resource: Resource) -> bool:
 
 def _policy_section(found: list[Verdict], resources: list[Resource]) -> list[str]:
     lines = ["### Policy pack", ""]
+    applicable = len(POLICIES)
     if not any(r.type == CLUSTER for r in resources):
+        applicable -= len(MADE_CLUSTER_RULES)
         lines += [
-            "The stack makes no cluster, so the rules about the cluster and its node pools have "
-            f"nothing to check here: {', '.join(f'`{rule}`' for rule in MADE_CLUSTER_RULES)}.",
+            f"The stack makes no cluster, so {len(MADE_CLUSTER_RULES)} rules, about the cluster "
+            "and its node pools, do not apply: "
+            f"{', '.join(f'`{rule}`' for rule in MADE_CLUSTER_RULES)}.",
             "",
         ]
     if not found:
-        lines.append(f"All {len(POLICIES)} rules pass on the {len(resources)} resources.")
+        lines.append(f"All {applicable} rules that apply pass on the {len(resources)} resources.")
         return lines
     mandatory = sum(v.level == EnforcementLevel.MANDATORY for v in found)
     advisory = sum(v.level == EnforcementLevel.ADVISORY for v in found)
