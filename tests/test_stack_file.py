@@ -35,7 +35,10 @@ def hostile_files(directory: Path) -> dict[str, tuple[Path, str]]:
     (directory / "Pulumi.dir.yaml").mkdir()
     return {
         "an alias bomb": (write("Pulumi.bomb.yaml", ALIAS_BOMB.encode()), "excessive aliasing"),
-        "deep nesting": (write("Pulumi.deep.yaml", b"config: " + b"[" * 5000), "nested too deeply"),
+        "deep nesting": (
+            write("Pulumi.deep.yaml", b"config: " + b"[" * 5000 + b"]" * 5000),
+            "nested too deeply",
+        ),
         "a byte that is not UTF-8": (
             write("Pulumi.latin.yaml", b"config:\n  k: \xe9t\xe9\n"),
             "not UTF-8",
