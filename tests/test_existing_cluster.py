@@ -92,6 +92,8 @@ def test_the_local_stack_file_plans_with_every_rule_passing(capsys):
     )
     assert "`gcp:" not in text.split("#### Kubernetes manifests")[0].split("### Resources")[1]
     assert "planned with stand-ins: `gpu-runners:runners[0].repository`" in text
+    assert "`gpu-runners:runnerTokens`, a kubeconfig with the stack's context." in text
+    assert "#### Google Cloud and GitLab resources\n\nNone.\n" in text
     assert "gcp:project" not in text.split("### Policy pack")[0]
 
 

@@ -98,7 +98,7 @@ class Verdict:
 
 
 STAND_IN_CONTEXT = "your-current-context"
-KUBECONFIG_STAND_IN = "the kubeconfig"
+KUBECONFIG_STAND_IN = "a kubeconfig with the stack's context"
 
 
 @contextmanager
@@ -333,6 +333,8 @@ def _resource_sections(resources: list[Resource]) -> list[str]:
     lines = [f"### Resources ({len(resources)})", "", "| Type | Name |", "|---|---|"]
     lines += [f"| `{r.type}` | `{r.name}` |" for r in resources]
     lines += ["", "#### Google Cloud and GitLab resources", ""]
+    if not any(r.type.startswith(("gcp:", "gitlab:")) for r in resources):
+        lines.append("None.")
     for resource in resources:
         if resource.type.startswith(("gcp:", "gitlab:")):
             lines += [
@@ -376,7 +378,9 @@ def markdown(
         lines += [
             "",
             "Not in the stack file or not readable here, so planned with stand-ins: "
-            + ", ".join(f"`{key}`" for key in stack_file.stand_ins)
+            + ", ".join(
+                key if key == KUBECONFIG_STAND_IN else f"`{key}`" for key in stack_file.stand_ins
+            )
             + ".",
         ]
     if any(r.type == USER_RUNNER for r in resources):
