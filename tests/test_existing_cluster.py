@@ -294,3 +294,11 @@ def test_gitlabs_manager_reaches_an_api_server_behind_its_own_port():
 
     assert ports(run_program({RUNNERS: gitlab}, stack="local")) == [443, 6443, 8443]
     assert ports(run_program({RUNNERS: gitlab})) == [443]
+
+
+def test_the_default_providers_kubeconfig_settings_are_refused_not_ignored():
+    # Pulumi's docs choose a cluster with kubernetes:context; the stack's explicit provider
+    # would ignore it and reach another cluster.
+    message = rejected({"kubernetes:context": "kind-gpu-runners"}, stack="local")
+    assert "kubernetes:context: read by Pulumi's default Kubernetes provider only" in message
+    assert "gpu-runners:existingCluster.context" in message

@@ -75,6 +75,19 @@ __all__ = [
 STACK_FILE_DIR = stack_files.REPO
 
 
+def _ambient_kubernetes_problems(namespace: str, keys: list[str]) -> list[str]:
+    """The Kubernetes provider's own config keys, which Pulumi's docs suggest for choosing a
+    cluster: every Kubernetes object here goes through the stack's explicit provider, which
+    reads none of them, so they would silently change nothing."""
+    return [
+        f"{key}: read by Pulumi's default Kubernetes provider only, which the stack does not "
+        f"use; allowed: remove it (`pulumi config rm {key}`), and name the cluster with "
+        f"{namespace}:{EXISTING_CLUSTER_KEY}.context"
+        for key in keys
+        if key in ("kubernetes:context", "kubernetes:kubeconfig", "kubernetes:cluster")
+    ]
+
+
 def _shared_project_problems(
     namespace: str,
     project: str | None,
@@ -128,6 +141,7 @@ def load() -> StackSettings:
     project = pulumi.Config("gcp").get("project")
     keys = [k for k in _config_keys() if k.startswith(f"{namespace}:")]
     problems = _unknown_key_problems(namespace, keys)
+    problems += _ambient_kubernetes_problems(namespace, _config_keys())
     values = {k: _read(config, k.removeprefix(f"{namespace}:")) for k in keys}
     given = {k.removeprefix(f"{namespace}:"): value for k, value in values.items()}
     existing_config = given.get(EXISTING_CLUSTER_KEY)
