@@ -160,7 +160,16 @@ keys = st.one_of(
             "gcp:project",
             *(
                 f"gpu-runners:{key}"
-                for key in ("cluster", "systemPool", "gpuPool", "dvcRemote", "ci", "runners")
+                for key in (
+                    "cluster",
+                    "systemPool",
+                    "gpuPool",
+                    "gpuPools",
+                    "existingCluster",
+                    "dvcRemote",
+                    "ci",
+                    "runners",
+                )
             ),
             "gpu-runners:runnerTokens",
         ]
