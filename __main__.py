@@ -121,17 +121,16 @@ def made_cluster() -> tuple[RunnerTarget, RunnerIdentity, GpuCluster, CiDeployer
 def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None]:
     """A cluster the stack does not make: reached through a kubeconfig context; on GKE, the
     runners' Google accounts and DVC bucket."""
-    context = stack_settings.kube_context(existing)
     provider = k8s.Provider(
         "existing-cluster",
-        context=context,
+        context=settings.kube_context,
         # "" keeps the SDK from storing $KUBECONFIG's path in the state: the provider then loads
         # the kubeconfig as kubectl does (every file of $KUBECONFIG), on whichever machine runs
         # it. With no kubeconfig given, pulumi-kubernetes cannot tell clusters apart
         # (pulumi-kubernetes#2771), so the context is the cluster's identity: another context
         # replaces every object of the stack.
         kubeconfig="",
-        cluster_identifier=context,
+        cluster_identifier=settings.kube_context,
     )
     identity = None
     if existing.gke is not None:
@@ -287,7 +286,7 @@ if cluster:
     pulumi.export("nodeServiceAccount", cluster.node_service_account)
     pulumi.export("kubeconfig", cluster.kubeconfig)
 else:
-    pulumi.export("kubeContext", stack_settings.kube_context(existing))
+    pulumi.export("kubeContext", settings.kube_context)
 if identity:
     pulumi.export("runnerServiceAccount", identity.email)
     if identity.trusted_email is not None:

@@ -155,13 +155,9 @@ def runner_pods_land_on_runner_pools(
             )
 
 
-def _shared_clients(pool: Mapping[str, Any]) -> int | None:
-    """How many pods share each GPU of a node pool; None: unshared."""
-    for accelerator in _gpu_accelerators(pool):
-        clients = prop(accelerator, "gpuSharingConfig", "maxSharedClientsPerGpu")
-        if clients is not None:
-            return int(clients)
-    return None
+def _shares_gpus(pool: Mapping[str, Any]) -> bool:
+    """Whether several pods share each GPU of a node pool (GPU time-sharing)."""
+    return any(prop(a, "gpuSharingConfig") for a in _gpu_accelerators(pool))
 
 
 def _gpu_classes(
@@ -224,7 +220,7 @@ def gpu_runner_pods_select_a_gpu_class(
                     resource.urn,
                 )
                 continue
-            shared = any(_shared_clients(pool) for pool in classes[chosen])
+            shared = any(_shares_gpus(pool) for pool in classes[chosen])
             gpus = [int(prop(c, "resources", "limits", GPU_RESOURCE) or 0) for c in containers(pod)]
             if shared and max(gpus) > 1:
                 report_violation(

@@ -11,7 +11,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from infra.engines.runner_base import CPU_JOBS_LABEL
-from infra.gcp.gpu_classes import compute_class, gpu_node_config
+from infra.gcp.gpu_classes import compute_class, gpu_node_config, gpu_node_labels
 from infra.gcp.iam import grant_ci_account_role, grant_project_roles
 from infra.gcp.names import node_account_id
 from infra.options import child_options
@@ -317,7 +317,12 @@ class GpuCluster(pulumi.ComponentResource):
                     # and Spot: GKE's autoscaler backs a zone off after a stockout and tries
                     # the pool's other zones before the class's next pool.
                     "ANY",
-                    _node_config(node_account, gpu.machine_type, gpu.disk_size_gb, {})
+                    _node_config(
+                        node_account,
+                        gpu.machine_type,
+                        gpu.disk_size_gb,
+                        gpu_node_labels(gpu_class, pool),
+                    )
                     | gpu_node_config(gpu_class, pool),
                     # Flex-start pools run without auto-repair, as GKE creates them.
                     auto_repair=not pool.flex_start,

@@ -26,8 +26,17 @@ GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE
 ON_DEMAND_FALLBACK_LABEL = "gpu-runners/on-demand-fallback"
 
 
+def gpu_node_labels(gpu_class: GpuClass, pool: GpuNodePool) -> dict[str, str]:
+    """A GPU class's pool's node labels: the class's own, gpu=true, the class, and on the
+    fallback pool its mark."""
+    labels = {**gpu_class.settings.node_labels, COMPUTE_CLASS_LABEL: gpu_class.name}
+    if pool.name != gpu_class.node_pools[0].name:
+        labels[ON_DEMAND_FALLBACK_LABEL] = "true"
+    return labels
+
+
 def gpu_node_config(gpu_class: GpuClass, pool: GpuNodePool) -> dict:
-    """What a GPU class's pool adds to the node settings every pool shares.
+    """What a GPU class's pool adds to the node settings every pool shares, its labels aside.
 
     Labels and taints update a pool in place (terraform-provider-google, node_config.go:
     NodePools.Update with Labels or Taints; GKE, "Update existing node pools": "without
@@ -35,9 +44,6 @@ def gpu_node_config(gpu_class: GpuClass, pool: GpuNodePool) -> dict:
     Spot, flex-start and the accelerator block replace it (ForceNew).
     """
     settings = gpu_class.settings
-    labels = {**settings.node_labels, COMPUTE_CLASS_LABEL: gpu_class.name}
-    if pool.name != gpu_class.node_pools[0].name:
-        labels[ON_DEMAND_FALLBACK_LABEL] = "true"
     accelerator: dict = {
         "type": settings.accelerator_type,
         "count": settings.gpus_per_node,
@@ -51,7 +57,6 @@ def gpu_node_config(gpu_class: GpuClass, pool: GpuNodePool) -> dict:
             "max_shared_clients_per_gpu": settings.time_sharing_clients_per_gpu,
         }
     config = {
-        "labels": labels,
         "spot": pool.spot,
         "guest_accelerators": [accelerator],
         "taints": [

@@ -21,7 +21,6 @@ from infra.settings.existing_cluster import (
     EXISTING_CLUSTER_KEY,
     ExistingClusterSettings,
     kube_context,
-    kube_context_problems,
 )
 from infra.settings.fleet import _fleet_problems, _project_unique_ids
 from infra.settings.gpu_classes import GpuClass, GpuNodePool, GpuPoolSettings, class_named
@@ -65,7 +64,6 @@ __all__ = [
     "StackSettings",
     "SystemPoolSettings",
     "class_named",
-    "kube_context",
     "load",
     "parse_sections",
     "quantity_value",
@@ -168,8 +166,10 @@ def load() -> StackSettings:
         tokens,
     )
     problems += _trust_problems(namespace, runners, tokens)
+    context = None
     if parsed[EXISTING_CLUSTER_KEY] is not None:
-        problems += kube_context_problems(namespace, parsed[EXISTING_CLUSTER_KEY])
+        context, context_problems = kube_context(namespace, parsed[EXISTING_CLUSTER_KEY])
+        problems += context_problems
     problems += _shared_project_problems(namespace, project, parsed, runners, STACK_FILE_DIR)
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"
@@ -185,6 +185,7 @@ def load() -> StackSettings:
     return StackSettings(
         project=project,
         existing_cluster=parsed[EXISTING_CLUSTER_KEY],
+        kube_context=context,
         cluster=parsed["cluster"],
         system_pool=parsed["systemPool"],
         gpu_classes=parsed["gpuClasses"],

@@ -120,40 +120,35 @@ def _read_kubeconfigs(paths: Sequence[Path]) -> tuple[list[str], str | None, lis
     return contexts, current, unreadable
 
 
-def kube_context(existing: ExistingClusterSettings) -> str | None:
-    """The context the stack's Kubernetes provider uses: the configured one, or the current."""
-    if existing.context is not None:
-        return existing.context
-    return _read_kubeconfigs(kubeconfig_paths())[1]
-
-
-def kube_context_problems(namespace: str, existing: ExistingClusterSettings) -> list[str]:
-    """The context must be one the kubeconfig has; with none configured, it must have a
-    current one. Names the files read, never their credentials."""
+def kube_context(namespace: str, existing: ExistingClusterSettings) -> tuple[str | None, list[str]]:
+    """The context the stack's Kubernetes provider uses (the configured one, or the
+    kubeconfig's current one), and what is wrong with it: it must be one the kubeconfig has.
+    Names the files read, never their credentials."""
     paths = kubeconfig_paths()
     contexts, current, unreadable = _read_kubeconfigs(paths)
+    context = existing.context if existing.context is not None else current
     where = os.pathsep.join(str(p) for p in paths)
     key = f"{namespace}:{EXISTING_CLUSTER_KEY}.context"
     if unreadable:
-        return [f"{key}: the kubeconfig {'; '.join(unreadable)}"]
+        return context, [f"{key}: the kubeconfig {'; '.join(unreadable)}"]
     if not contexts:
-        return [
+        return context, [
             f"{key}: no kubeconfig with a context at {where} ($KUBECONFIG, or ~/.kube/config); "
             "allowed: a context of the cluster, once it exists (`kind create cluster` writes "
             "one; `gcloud container clusters get-credentials` for GKE)"
         ]
     if existing.context is None and current not in contexts:
         why = f"names the context {current!r}, which it lacks" if current else "names none"
-        return [
+        return context, [
             f"{key} is not set, so the kubeconfig's current context is used, and the kubeconfig "
             f"({where}) {why}; allowed: one of {', '.join(contexts)}"
         ]
     if existing.context is not None and existing.context not in contexts:
-        return [
+        return context, [
             f"{key} = {existing.context!r}: the kubeconfig ({where}) has no such context; "
             f"allowed: {', '.join(contexts)}"
         ]
-    return []
+    return context, []
 
 
 def gke_section_problems(namespace: str, given: dict[str, Any]) -> list[str]:

@@ -51,6 +51,8 @@ class StackSettings:
     existing_cluster: ExistingClusterSettings | None
     """The cluster the runners run on when the stack does not make one; then the GKE
     sections below are None, and so is dvc_remote off GKE."""
+    kube_context: str | None
+    """The kubeconfig context of the existing cluster, checked against the kubeconfig."""
     cluster: ClusterSettings | None
     system_pool: SystemPoolSettings | None
     gpu_classes: tuple[GpuClass, ...]
