@@ -19,7 +19,7 @@ from infra.engines.runner_base import (
     RunnerTarget,
 )
 from infra.gcp.apis import CI_APIS, IDENTITY_APIS, STACK_APIS, ProjectApis
-from infra.gcp.ci import CiDeployer, CiDeployerArgs, PreviewerReads
+from infra.gcp.ci import CiDeployer, CiDeployerArgs, DeployerClusterAdmin, PreviewerReads
 from infra.gcp.cluster import GpuCluster, GpuClusterArgs
 from infra.gcp.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
 from infra.gcp.registry import ImageMirror
@@ -34,33 +34,41 @@ runner_accounts = [
 existing = settings.existing_cluster
 
 
+def ci_deployer(makes_cluster: bool, opts: pulumi.ResourceOptions) -> CiDeployer | None:
+    """CI's previewer and deployer, when the stack grants CI access."""
+    ci = settings.ci
+    if ci is None or not ci.enabled:
+        return None
+    return CiDeployer(
+        "ci",
+        CiDeployerArgs(
+            project=settings.project,
+            pool_id=ci.pool_id,
+            github_repository=ci.github_repository,
+            gitlab_project=ci.gitlab_project,
+            gitlab_url=ci.gitlab_url,
+            github_repository_id=ci.github_repository_id,
+            github_owner_id=ci.github_owner_id,
+            gitlab_project_id=ci.gitlab_project_id,
+            default_branch=ci.default_branch,
+            state_bucket=ci.state_bucket,
+            secrets_key=ci.secrets_key,
+            makes_cluster=makes_cluster,
+        ),
+        opts=opts,
+    )
+
+
+def ci_apis() -> dict[str, str]:
+    return CI_APIS if settings.ci is not None and settings.ci.enabled else {}
+
+
 def made_cluster() -> tuple[RunnerTarget, RunnerIdentity, GpuCluster, CiDeployer | None]:
     """The GKE cluster the stack makes, its Google side, and what the runners get there."""
-    ci = settings.ci
-    apis = ProjectApis("apis", settings.project, STACK_APIS | (CI_APIS if ci.enabled else {}))
+    apis = ProjectApis("apis", settings.project, STACK_APIS | ci_apis())
     # Every Google Cloud resource waits for the APIs it is created through.
     after_apis = pulumi.ResourceOptions(depends_on=[apis])
-    deployer = (
-        CiDeployer(
-            "ci",
-            CiDeployerArgs(
-                project=settings.project,
-                pool_id=ci.pool_id,
-                github_repository=ci.github_repository,
-                gitlab_project=ci.gitlab_project,
-                gitlab_url=ci.gitlab_url,
-                github_repository_id=ci.github_repository_id,
-                github_owner_id=ci.github_owner_id,
-                gitlab_project_id=ci.gitlab_project_id,
-                default_branch=ci.default_branch,
-                state_bucket=ci.state_bucket,
-                secrets_key=ci.secrets_key,
-            ),
-            opts=after_apis,
-        )
-        if ci.enabled
-        else None
-    )
+    deployer = ci_deployer(makes_cluster=True, opts=after_apis)
     ci_members = [deployer.member] if deployer else []
     cluster = GpuCluster(
         "gke",
@@ -118,9 +126,9 @@ def made_cluster() -> tuple[RunnerTarget, RunnerIdentity, GpuCluster, CiDeployer
     return target, identity, cluster, deployer
 
 
-def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None]:
+def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None, CiDeployer | None]:
     """A cluster the stack does not make: reached through a kubeconfig context; on GKE, the
-    runners' Google accounts and DVC bucket."""
+    runners' Google accounts and DVC bucket, and CI's access."""
     provider = k8s.Provider(
         "existing-cluster",
         context=settings.kube_context,
@@ -132,9 +140,11 @@ def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None]:
         kubeconfig="",
         cluster_identifier=settings.kube_context,
     )
-    identity = None
+    identity = deployer = None
     if existing.gke is not None:
-        apis = ProjectApis("apis", settings.project, IDENTITY_APIS)
+        apis = ProjectApis("apis", settings.project, IDENTITY_APIS | ci_apis())
+        after_apis = pulumi.ResourceOptions(depends_on=[apis])
+        deployer = ci_deployer(makes_cluster=False, opts=after_apis)
         identity = RunnerIdentity(
             "runner-identity",
             RunnerIdentityArgs(
@@ -146,9 +156,14 @@ def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None]:
                 existing_bucket=settings.dvc_remote.bucket,
                 force_destroy_bucket=settings.dvc_remote.force_destroy,
                 kubernetes_service_accounts=runner_accounts,
+                account_admins=[deployer.member] if deployer else [],
             ),
-            opts=pulumi.ResourceOptions(depends_on=[apis]),
+            opts=after_apis,
         )
+        if deployer:
+            in_cluster = pulumi.ResourceOptions(providers=[provider])
+            DeployerClusterAdmin("ci-deployer", deployer.email, opts=in_cluster)
+            PreviewerReads("ci-previewer", deployer.previewer_email, opts=in_cluster)
     target = RunnerTarget(
         provider=provider,
         system_nodes=existing.system_node_labels,
@@ -159,13 +174,14 @@ def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None]:
         # kind, k3d and kubeadm clusters, 8443 on minikube.
         api_server_ports=(443, 6443, 8443),
     )
-    return target, identity
+    return target, identity, deployer
 
 
 if existing is None:
     target, identity, cluster, deployer = made_cluster()
 else:
-    (target, identity), cluster, deployer = existing_cluster(), None, None
+    target, identity, deployer = existing_cluster()
+    cluster = None
 
 cml_runners = [r for r in settings.runners if r.runner_engine == "cml"]
 arc_runners = [r for r in settings.runners if r.runner_engine == "arc"]

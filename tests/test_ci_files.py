@@ -546,3 +546,66 @@ def readme_runner_labels(kind: str) -> list[str]:
             if runner.get("engine") == kind or runner.get("platform") == kind:
                 return runner["labels"]
     raise AssertionError(f"the README configures no {kind} runner")
+
+
+CREDENTIALS = 'infra.tools.cluster_credentials "Pulumi.$PULUMI_STACK.yaml"'
+
+
+def fake_gcloud(tmp_path) -> tuple[str, object]:
+    """A `gcloud` on PATH that records its arguments, and where it records them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "gcloud-calls"
+    gcloud = bin_dir / "gcloud"
+    gcloud.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    gcloud.chmod(0o755)
+    return f"{bin_dir}:/usr/bin:/bin", calls
+
+
+def test_every_cloud_job_signs_in_to_an_existing_gke_cluster_before_pulumi(workflow, gitlab):
+    for name in ("preview", "up", "destroy"):
+        steps = workflow["jobs"][name]["steps"]
+        order = [s.get("uses", "").split("@")[0] or s.get("run", "") for s in steps]
+        signs_in = next(i for i, text in enumerate(order) if CREDENTIALS in text)
+        assert order.index("google-github-actions/setup-gcloud") < signs_in, name
+        first_pulumi = next(
+            i for i, text in enumerate(order) if "pulumi/actions" in text or "pulumi " in text
+        )
+        assert signs_in < first_pulumi, name
+    before = gitlab[".pulumi"]["before_script"]
+    signs_in = next(i for i, line in enumerate(before) if CREDENTIALS in line)
+    assert next(i for i, line in enumerate(before) if "gcloud auth login" in line) < signs_in
+    assert signs_in < next(i for i, line in enumerate(before) if "pulumi login" in line)
+
+
+@pytest.mark.parametrize("forge", ["github", "gitlab"])
+def test_the_credentials_step_runs_gcloud_for_an_existing_gke_cluster_only(
+    workflow, gitlab, forge, tmp_path
+):
+    if forge == "github":
+        (step,) = [s for s in workflow["jobs"]["up"]["steps"] if CREDENTIALS in s.get("run", "")]
+        script = step["run"]
+    else:
+        (script,) = [s for s in gitlab[".pulumi"]["before_script"] if CREDENTIALS in s]
+    path, calls = fake_gcloud(tmp_path)
+    team = {
+        "config": {
+            "gcp:project": "ml-team-sandbox",
+            "gpu-runners:existingCluster": {
+                "context": "gke_ml-team-sandbox_europe-west6_team-cluster",
+                "gke": {"name": "team-cluster", "location": "europe-west6"},
+            },
+        }
+    }
+    (tmp_path / "Pulumi.team.yaml").write_text(yaml.safe_dump(team))
+    status, output = run_ci_script(script, tmp_path, {"PATH": path, "PULUMI_STACK": "team"})
+    assert status == 0, output
+    assert calls.read_text() == (
+        "container clusters get-credentials team-cluster --location europe-west6 "
+        "--project ml-team-sandbox\n"
+    )
+    calls.unlink()
+    stack_files(tmp_path)
+    status, output = run_ci_script(script, tmp_path, {"PATH": path, "PULUMI_STACK": "dev"})
+    assert status == 0, output
+    assert not calls.exists()

@@ -9,7 +9,8 @@ import yaml
 from rules import MADE_CLUSTER_RULES, POLICIES
 
 from infra import settings
-from infra.tools import estimate, plan
+from infra.gcp.ci import EXISTING_CLUSTER_DEPLOYER_ROLES
+from infra.tools import cluster_credentials, estimate, plan
 from tests.harness import (
     REPO,
     TEST_PROJECT_ID,
@@ -18,8 +19,10 @@ from tests.harness import (
     run_program,
     run_rejected_program,
 )
+from tests.stacks import WITH_CI
 
 PROVIDER = "pulumi:providers:kubernetes"
+CLUSTER_ROLE_BINDING = "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding"
 SCALED_JOB = "kubernetes:keda.sh/v1alpha1:ScaledJob"
 EXISTING = "gpu-runners:existingCluster"
 RUNNERS = "gpu-runners:runners"
@@ -151,6 +154,81 @@ def test_the_current_context_is_used_when_none_is_named():
     assert program.one(PROVIDER).inputs["context"] == "kind-gpu-runners"
 
 
+@pytest.fixture(scope="module")
+def on_gke_with_ci() -> Program:
+    return run_program({**ON_EXISTING_GKE, **WITH_CI})
+
+
+def test_ci_on_an_existing_gke_cluster_administers_that_cluster_and_no_other(on_gke_with_ci):
+    program = on_gke_with_ci
+    deployer = f"gpu-runners-ci-deployer@{TEST_PROJECT_ID}.iam.gserviceaccount.com"
+    grants = [
+        r.inputs
+        for r in program.of_type("gcp:projects/iAMMember:IAMMember")
+        if r.inputs["member"] == f"serviceAccount:{deployer}"
+    ]
+    # No Container Admin, which reaches every cluster of the project, and nothing to do with
+    # node pools or their accounts.
+    assert {g["role"] for g in grants} == set(EXISTING_CLUSTER_DEPLOYER_ROLES)
+    assert "roles/container.clusterViewer" in EXISTING_CLUSTER_DEPLOYER_ROLES
+    assert not any(g.get("condition") for g in grants)
+    # Inside that cluster: cluster-admin, by Kubernetes RBAC, kept by a CI destroy.
+    admin = program.one(CLUSTER_ROLE_BINDING, "ci-deployer")
+    assert admin.protect
+    assert admin.inputs["roleRef"]["name"] == "cluster-admin"
+    assert admin.inputs["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": deployer}
+    ]
+    assert admin.provider.startswith(program.one(PROVIDER).urn)
+    reads = program.one(CLUSTER_ROLE_BINDING, "ci-previewer")
+    assert reads.inputs["subjects"][0]["name"].startswith("gpu-runners-ci-previewer@")
+    # The deployer keeps the runner accounts' bindings up to date as runners come and go.
+    (manages,) = [
+        r
+        for r in program.of_type("gcp:serviceaccount/iAMMember:IAMMember")
+        if r.inputs["role"] == "roles/iam.serviceAccountAdmin"
+    ]
+    assert manages.inputs["member"] == f"serviceAccount:{deployer}" and manages.protect
+    services = {r.inputs["service"] for r in program.of_type("gcp:projects/service:Service")}
+    assert {"sts.googleapis.com", "cloudkms.googleapis.com"} <= services
+    assert program.outputs["ciDeployerServiceAccount"] == deployer
+
+
+@pytest.mark.parametrize(
+    ("context", "given"),
+    [(None, "is not set"), ("kind-gpu-runners", "= 'kind-gpu-runners'")],
+)
+def test_with_ci_the_context_must_be_the_one_cis_gcloud_writes(context, given):
+    existing = {**ON_EXISTING_GKE[EXISTING], "context": context}
+    error = rejected({**ON_EXISTING_GKE, EXISTING: existing, **WITH_CI})
+    assert f"gpu-runners:existingCluster.context {given}: with CI access" in error
+    assert (
+        "`gcloud container clusters get-credentials team-cluster --location europe-west6-b "
+        f"--project {TEST_PROJECT_ID}`" in error
+    )
+    assert f"allowed: '{GKE_CONTEXT}'" in error
+
+
+def test_cis_gcloud_command_signs_in_to_the_existing_gke_cluster_only():
+    config = {"gcp:project": TEST_PROJECT_ID, **ON_EXISTING_GKE}
+    command = cluster_credentials.credentials_command(config)
+    assert command == [
+        "gcloud",
+        "container",
+        "clusters",
+        "get-credentials",
+        "team-cluster",
+        "--location",
+        "europe-west6-b",
+        "--project",
+        TEST_PROJECT_ID,
+    ]
+    dev = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())["config"]
+    local = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())["config"]
+    assert cluster_credentials.credentials_command(dev) is None
+    assert cluster_credentials.credentials_command(local) is None
+
+
 def rejected(config: dict, stack: str = "dev") -> str:
     error, registered = run_rejected_program(config, stack=stack)
     assert registered == []
@@ -184,6 +262,10 @@ def rejected(config: dict, stack: str = "dev") -> str:
             "makes",
         ),
         (
+            {EXISTING: {"context": "kind-gpu-runners"}, **WITH_CI},
+            "gpu-runners:ci: CI signs in to the cluster without a stored key on GKE only",
+        ),
+        (
             {EXISTING: {"context": "kind-gpu-runners", "gpuNodeLabels": {"team": "vision"}}},
             'gpu-runners:existingCluster.gpuNodeLabels = {"team": "vision"}: selects no GPU '
             "node label",
@@ -195,6 +277,7 @@ def rejected(config: dict, stack: str = "dev") -> str:
         "a DVC bucket off GKE",
         "a GPU runner with no GPU nodes",
         "a GPU class on a cluster the stack does not make",
+        "CI access off GKE",
         "GPU node labels that mark no GPU",
     ],
 )
@@ -262,6 +345,18 @@ def test_an_existing_gke_stack_may_not_take_another_stacks_runner_accounts(tmp_p
         in message
     )
     assert "service account mlops-kubernetes-runner" in message
+
+
+def test_two_stacks_of_a_project_may_not_share_ci_access(tmp_path, monkeypatch):
+    # The dev stack with CI access, and a stack on an existing GKE cluster with the same
+    # (default) ci.poolId, would both make the pool and the two CI accounts.
+    dev = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())
+    dev["config"] |= {"gcp:project": TEST_PROJECT_ID, **WITH_CI}
+    (tmp_path / "Pulumi.dev.yaml").write_text(yaml.safe_dump(dev))
+    monkeypatch.setattr(settings, "STACK_FILE_DIR", tmp_path)
+    message = rejected({**ON_EXISTING_GKE, **WITH_CI}, stack="local")
+    assert "gpu-runners:ci.poolId = 'gpu-runners-ci': Pulumi.dev.yaml deploys" in message
+    assert "Workload Identity pool gpu-runners-ci" in message
 
 
 def test_the_laptop_page_walks_the_local_stack_as_it_is():

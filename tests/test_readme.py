@@ -12,7 +12,7 @@ from rules import POLICIES
 from infra import machines
 from infra.engines import arc, gitlab_runner, keda
 from infra.gcp import apis, ci, cluster, identity, registry
-from infra.gcp.ci import DEPLOYER_ROLES
+from infra.gcp.ci import DEPLOYER_ROLES, EXISTING_CLUSTER_DEPLOYER_ROLES
 from infra.settings import (
     RUNNERS_KEY,
     SECTIONS,
@@ -128,6 +128,11 @@ def test_the_layout_names_every_module():
             and (p.name != "__init__.py" or package.name == "settings")
         ]
     assert missing == []
+
+
+def test_the_deployer_roles_on_an_existing_cluster_are_listed_and_nothing_more():
+    rows = table_with_header("Role", "On a cluster the stack does not make")
+    assert [row[0].strip("`") for row in rows] == list(EXISTING_CLUSTER_DEPLOYER_ROLES)
 
 
 def test_prerequisites_list_exactly_the_roles_the_components_need():

@@ -7,9 +7,10 @@ import re
 import pytest
 
 from infra.gcp import apis, ci, cluster, identity, registry
-from infra.gcp.ci import DEPLOYER_ROLES, GRANTABLE_ROLES_CONDITION
+from infra.gcp.ci import GRANTABLE_ROLES_CONDITION
 from tests.harness import Program, Resource, run_program
 from tests.stacks import SHAPES, WITH_CI
+from tests.test_existing_cluster import ON_EXISTING_GKE
 
 # Google Cloud resource type -> the project roles whoever manages it through its whole life
 # (create, update, read after each change, delete) needs. Kubernetes objects are reached
@@ -62,7 +63,11 @@ def google_resources(program: Program) -> list[Resource]:
 
 @pytest.fixture(scope="module")
 def programs() -> dict[str, Program]:
-    shapes = {**SHAPES, **{f"{name}+ci": {**shape, **WITH_CI} for name, shape in SHAPES.items()}}
+    shapes = {
+        **SHAPES,
+        **{f"{name}+ci": {**shape, **WITH_CI} for name, shape in SHAPES.items()},
+        "existing-gke+ci": {**ON_EXISTING_GKE, **WITH_CI},
+    }
     return {name: run_program(shape) for name, shape in shapes.items()}
 
 
@@ -109,6 +114,32 @@ def deployer_grants_on(program: Program, role: str) -> set[str]:
     }
 
 
+def deployer_project_roles(program: Program) -> set[str]:
+    """The project roles the deployer holds unconditionally, through grants a CI destroy
+    keeps."""
+    kept = kept_by_a_ci_destroy(program)
+    return {
+        r.inputs["role"]
+        for r in program.of_type("gcp:projects/iAMMember:IAMMember")
+        if r.inputs["member"].startswith(DEPLOYER) and not r.inputs.get("condition")
+        if r.urn in kept
+    }
+
+
+def deployer_is_cluster_admin_by_rbac(program: Program) -> bool:
+    """Whether a kept ClusterRoleBinding makes the deployer cluster-admin in the cluster."""
+    kept = kept_by_a_ci_destroy(program)
+    return any(
+        r.inputs["roleRef"]["name"] == "cluster-admin"
+        and any(
+            s["name"].startswith(DEPLOYER.removeprefix("serviceAccount:"))
+            for s in r.inputs["subjects"]
+        )
+        for r in program.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")
+        if r.urn in kept
+    )
+
+
 def account_name(email: str) -> str:
     return f"projects/{email.split('@')[1].split('.')[0]}/serviceAccounts/{email}"
 
@@ -116,14 +147,13 @@ def account_name(email: str) -> str:
 def ci_can_create(program: Program, resource: Resource) -> bool:
     """Whether the deployer may create this resource again after its own destroy."""
     inputs = resource.inputs
+    roles = deployer_project_roles(program)
     match resource.type:
         case "gcp:container/cluster:Cluster" | "gcp:container/nodePool:NodePool":
             account = inputs["nodeConfig"]["serviceAccount"]
-            return {"roles/container.admin", "roles/compute.viewer"} <= set(
-                DEPLOYER_ROLES
-            ) and account_name(account) in deployer_grants_on(
-                program, "roles/iam.serviceAccountUser"
-            )
+            return {"roles/container.admin", "roles/compute.viewer"} <= roles and account_name(
+                account
+            ) in deployer_grants_on(program, "roles/iam.serviceAccountUser")
         case "gcp:projects/iAMMember:IAMMember":
             grantable = re.findall(r"'(roles/[^']+)'", GRANTABLE_ROLES_CONDITION)
             return inputs["role"] in grantable
@@ -132,7 +162,7 @@ def ci_can_create(program: Program, resource: Resource) -> bool:
                 program, "roles/iam.serviceAccountAdmin"
             )
         case "gcp:storage/bucket:Bucket" | "gcp:storage/bucketIAMMember:BucketIAMMember":
-            return "roles/storage.admin" in DEPLOYER_ROLES
+            return "roles/storage.admin" in roles
         case "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember":
             return inputs["repository"] in deployer_grants_on(
                 program, "roles/artifactregistry.admin"
@@ -140,16 +170,21 @@ def ci_can_create(program: Program, resource: Resource) -> bool:
         case "pulumi:providers:kubernetes":
             return True  # no call to Google
         case kubernetes if kubernetes.startswith("kubernetes:"):
-            return "roles/container.admin" in DEPLOYER_ROLES
+            # GKE lets a request through when IAM or RBAC allows it; signing in at all takes
+            # container.clusters.get.
+            return "roles/container.admin" in roles or (
+                "roles/container.clusterViewer" in roles
+                and deployer_is_cluster_admin_by_rbac(program)
+            )
     # A service account, a repository, the CI pool, an API: a right on the project, or an
     # API CI cannot enable. (The stack's APIs are kept by CI's destroy: the CI access depends
     # on them.)
     return False
 
 
-@pytest.mark.parametrize("shape", [name for name in SHAPES])
+@pytest.mark.parametrize("shape", [f"{name}+ci" for name in SHAPES])
 def test_ci_can_create_again_everything_its_own_destroy_removes(programs, shape):
-    program = programs[f"{shape}+ci"]
+    program = programs[shape]
     kept = kept_by_a_ci_destroy(program)
     removed = [r for r in google_resources(program) if r.urn not in kept]
     assert removed, "a CI destroy removes the cluster at least"
@@ -159,6 +194,20 @@ def test_ci_can_create_again_everything_its_own_destroy_removes(programs, shape)
         "gcp:storage/bucket:Bucket",
     }
     assert [r.name for r in removed if not ci_can_create(program, r)] == []
+
+
+def test_on_an_existing_gke_cluster_ci_creates_again_what_its_destroy_removes(programs):
+    program = programs["existing-gke+ci"]
+    kept = kept_by_a_ci_destroy(program)
+    removed = [r for r in google_resources(program) if r.urn not in kept]
+    assert {r.type for r in removed} >= {
+        "gcp:storage/bucket:Bucket",
+        "kubernetes:keda.sh/v1alpha1:ScaledJob",
+        "kubernetes:core/v1:Secret",
+    }
+    assert [r.name for r in removed if not ci_can_create(program, r)] == []
+    # Its Kubernetes rights are RBAC in that one cluster, not Container Admin on the project.
+    assert "roles/container.admin" not in deployer_project_roles(program)
 
 
 def test_a_ci_destroy_keeps_the_accounts_the_mirror_and_cis_access(programs):
@@ -180,13 +229,24 @@ def test_a_ci_destroy_keeps_the_accounts_the_mirror_and_cis_access(programs):
     }
 
 
-def test_the_model_sees_a_right_taken_away(programs, monkeypatch):
+def without(program: Program, name: str) -> Program:
+    return Program([r for r in program.resources if r.name != name], program.outputs)
+
+
+def test_the_model_sees_a_right_taken_away(programs):
     # Without Compute Viewer, CI could not bring the pools back after its destroy.
     program = programs["dev+ci"]
     pool = program.one("gcp:container/nodePool:NodePool", "gke-gpu")
     assert ci_can_create(program, pool)
-    monkeypatch.setattr(
-        "tests.test_rights.DEPLOYER_ROLES",
-        tuple(r for r in DEPLOYER_ROLES if r != "roles/compute.viewer"),
-    )
-    assert not ci_can_create(program, pool)
+    (viewer,) = [
+        r
+        for r in program.of_type("gcp:projects/iAMMember:IAMMember")
+        if r.inputs["role"] == "roles/compute.viewer" and r.inputs["member"].startswith(DEPLOYER)
+    ]
+    assert not ci_can_create(without(program, viewer.name), pool)
+    # Without its cluster-admin binding, CI could not bring the runners back on a cluster
+    # the stack does not make.
+    existing = programs["existing-gke+ci"]
+    job = existing.one("kubernetes:keda.sh/v1alpha1:ScaledJob")
+    assert ci_can_create(existing, job)
+    assert not ci_can_create(without(existing, "ci-deployer"), job)

@@ -39,6 +39,21 @@ DEPLOYER_ROLES: tuple[str, ...] = (
     "roles/serviceusage.serviceUsageViewer",
 )
 
+# On a GKE cluster the stack does not make, Container Admin would let CI change or delete
+# every cluster of the project. There the deployer reads the cluster (Cluster Viewer:
+# container.clusters.get, which `get-credentials` and every request to the cluster's API need)
+# and holds cluster-admin in that one cluster through Kubernetes RBAC (DeployerClusterAdmin).
+# GKE allows an action that either IAM or RBAC allows ("Authorize actions in clusters using
+# role-based access control", Interaction with IAM). No compute reads: no node pool.
+EXISTING_CLUSTER_DEPLOYER_ROLES: tuple[str, ...] = (
+    "roles/container.clusterViewer",
+    *(
+        role
+        for role in DEPLOYER_ROLES
+        if role not in ("roles/container.admin", "roles/compute.viewer")
+    ),
+)
+
 # Project roles the person running the first `pulumi up` needs for this component.
 DEPLOY_ROLES: dict[str, str] = {
     "roles/iam.workloadIdentityPoolAdmin": "the pool and providers CI signs in through",
@@ -86,6 +101,8 @@ class CiDeployerArgs:
     """The bucket holding the Pulumi state, which the previewer may read."""
     secrets_key: str | None = None
     """The Cloud KMS key of the stack's secrets provider, which both accounts decrypt with."""
+    makes_cluster: bool = True
+    """Whether the stack makes its GKE cluster and node pools (False: existingCluster.gke)."""
 
 
 class CiDeployer(pulumi.ComponentResource):
@@ -114,19 +131,21 @@ class CiDeployer(pulumi.ComponentResource):
             display_name="CI deployer: pulumi preview/up/destroy of gpu-runners",
             opts=child,
         )
-        grant_project_roles(name, args.project, DEPLOYER_ROLES, deployer.member, child)
-        gcp.projects.IAMMember(
-            f"{name}-grant-node-roles",
-            project=args.project,
-            role="roles/resourcemanager.projectIamAdmin",
-            member=deployer.member,
-            condition={
-                "title": "node roles only",
-                "description": "May grant the GKE node roles, nothing else",
-                "expression": GRANTABLE_ROLES_CONDITION,
-            },
-            opts=child,
-        )
+        roles = DEPLOYER_ROLES if args.makes_cluster else EXISTING_CLUSTER_DEPLOYER_ROLES
+        grant_project_roles(name, args.project, roles, deployer.member, child)
+        if args.makes_cluster:
+            gcp.projects.IAMMember(
+                f"{name}-grant-node-roles",
+                project=args.project,
+                role="roles/resourcemanager.projectIamAdmin",
+                member=deployer.member,
+                condition={
+                    "title": "node roles only",
+                    "description": "May grant the GKE node roles, nothing else",
+                    "expression": GRANTABLE_ROLES_CONDITION,
+                },
+                opts=child,
+            )
         previewer = gcp.serviceaccount.Account(
             f"{name}-previewer",
             project=args.project,
@@ -273,6 +292,38 @@ class PreviewerReads(pulumi.ComponentResource):
                 {"api_group": "rbac.authorization.k8s.io", "kind": "User", "name": previewer_email}
             ],
             opts=child,
+        )
+        self.register_outputs({})
+
+
+class DeployerClusterAdmin(pulumi.ComponentResource):
+    """Kubernetes RBAC on a GKE cluster the stack does not make: the deployer is cluster-admin
+    there, as Container Admin makes it in a cluster the stack makes. Less would not do: the
+    engines' charts install CRDs and ClusterRoles, and Kubernetes lets only a holder of every
+    right a role grants create or bind it (RBAC, "Privilege escalation prevention").
+
+    Protected, like the CI access: a CI destroy keeps it, so CI's own rights stay while the
+    destroy runs and after, for the next `up`."""
+
+    def __init__(
+        self,
+        name: str,
+        deployer_email: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("gpu-runners:index:DeployerClusterAdmin", name, None, opts)
+        k8s.rbac.v1.ClusterRoleBinding(
+            name,
+            metadata={"name": "gpu-runners-deployer"},
+            role_ref={
+                "api_group": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            subjects=[
+                {"api_group": "rbac.authorization.k8s.io", "kind": "User", "name": deployer_email}
+            ],
+            opts=child_options(self, opts, protect=True),
         )
         self.register_outputs({})
 

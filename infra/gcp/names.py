@@ -102,12 +102,16 @@ def project_unique_ids(
             *cluster, f"Artifact Registry repository {repository}"
         )
     if ci_pool_id:
-        deployer = deployer_account_id(ci_pool_id)
-        pool = ("ci.poolId", ci_pool_id)
-        ids[f"workloadIdentityPools/{ci_pool_id}"] = ProjectId(
-            *pool, f"Workload Identity pool {ci_pool_id}"
-        )
-        previewer = previewer_account_id(ci_pool_id)
-        for account in (deployer, previewer):
-            ids[f"serviceAccounts/{account}"] = ProjectId(*pool, f"service account {account}")
+        ids |= ci_access_ids(ci_pool_id)
+    return ids
+
+
+def ci_access_ids(pool_id: str) -> dict[str, ProjectId]:
+    """The Workload Identity pool and the two accounts CI access takes."""
+    pool = ("ci.poolId", pool_id)
+    ids = {
+        f"workloadIdentityPools/{pool_id}": ProjectId(*pool, f"Workload Identity pool {pool_id}")
+    }
+    for account in (deployer_account_id(pool_id), previewer_account_id(pool_id)):
+        ids[f"serviceAccounts/{account}"] = ProjectId(*pool, f"service account {account}")
     return ids

@@ -20,6 +20,7 @@ from infra.settings.credentials import (
 from infra.settings.existing_cluster import (
     EXISTING_CLUSTER_KEY,
     ExistingClusterSettings,
+    ci_context_problems,
     kube_context,
 )
 from infra.settings.fleet import _fleet_problems, _project_unique_ids
@@ -170,6 +171,10 @@ def load() -> StackSettings:
     if parsed[EXISTING_CLUSTER_KEY] is not None:
         context, context_problems = kube_context(namespace, parsed[EXISTING_CLUSTER_KEY])
         problems += context_problems
+        ci = parsed["ci"]
+        problems += ci_context_problems(
+            namespace, project, parsed[EXISTING_CLUSTER_KEY], ci is not None and ci.enabled
+        )
     problems += _shared_project_problems(namespace, project, parsed, runners, STACK_FILE_DIR)
     if problems:
         stack_file = f"Pulumi.{pulumi.get_stack()}.yaml"

@@ -26,7 +26,11 @@ GPU_NODE_LABELS = ({"gpu": "true"}, {"nvidia.com/gpu.present": "true"})
 # GKE labels every GPU node with its accelerator type ("Run GPUs in Standard node pools").
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 # The sections of the GKE cluster the stack makes, which mean nothing on another cluster.
-GKE_SECTIONS = ("cluster", "systemPool", "gpuPool", "gpuPools", "cpuPool", "ci")
+MADE_CLUSTER_SECTIONS = ("cluster", "systemPool", "gpuPool", "gpuPools", "cpuPool")
+# What needs GKE, on a cluster the stack does not make too: the DVC bucket, reached through
+# Workload Identity; CI access, which signs in to the cluster with no stored key through
+# Workload Identity Federation and `gcloud container clusters get-credentials`.
+GKE_ONLY_SECTIONS = ("dvcRemote", "ci")
 
 
 def _check_node_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
@@ -152,20 +156,51 @@ def kube_context(namespace: str, existing: ExistingClusterSettings) -> tuple[str
 
 
 def gke_section_problems(namespace: str, given: dict[str, Any]) -> list[str]:
-    """Settings of the GKE cluster the stack makes, given beside `existingCluster`."""
+    """Settings of the GKE cluster the stack makes, given beside `existingCluster`, and those
+    that need GKE on a cluster that is not."""
     existing = given.get(EXISTING_CLUSTER_KEY)
     gke = isinstance(existing, dict) and existing.get("gke") is not None
+    why = {
+        "dvcRemote": "the DVC bucket is made and reached through Workload Identity on GKE only "
+        "(existingCluster.gke)",
+        "ci": "CI signs in to the cluster without a stored key on GKE only (existingCluster.gke): "
+        "elsewhere deploy from a machine whose kubeconfig reaches the cluster",
+    }
     problems = []
-    for key in (*GKE_SECTIONS, *(() if gke else ("dvcRemote",))):
+    for key in (*MADE_CLUSTER_SECTIONS, *(() if gke else GKE_ONLY_SECTIONS)):
         if given.get(key) is not None:
-            why = (
-                "the DVC bucket is made and reached through Workload Identity on GKE only "
-                "(existingCluster.gke)"
-                if key == "dvcRemote"
-                else f"a setting of the GKE cluster the stack makes, and {EXISTING_CLUSTER_KEY} "
-                "targets one it does not make"
+            reason = why.get(
+                key,
+                f"a setting of the GKE cluster the stack makes, and {EXISTING_CLUSTER_KEY} "
+                "targets one it does not make",
             )
             problems.append(
-                f"{namespace}:{key}: {why}; allowed: remove it (`pulumi config rm {key}`)"
+                f"{namespace}:{key}: {reason}; allowed: remove it (`pulumi config rm {key}`)"
             )
     return problems
+
+
+def gke_context(project: str, gke: ExistingGkeSettings) -> str:
+    """The context `gcloud container clusters get-credentials` writes for the cluster (gcloud,
+    api_lib/container/util.py, ClusterConfig.KUBECONTEXT_FORMAT)."""
+    return f"gke_{project}_{gke.location}_{gke.name}"
+
+
+def ci_context_problems(
+    namespace: str, project: str | None, existing: ExistingClusterSettings | None, with_ci: bool
+) -> list[str]:
+    """With CI access, the stack's context must be the one CI's credentials step writes: the
+    context names the cluster in the state, so any other would replace every object."""
+    if not (with_ci and project and existing is not None and existing.gke is not None):
+        return []
+    expected = gke_context(project, existing.gke)
+    if existing.context == expected:
+        return []
+    given = "is not set" if existing.context is None else f"= {existing.context!r}"
+    return [
+        f"{namespace}:{EXISTING_CLUSTER_KEY}.context {given}: with CI access, CI signs in with "
+        f"`gcloud container clusters get-credentials {existing.gke.name} --location "
+        f"{existing.gke.location} --project {project}`, which names the context {expected!r}, "
+        "and every machine must reach the cluster through the same context (it names the "
+        f"cluster in the state: another replaces every object); allowed: {expected!r}"
+    ]

@@ -139,16 +139,17 @@ def _project_unique_ids(
     sections: dict[str, Any], runners: list[RunnerSettings]
 ) -> dict[str, names.ProjectId]:
     """The IDs the stack takes in its project: none off Google Cloud; on a GKE cluster it does
-    not make, the runner accounts and Workload Identity members."""
+    not make, the runner accounts, Workload Identity members and CI access."""
     trusted = any(runner.trust == "trusted" for runner in runners)
-    existing = sections["existingCluster"]
+    existing, ci = sections["existingCluster"], sections["ci"]
     if existing is not None:
         if existing.gke is None:
             return {}
-        return names.runner_identity_ids(
+        ids = names.runner_identity_ids(
             "existingCluster.gke.name", existing.gke.name, [r.name for r in runners], trusted
         )
-    cluster, ci = sections["cluster"], sections["ci"]
+        return ids | (names.ci_access_ids(ci.pool_id) if ci is not None and ci.enabled else {})
+    cluster = sections["cluster"]
     if cluster is None or ci is None:
         return {}  # a section the stack reports as wrong
     return names.project_unique_ids(

@@ -19,7 +19,8 @@ from infra.engines.arc_runner import GithubApp
 from infra.engines.gitlab_runner import CreateRunner
 from infra.settings.existing_cluster import (
     EXISTING_CLUSTER_KEY,
-    GKE_SECTIONS,
+    GKE_ONLY_SECTIONS,
+    MADE_CLUSTER_SECTIONS,
     ExistingClusterSettings,
     gke_section_problems,
 )
@@ -242,7 +243,7 @@ def parse_sections(
         parsed[EXISTING_CLUSTER_KEY] = existing
         context["existing"] = existing
         on_gke = existing is not None and existing.gke is not None
-        skipped = (*GKE_SECTIONS, *(() if on_gke else ("dvcRemote",)))
+        skipped = (*MADE_CLUSTER_SECTIONS, *(() if on_gke else GKE_ONLY_SECTIONS))
     several = given.get(GPU_CLASSES_KEY)
     if several is not None and given.get("gpuPool") is not None and not skipped:
         problems.append(
