@@ -11,7 +11,8 @@ HOURS = 730
 # europe-west6 prices from infra/data/prices.yaml, written out so a wrong lookup shows.
 E2_MEDIUM_SPOT, E2_STANDARD_2 = 0.01725, 0.08778266
 G2_STANDARD_4, G2_STANDARD_4_SPOT = 0.975748092, 0.565076
-PD_BALANCED, IP = 0.13, 0.005
+# An in-use external IPv4 address an hour: a standard VM's, and a Spot VM's (half).
+PD_BALANCED, IP, SPOT_IP = 0.13, 0.005, 0.0025
 # europe-west4, for docs/gpu-classes.md's example.
 NL_E2_MEDIUM_SPOT, NL_PD_BALANCED = 0.017632, 0.11
 NL_G2_STANDARD_8, NL_G2_STANDARD_8_SPOT, NL_A2_HIGHGPU_1G = 0.897201806, 0.47082, 3.747972
@@ -27,11 +28,11 @@ def by_label(result: estimate.Estimate) -> dict[str, float | None]:
 
 def test_the_dev_stack_by_hand():
     figures = by_label(estimate.estimate(stack("dev")))
-    system_month = (E2_MEDIUM_SPOT + IP) * HOURS + 20 * PD_BALANCED
-    gpu_hour = G2_STANDARD_4_SPOT + 100 * PD_BALANCED / HOURS + IP
+    system_month = (E2_MEDIUM_SPOT + SPOT_IP) * HOURS + 20 * PD_BALANCED
+    gpu_hour = G2_STANDARD_4_SPOT + 100 * PD_BALANCED / HOURS + SPOT_IP
     # Zonal: the free-tier credit pays the cluster fee.
     assert figures["Month while idle"] == pytest.approx(system_month)
-    assert round(figures["Month while idle"], 2) == 18.84
+    assert round(figures["Month while idle"], 2) == 17.02
     fallback_hour = G2_STANDARD_4 + 100 * PD_BALANCED / HOURS + IP
     # Every pool at its maximum: the Spot GPU node and its on-demand fallback, all month.
     worst = 2 * system_month + (gpu_hour + fallback_hour) * HOURS
@@ -58,8 +59,8 @@ def test_an_always_gpu_runner_keeps_its_node_in_the_idle_month():
     config = stack("dev")
     config["gpu-runners:runners"] = [{"name": "cml-runner", "mode": "always"}]
     figures = by_label(estimate.estimate(config))
-    gpu_month = (G2_STANDARD_4_SPOT + IP) * HOURS + 100 * PD_BALANCED
-    system_month = (E2_MEDIUM_SPOT + IP) * HOURS + 20 * PD_BALANCED
+    gpu_month = (G2_STANDARD_4_SPOT + SPOT_IP) * HOURS + 100 * PD_BALANCED
+    system_month = (E2_MEDIUM_SPOT + SPOT_IP) * HOURS + 20 * PD_BALANCED
     assert figures["Month while idle"] == pytest.approx(system_month + gpu_month)
 
 
@@ -85,7 +86,7 @@ def test_the_command_prints_a_table_and_the_change_against_the_base(capsys):
     )
     out = capsys.readouterr().out
     assert "| Figure | Base | This change | Difference |" in out
-    assert "| Month while idle | 18.84 | 147.23 | +128.39 |" in out
+    assert "| Month while idle | 17.02 | 147.23 | +130.21 |" in out
 
 
 def test_a_bad_stack_file_is_refused_with_its_problem(tmp_path, capsys):
@@ -171,10 +172,10 @@ def test_the_two_class_example_prices_each_class_and_the_fallback():
     # The docs' example as a stack file of its own.
     example = {key: value for key, value in TWO_CLASSES.items() if value is not None}
     figures = by_label(estimate.estimate(example))
-    l4_spot = NL_G2_STANDARD_8_SPOT + 100 * NL_PD_BALANCED / HOURS + IP
+    l4_spot = NL_G2_STANDARD_8_SPOT + 100 * NL_PD_BALANCED / HOURS + SPOT_IP
     l4_on_demand = NL_G2_STANDARD_8 + 100 * NL_PD_BALANCED / HOURS + IP
     a100 = NL_A2_HIGHGPU_1G + 200 * NL_PD_BALANCED / HOURS + IP
-    system_month = (NL_E2_MEDIUM_SPOT + IP) * HOURS + 50 * NL_PD_BALANCED
+    system_month = (NL_E2_MEDIUM_SPOT + SPOT_IP) * HOURS + 50 * NL_PD_BALANCED
     # Zonal: the free tier pays the fee; every GPU pool scales to zero.
     assert figures["Month while idle"] == pytest.approx(system_month)
     # Every pool at its maximum: two Spot L4 nodes, two on-demand fallbacks, one A100.

@@ -67,7 +67,8 @@ def node_hour(region: str, machine_type: str, spot: bool, disk_gb: int) -> float
     if machine is None:
         return None
     disk = disk_gb * prices["disks"][BOOT_DISK] / catalog()["hours_per_month"]
-    return machine["spot" if spot else "on_demand"] + disk + prices["external_ip_per_hour"]
+    ip = prices["external_ip_per_hour"]["spot" if spot else "standard"]
+    return machine["spot" if spot else "on_demand"] + disk + ip
 
 
 def cluster_fee_month(location: str) -> float:
