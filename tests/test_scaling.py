@@ -40,6 +40,7 @@ DEV_TRIGGER = {
         "runnerScope": "repo",
         "labels": "cml-runner",
         "targetWorkflowQueueLength": "1",
+        "matchUnlabeledJobsWithUnlabeledRunners": "true",
     },
     "authenticationRef": {"name": "cml-runner-github", "kind": "ClusterTriggerAuthentication"},
 }
@@ -95,6 +96,34 @@ def test_every_runner_pod_serves_one_job_and_is_never_restarted(shape):
             assert pod.get("restartPolicy", "Never") == "Never", release.name
 
 
+def keda_counts(job_labels: list[str], metadata: dict[str, str]) -> bool:
+    """Whether KEDA's github-runner scaler counts a job for a trigger: canRunnerMatchLabels of
+    KEDA 2.20.2 (pkg/scalers/github_runner_scaler.go), transcribed."""
+    runner_labels = [label for label in metadata.get("labels", "").split(",") if label]
+    if metadata.get("matchUnlabeledJobsWithUnlabeledRunners") == "true" and not job_labels:
+        return not runner_labels
+    every = runner_labels
+    if metadata.get("noDefaultLabels") != "true":
+        every = [*runner_labels, "self-hosted", "linux", "x64"]
+    return all(any(job.lower() == label.lower() for label in every) for job in job_labels)
+
+
+@pytest.mark.parametrize(
+    ("job_labels", "counted"),
+    [
+        (["self-hosted", "cml-runner"], True),
+        (["cml-runner"], True),
+        (["Self-Hosted", "Linux", "CML-RUNNER"], True),
+        # runs-on: {group: ...}: a job with no labels, which runs elsewhere.
+        ([], False),
+        (["self-hosted", "other-gpu"], False),
+    ],
+)
+def test_the_scaler_starts_the_dev_runner_for_its_own_jobs_only(dev, job_labels, counted):
+    (trigger,) = scaled_job_spec(dev)["triggers"]
+    assert keda_counts(job_labels, trigger["metadata"]) is counted
+
+
 def test_dev_runner_starts_from_zero_one_job_per_waiting_ci_job(dev):
     spec = scaled_job_spec(dev)
     assert spec["minReplicaCount"] == 0
@@ -102,12 +131,12 @@ def test_dev_runner_starts_from_zero_one_job_per_waiting_ci_job(dev):
     assert spec["pollingInterval"] == 30
     assert spec["triggers"] == [DEV_TRIGGER]
     assert "enableEtags" not in json.dumps(spec)
-    assert "--idle-timeout=300" in container_args(spec)
+    assert "--idle-timeout=120" in container_args(spec)
     assert spec["jobTargetRef"]["template"]["metadata"]["annotations"] == SAFE_TO_EVICT
     assert dev.outputs["runners"]["cml-runner"]["workload"] == "ScaledJob/cml-runner"
 
 
-@pytest.mark.parametrize(("stack", "idle"), [("dev", 300), ("always", 3600)])
+@pytest.mark.parametrize(("stack", "idle"), [("dev", 120), ("always", 3600)])
 def test_a_stuck_runner_pod_is_ended_after_its_idle_time_and_the_longest_job(stack, idle, request):
     job = scaled_job_spec(request.getfixturevalue(stack))["jobTargetRef"]
     five_days, an_hour = 5 * 24 * 3600, 3600
@@ -179,7 +208,7 @@ def test_a_pool_runs_up_to_max_runners_at_once(pool_of_three):
     assert spec["triggers"] == [DEV_TRIGGER]
     pod = spec["jobTargetRef"]["template"]["spec"]
     assert pod["nodeSelector"] == {"gpu": "true", "cloud.google.com/compute-class": "gpu"}
-    assert "--idle-timeout=300" in container_args(spec)
+    assert "--idle-timeout=120" in container_args(spec)
 
 
 def test_always_runners_keep_replicas_waiting_without_asking_the_forge():

@@ -1,6 +1,7 @@
 """The mistakes users make: each is refused before anything is created, in one line naming the
 key, and no message ever shows a secret or anything that looks like a token."""
 
+import json
 import re
 
 import pytest
@@ -432,27 +433,39 @@ def test_always_on_gpu_runners_the_pool_can_never_hold_are_refused():
     ) in message
 
 
-def test_a_runner_whose_labels_another_of_its_repository_all_carries_is_refused():
+@pytest.mark.parametrize(
+    ("labels", "shared"),
+    [
+        ((["gpu", "train"], ["gpu"]), "gpu"),
+        ((["gpu", "train"], ["cpu", "Train"]), "train"),
+        ((["a", "b"], ["B", "A", "c"]), "a, b"),
+    ],
+    ids=["one carries all the other's", "one label in common, any case", "two in common"],
+)
+def test_runners_of_a_repository_that_share_a_label_are_refused(labels, shared):
+    first, second = labels
     message = rejected(
         {
             RUNNERS: [
-                {"name": "train-gpu", "labels": ["gpu", "train"]},
-                {"name": "any-gpu", "labels": ["gpu"]},
+                {"name": "train-gpu", "labels": first},
+                {"name": "lint-cpu", "gpus": 0, "cpu": "500m", "labels": second},
             ]
         }
     )
-    # A job for any-gpu (runs-on: [gpu]) may land on train-gpu, which carries gpu too.
+    # A job that asks for the shared labels matches both: KEDA starts both, GitHub gives the
+    # job to either, and the other idles on its node until it times out.
     assert (
-        'gpu-runners:runners[1].labels = ["gpu"]: runners[0] (train-gpu) on the same '
-        "repository carries all of these"
+        f"gpu-runners:runners[1].labels = {json.dumps(second)}: runners[0] (train-gpu) on the "
+        f"same repository carries {shared} too, so a job that asks for"
     ) in message
-    # Labels that overlap but each have one of their own keep jobs apart; and on different
-    # repositories the same labels are no clash.
+
+
+def test_labels_apart_but_for_githubs_defaults_or_on_other_repositories_are_no_clash():
     run_program(
         {
             RUNNERS: [
                 {"name": "train-gpu", "labels": ["gpu", "linux"]},
-                {"name": "lint-cpu", "gpus": 0, "cpu": "500m", "labels": ["cpu", "linux"]},
+                {"name": "lint-cpu", "gpus": 0, "cpu": "500m", "labels": ["cpu", "Linux", "X64"]},
                 {
                     "name": "other-repo",
                     "labels": ["gpu"],
@@ -460,6 +473,18 @@ def test_a_runner_whose_labels_another_of_its_repository_all_carries_is_refused(
                 },
             ]
         }
+    )
+
+
+def test_a_runner_with_only_githubs_default_labels_is_refused():
+    message = rejected({RUNNERS: [{"name": "cml-runner", "labels": ["self-hosted", "Linux"]}]})
+    assert (
+        'gpu-runners:runners[0].labels = ["self-hosted", "Linux"]: only GitHub\'s default '
+        "labels (self-hosted, linux, x64), which every self-hosted runner carries"
+    ) in message
+    # On GitLab they are tags like any other.
+    run_program(
+        {RUNNERS: [{"name": "gl-gpu", "platform": "gitlab", "labels": ["linux"], "maxRunners": 1}]}
     )
 
 

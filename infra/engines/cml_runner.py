@@ -36,7 +36,13 @@ TERMINATION_GRACE_SECONDS = 120
 # ones at each poll. Finished pods do not hold a node up: the cluster autoscaler treats
 # terminal pods as drainable (kubernetes/autoscaler, simulator/drainability/rules).
 FINISHED_JOBS_KEPT = 3
-IDLE_SECONDS_ON_DEMAND = 300
+# CML counts idle seconds only once its runner has registered, in a pod already running on
+# its node, and restarts the count after each job (iterative/cml 0.20.6, bin/cml/runner/
+# launch.js, runLocal: the watcher starts after `startRunner`, which awaits config.sh; any
+# tick with a job running resets RUNNER_TIMER). So a slow GPU node costs a runner none of its
+# idle time: on demand, the timeout covers only the listener connecting and GitHub handing
+# it the job it was started for, seconds, and otherwise bills a GPU node for nothing.
+IDLE_SECONDS_ON_DEMAND = 120
 IDLE_SECONDS_ALWAYS = 3600
 # The longest a CI job may run on a self-hosted GitHub runner (5 days), and a margin for the
 # pod to wait for a GPU node and to unregister. A runner pod still alive after its idle time
@@ -85,8 +91,9 @@ class CmlRunnerArgs(RunnerBaseArgs):
     replicas: int = 1
     """Runners kept waiting for a job (without on_demand); 0 parks the runner."""
     idle_timeout_seconds: int | None = None
-    """How long a runner waits for a job before it exits; unset: 300 s on demand (a GPU node
-    waits with it), 3600 s without on_demand (the waiting runner is then replaced)."""
+    """How long a registered runner waits for a job before it exits; unset: 120 s on demand
+    (a GPU node waits with it), 3600 s without on_demand (the waiting runner is then
+    replaced)."""
     image_tag: str | None = None
     """Tag of iterativeai/cml, 0-dvc3-base1 unless set; `-gpu` is appended for GPU runners."""
     on_demand: OnDemandScaling | None = None

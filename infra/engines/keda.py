@@ -13,6 +13,10 @@ API_VERSION = "keda.sh/v1alpha1"
 # How often KEDA asks GitHub for queued and running jobs (GitHub's API allows 5000 calls an
 # hour per token; two calls a runner every 30 s stays far below).
 POLLING_SECONDS = 30
+# The labels GitHub gives every self-hosted Linux x64 runner, which a job's labels may name
+# besides the trigger's (KEDA 2.20.2, github_runner_scaler.go, reservedLabels; compared in any
+# case).
+GITHUB_DEFAULT_LABELS = ("self-hosted", "linux", "x64")
 # Stops a ScaledJob from starting Jobs; Jobs already running go on (KEDA 2.20,
 # controllers/keda/scaledjob_controller.go, checkIfPaused).
 PAUSED = "autoscaling.keda.sh/paused"
@@ -72,6 +76,14 @@ def github_runner_trigger(
 
     It counts queued and in-progress jobs, so a running job keeps its runner. ETags stay off:
     with them on, the scaler can miss jobs and count too few.
+
+    A job counts when each of its labels is one of these or a default label (self-hosted,
+    linux, x64, any case). A job with no labels at all (`runs-on: {group: ...}`) would count
+    for every trigger, and start a GPU runner that idles and exits for as long as that job
+    runs elsewhere; with matchUnlabeledJobsWithUnlabeledRunners it counts only for a trigger
+    without labels, which this never is (KEDA 2.20.2, pkg/scalers/github_runner_scaler.go,
+    canRunnerMatchLabels; added in 2.18, kedacore/keda#6900. KEDA's docs page states the
+    opposite of what the code does).
     """
     owner, repo = repository.removeprefix("https://github.com/").split("/")
     return {
@@ -82,6 +94,7 @@ def github_runner_trigger(
             "runnerScope": "repo",
             "labels": ",".join(labels),
             "targetWorkflowQueueLength": "1",
+            "matchUnlabeledJobsWithUnlabeledRunners": "true",
         },
         "authenticationRef": {"name": authentication, "kind": "ClusterTriggerAuthentication"},
     }

@@ -3,6 +3,7 @@
 from typing import Any
 
 from infra import machines, messages
+from infra.engines.keda import GITHUB_DEFAULT_LABELS
 from infra.gcp import names, registry
 from infra.settings.gpu_classes import GpuClass, class_named
 from infra.settings.parse import RUNNERS_KEY
@@ -118,19 +119,44 @@ def _fleet_problems(
                 f"pod would never schedule; allowed: labels of {key} ({own}, and GKE's own: "
                 "cloud.google.com/gke-nodepool, topology.kubernetes.io/zone)"
             )
+    problems += _label_problems(namespace, runners)
+    return problems
+
+
+def _own_labels(runner: RunnerSettings) -> set[str]:
+    """The labels that tell a runner apart: GitHub compares them in any case, and gives every
+    self-hosted runner its default labels, which tell none apart."""
+    if runner.platform != "github":
+        return set(runner.labels)
+    return {label.lower() for label in runner.labels} - set(GITHUB_DEFAULT_LABELS)
+
+
+def _label_problems(namespace: str, runners: list[RunnerSettings]) -> list[str]:
+    """Runners a job's labels cannot tell apart. A job asks for labels, and every runner of its
+    repository that carries all of them may take it (GitHub and GitLab match labels, not
+    names); KEDA's scaler counts the job for each such runner and starts one of each, and all
+    but one idle until they time out (docs/scaling.md)."""
+    problems = []
+    defaults = ", ".join(GITHUB_DEFAULT_LABELS)
     for later, runner in enumerate(runners):
+        key = f"{namespace}:{RUNNERS_KEY}[{later}].labels = {messages.show(runner.labels)}"
+        own = _own_labels(runner)
+        if not own:
+            problems.append(
+                f"{key}: only GitHub's default labels ({defaults}), which every self-hosted "
+                "runner carries, so a job for any runner would start this one; allowed: a "
+                "label of its own besides them"
+            )
+            continue
         for earlier, other in enumerate(runners[:later]):
-            mine, theirs = set(runner.labels), set(other.labels)
-            same_repository = runner.repository.lower() == other.repository.lower()
-            if same_repository and (mine <= theirs or theirs <= mine):
-                # A job asks for labels, and a runner carrying all of them may take it
-                # (GitHub and GitLab match labels, not names): when one runner's labels are all
-                # the other's too, a job for it may run on the other.
+            shared = own & _own_labels(other)
+            if shared and runner.repository.lower() == other.repository.lower():
                 problems.append(
-                    f"{namespace}:{RUNNERS_KEY}[{later}].labels = {messages.show(runner.labels)}: "
-                    f"runners[{earlier}] ({other.name}) on the same repository carries "
-                    f"{'all of these' if mine <= theirs else 'only labels among these'}, so a "
-                    "job for one may run on the other; allowed: a label the other has not"
+                    f"{key}: runners[{earlier}] ({other.name}) on the same repository carries "
+                    f"{', '.join(sorted(shared))} too, so a job that asks for "
+                    f"{'it' if len(shared) == 1 else 'them'} would start both runners and run "
+                    "on either; allowed: labels no other runner of the repository carries "
+                    f"(GitHub's defaults {defaults} aside)"
                 )
     return problems
 
