@@ -60,6 +60,7 @@ def ci_deployer(makes_cluster: bool, opts: pulumi.ResourceOptions) -> CiDeployer
 
 
 def ci_apis() -> dict[str, str]:
+    """The APIs CI access needs, when the stack grants it."""
     return CI_APIS if settings.ci is not None and settings.ci.enabled else {}
 
 
@@ -135,10 +136,13 @@ def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None, CiDeployer 
         # "" keeps the SDK from storing $KUBECONFIG's path in the state: the provider then loads
         # the kubeconfig as kubectl does (every file of $KUBECONFIG), on whichever machine runs
         # it. With no kubeconfig given, pulumi-kubernetes cannot tell clusters apart
-        # (pulumi-kubernetes#2771), so the context is the cluster's identity: another context
-        # replaces every object of the stack.
+        # (pulumi-kubernetes#2771), so the stack names the cluster: on GKE by its project,
+        # location and name, elsewhere by the context. Only a change of that replaces the
+        # stack's objects; another context for the same GKE cluster is an update.
         kubeconfig="",
-        cluster_identifier=settings.kube_context,
+        cluster_identifier=stack_settings.gke_context(settings.project, existing.gke)
+        if existing.gke
+        else settings.kube_context,
     )
     identity = deployer = None
     if existing.gke is not None:

@@ -568,6 +568,8 @@ def test_every_cloud_job_signs_in_to_an_existing_gke_cluster_before_pulumi(workf
         order = [s.get("uses", "").split("@")[0] or s.get("run", "") for s in steps]
         signs_in = next(i for i, text in enumerate(order) if CREDENTIALS in text)
         assert order.index("google-github-actions/setup-gcloud") < signs_in, name
+        # The step runs the program's virtualenv.
+        assert next(i for i, text in enumerate(order) if "-m venv .venv" in text) < signs_in
         first_pulumi = next(
             i for i, text in enumerate(order) if "pulumi/actions" in text or "pulumi " in text
         )
@@ -575,6 +577,7 @@ def test_every_cloud_job_signs_in_to_an_existing_gke_cluster_before_pulumi(workf
     before = gitlab[".pulumi"]["before_script"]
     signs_in = next(i for i, line in enumerate(before) if CREDENTIALS in line)
     assert next(i for i, line in enumerate(before) if "gcloud auth login" in line) < signs_in
+    assert next(i for i, line in enumerate(before) if "-m venv .venv" in line) < signs_in
     assert signs_in < next(i for i, line in enumerate(before) if "pulumi login" in line)
 
 

@@ -92,6 +92,8 @@ class CiDeployerArgs:
     """group/project of the infrastructure project on GitLab, or None."""
     gitlab_url: str
     """The GitLab instance whose ID tokens are trusted."""
+    makes_cluster: bool
+    """Whether the stack makes its GKE cluster and node pools (False: existingCluster.gke)."""
     github_repository_id: str | None = None
     github_owner_id: str | None = None
     gitlab_project_id: str | None = None
@@ -101,8 +103,6 @@ class CiDeployerArgs:
     """The bucket holding the Pulumi state, which the previewer may read."""
     secrets_key: str | None = None
     """The Cloud KMS key of the stack's secrets provider, which both accounts decrypt with."""
-    makes_cluster: bool = True
-    """Whether the stack makes its GKE cluster and node pools (False: existingCluster.gke)."""
 
 
 class CiDeployer(pulumi.ComponentResource):

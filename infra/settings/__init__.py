@@ -21,6 +21,7 @@ from infra.settings.existing_cluster import (
     EXISTING_CLUSTER_KEY,
     ExistingClusterSettings,
     ci_context_problems,
+    gke_context,
     kube_context,
 )
 from infra.settings.fleet import _fleet_problems, _project_unique_ids
@@ -65,6 +66,7 @@ __all__ = [
     "StackSettings",
     "SystemPoolSettings",
     "class_named",
+    "gke_context",
     "load",
     "parse_sections",
     "quantity_value",

@@ -189,8 +189,8 @@ def gke_context(project: str, gke: ExistingGkeSettings) -> str:
 def ci_context_problems(
     namespace: str, project: str | None, existing: ExistingClusterSettings | None, with_ci: bool
 ) -> list[str]:
-    """With CI access, the stack's context must be the one CI's credentials step writes: the
-    context names the cluster in the state, so any other would replace every object."""
+    """With CI access, the stack's context must be the one CI's credentials step writes, the
+    only context CI's kubeconfig has."""
     if not (with_ci and project and existing is not None and existing.gke is not None):
         return []
     expected = gke_context(project, existing.gke)
@@ -201,6 +201,5 @@ def ci_context_problems(
         f"{namespace}:{EXISTING_CLUSTER_KEY}.context {given}: with CI access, CI signs in with "
         f"`gcloud container clusters get-credentials {existing.gke.name} --location "
         f"{existing.gke.location} --project {project}`, which names the context {expected!r}, "
-        "and every machine must reach the cluster through the same context (it names the "
-        f"cluster in the state: another replaces every object); allowed: {expected!r}"
+        f"the only one CI's kubeconfig has; allowed: {expected!r}"
     ]
