@@ -18,6 +18,7 @@ from infra.engines.runner_base import (
     Registries,
     RunnerTarget,
 )
+from infra.engines.warm_capacity import WarmCapacity, WarmCapacityArgs, WarmNamespace
 from infra.gcp.apis import CI_APIS, IDENTITY_APIS, STACK_APIS, ProjectApis
 from infra.gcp.ci import CiDeployer, CiDeployerArgs, DeployerClusterAdmin, PreviewerReads
 from infra.gcp.cluster import GpuCluster, GpuClusterArgs
@@ -196,8 +197,14 @@ runner_options = pulumi.ResourceOptions.merge(
 )
 gpu_classes = {c.name: c for c in settings.gpu_classes}
 
-# KEDA, once, on the system pool, when a CML runner needs it to start its pods.
-keda = Keda("keda", node_selector=target.system_nodes, opts=on_cluster) if cml_runners else None
+warm_classes = [c for c in settings.gpu_classes if c.settings.warm_hours is not None]
+# KEDA, once, on the system pool, when a CML runner needs it to start its pods or a GPU class
+# has warm hours.
+keda = (
+    Keda("keda", node_selector=target.system_nodes, opts=on_cluster)
+    if cml_runners or warm_classes
+    else None
+)
 # actions-runner-controller, once, on the system pool, when a runner uses engine arc.
 arc = (
     ArcController("arc", node_selector=target.system_nodes, opts=on_cluster)
@@ -298,6 +305,29 @@ runners |= {
     )
     for runner in gitlab_runners
 }
+
+# Warm hours: each such class's placeholders, which pull its runners' images ahead.
+if warm_classes:
+    warm_namespace = WarmNamespace("warm", opts=on_cluster)
+    for gpu_class in warm_classes:
+        images = [
+            image
+            for runner in settings.runners
+            if (placement := runner_gpu_class(runner)) and placement.name == gpu_class.name
+            for image in runners[runner.name].images
+        ]
+        WarmCapacity(
+            f"warm-{gpu_class.name}",
+            WarmCapacityArgs(
+                gpu_class=GpuClassPlacement(gpu_class.name),
+                schedule=gpu_class.settings.warm_hours,
+                registries=target.registries,
+                images=images,
+            ),
+            opts=pulumi.ResourceOptions.merge(
+                runner_options, pulumi.ResourceOptions(depends_on=[warm_namespace, keda.release])
+            ),
+        )
 
 if cluster:
     pulumi.export("clusterName", cluster.name)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import yaml
 
-_GPU_CLASSES_PAGE = (Path(__file__).parent.parent / "docs" / "gpu-classes.md").read_text()
+_DOCS = Path(__file__).parent.parent / "docs"
+_GPU_CLASSES_PAGE = (_DOCS / "gpu-classes.md").read_text()
 _YAML_BLOCKS = re.findall(r"```yaml\n(.*?)```", _GPU_CLASSES_PAGE, re.DOTALL)
+_SPEED_YAML = re.findall(r"```yaml\n(.*?)```", (_DOCS / "speed.md").read_text(), re.DOTALL)
 
 # A GitHub GPU runner and a GitLab CPU runner in one stack.
 TWO_RUNNERS = {
@@ -77,6 +79,9 @@ SHARED_GPUS = {
     ],
 }
 
+# docs/speed.md's warm hours, on the dev stack's class, with a CML and an ARC runner on it.
+WARM_HOURS = {**yaml.safe_load(_SPEED_YAML[0])["config"], **BOTH_ENGINES}
+
 SHAPES = {
     "dev": {},
     "two-runners": TWO_RUNNERS,
@@ -87,4 +92,5 @@ SHAPES = {
     "gitlab": GITLAB,
     "two-classes": TWO_CLASSES,
     "shared-gpus": SHARED_GPUS,
+    "warm-hours": WARM_HOURS,
 }

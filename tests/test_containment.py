@@ -129,7 +129,7 @@ def test_in_every_shape_job_pods_mount_no_token_and_every_runner_namespace_is_is
         if p.inputs["spec"]["podSelector"] == {}
         and p.inputs["spec"]["policyTypes"] == ["Ingress", "Egress"]
     }
-    assert isolated == set(pods)
+    assert set(pods) <= isolated
 
 
 def test_cpu_runners_get_a_tainted_pool_of_their_own_that_scales_to_zero(every_engine):

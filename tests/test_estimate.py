@@ -75,8 +75,22 @@ def test_what_the_catalog_lacks_is_unpriced_never_guessed():
         },
     }
     result = estimate.estimate(config)
-    assert all(line.usd is None for line in result.lines)
+    google = [line for line in result.lines if not line.label.endswith("to compare")]
+    assert google and all(line.usd is None for line in google)
     assert "| Month while idle | unpriced |" in estimate.markdown("x", result)
+
+
+def test_github_gpu_jobs_are_set_beside_githubs_hosted_gpu_runner():
+    figures = by_label(estimate.estimate(stack("dev")))
+    hosted = "job on GitHub's hosted Linux GPU runner"
+    # 0.052 USD a minute (GitHub's runner pricing, January 1, 2026 onward).
+    assert figures[f"10-minute {hosted}"] == pytest.approx(0.52)
+    assert figures[f"60-minute {hosted}"] == pytest.approx(3.12)
+    gitlab = stack("dev")
+    gitlab["gpu-runners:runners"] = [
+        {"name": "gl-gpu", "platform": "gitlab", "labels": ["gpu"], "maxRunners": 1}
+    ]
+    assert not [f for f in estimate.estimate(gitlab).lines if hosted in f.label]
 
 
 def test_the_command_prints_a_table_and_the_change_against_the_base(capsys):
@@ -199,3 +213,11 @@ def test_a_flex_start_class_is_priced_at_on_demand_and_says_so():
     label = "GPU node hour on the flex-start (priced on demand) fallback, runner cml-runner"
     fallback = next(f.usd for f in result.lines if f.label == label)
     assert fallback == pytest.approx(G2_STANDARD_4 + 100 * PD_BALANCED / HOURS + IP)
+
+
+def test_the_price_of_an_on_demand_system_node_is_the_estimates():
+    spot = by_label(estimate.estimate(stack("dev")))["Month while idle"]
+    config = stack("dev")
+    config["gpu-runners:systemPool"]["spot"] = False
+    on_demand = by_label(estimate.estimate(config))["Month while idle"]
+    assert f"`systemPool.spot: false` (about {on_demand - spot:.0f} more a month)" in manual()

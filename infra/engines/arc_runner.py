@@ -80,6 +80,8 @@ class ArcRunner(pulumi.ComponentResource):
     workload: pulumi.Output[str]
     """Kind/name of what starts the runner pods: AutoscalingRunnerSet/<name>."""
     labels: list[str]
+    images: tuple[str, ...]
+    """The images its pods run on its nodes, which warm nodes pull ahead."""
 
     def __init__(
         self, name: str, args: ArcRunnerArgs, opts: pulumi.ResourceOptions | None = None
@@ -142,6 +144,7 @@ class ArcRunner(pulumi.ComponentResource):
         self.namespace = objects.namespace
         self.workload = pulumi.Output.concat("AutoscalingRunnerSet/", release.name)
         self.labels = list(args.labels)
+        self.images = (_image(args),)
         self.register_outputs(
             {"namespace": self.namespace, "workload": self.workload, "labels": self.labels}
         )
@@ -158,12 +161,16 @@ def _secret_data(credentials: pulumi.Input[str] | GithubApp) -> dict[str, pulumi
     return {"github_token": credentials}
 
 
+def _image(args: ArcRunnerArgs) -> str:
+    return args.image or f"{args.registries.ghcr}/{RUNNER_IMAGE}"
+
+
 def _pod_template(args: ArcRunnerArgs, labels: dict[str, str], objects: RunnerObjects) -> dict:
     """The runner pod: non-root, no privilege escalation, no capabilities (Pod Security
     `restricted`), so a job cannot use sudo; it installs what it needs without root."""
     container: dict = {
         "name": "runner",
-        "image": args.image or f"{args.registries.ghcr}/{RUNNER_IMAGE}",
+        "image": _image(args),
         "command": ["/home/runner/run.sh"],
         "resources": container_resources(args),
         "securityContext": {

@@ -114,6 +114,8 @@ class CmlRunner(pulumi.ComponentResource):
     workload: pulumi.Output[str]
     """Kind/name of what starts the runner pods: ScaledJob/<name>."""
     labels: list[str]
+    images: tuple[str, ...]
+    """The images its pods run on its nodes, which warm nodes pull ahead."""
 
     def __init__(
         self, name: str, args: CmlRunnerArgs, opts: pulumi.ResourceOptions | None = None
@@ -234,6 +236,7 @@ class CmlRunner(pulumi.ComponentResource):
         self.namespace = objects.namespace
         self.workload = pulumi.Output.concat("ScaledJob/", scaled_job.metadata["name"])
         self.labels = list(args.labels)
+        self.images = (runner_image(args.registries, args.image_tag, args.gpus),)
         self.register_outputs(
             {"namespace": self.namespace, "workload": self.workload, "labels": self.labels}
         )

@@ -118,6 +118,8 @@ class GitlabRunner(pulumi.ComponentResource):
     workload: pulumi.Output[str]
     """Kind/name of what starts the job pods: Deployment/<name> (the runner manager)."""
     labels: list[str]
+    images: tuple[str, ...]
+    """The images its pods run on its nodes, which warm nodes pull ahead."""
 
     def __init__(
         self, name: str, args: GitlabRunnerArgs, opts: pulumi.ResourceOptions | None = None
@@ -206,6 +208,9 @@ class GitlabRunner(pulumi.ComponentResource):
         self.namespace = objects.namespace
         self.workload = pulumi.Output.concat("Deployment/", release.name)
         self.labels = list(args.labels)
+        # The jobs' default image; the helper's tag is the runner's own revision, known only
+        # when it runs.
+        self.images = (cml_runner.runner_image(args.registries, args.image_tag, args.gpus),)
         self.register_outputs(
             {"namespace": self.namespace, "workload": self.workload, "labels": self.labels}
         )

@@ -21,6 +21,7 @@ from infra.settings.validation import (
     _invalid,
     region_of,
 )
+from infra.settings.warm_hours import WarmHoursSettings
 
 # The class `gpuPool` makes: its pool keeps the name it had before classes existed.
 SINGLE_CLASS = "gpu"
@@ -121,6 +122,18 @@ def _check_flex_start(flex_start: bool, info: ValidationInfo) -> bool:
     return flex_start
 
 
+def _check_warm_nodes(
+    warm_hours: WarmHoursSettings | None, info: ValidationInfo
+) -> WarmHoursSettings | None:
+    max_nodes = info.data.get("max_nodes")
+    if warm_hours is not None and max_nodes is not None and warm_hours.nodes > max_nodes:
+        raise _invalid(
+            f"nodes = {warm_hours.nodes}: more warm nodes than the class's maxNodes "
+            f"({max_nodes}); allowed: 1 to {max_nodes}, or a larger maxNodes"
+        )
+    return warm_hours
+
+
 @dataclass(frozen=True)
 class GpuNodePool:
     """One node pool of a GPU class, in the order its ComputeClass tries them."""
@@ -159,6 +172,8 @@ class GpuPoolSettings(_Section):
     driver_version: Literal["DEFAULT", "LATEST"] = "LATEST"
     disk_size_gb: DiskSizeGb = 100
     labels: ExtraLabels = Field(default_factory=dict)
+    warm_hours: Annotated[WarmHoursSettings | None, AfterValidator(_check_warm_nodes)] = None
+    """Hours in which nodes of the class are kept ready for jobs; unset: none."""
 
     @property
     def gpus_per_node(self) -> int:

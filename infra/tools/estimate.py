@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from infra import machines, messages
+from infra import job_start, machines, messages
 from infra import settings as stack_settings
 from infra.tools.markdown import bounded
 from infra.tools.markdown import text as markdown_text
@@ -25,14 +25,14 @@ from infra.tools.stack_file import PROJECT, StackFileError, read_config
 
 CATALOG = Path(__file__).parent.parent / "data" / "prices.yaml"
 BOOT_DISK = "pd-balanced"  # GKE's default boot disk type; the pools do not set another.
-# The billed-minutes model of a job on a cold GPU node (docs/cost.md, "Per job"): the node is
-# billed from its boot (about 1 minute), through the driver install (2) and the image (1,
-# streamed from the mirror) and the runner's start (0.5), the job, then until the autoscaler
-# removes it (at most its default 10 minutes; OPTIMIZE_UTILIZATION removes nodes sooner, by no
-# published figure, so this is the upper bound).
-START_BILLED_MINUTES = 4.5
+# The billed-minutes model of a job (infra/job_start.py, docs/speed.md): a node is billed from
+# its boot through the job's start, the job, then until the autoscaler removes it (at most its
+# default 10 minutes; OPTIMIZE_UTILIZATION removes nodes sooner, by no published figure, so
+# this is the upper bound). On a warm node the boot was paid by the warm hours: a job adds the
+# minutes from taking the node on (the placeholder's replacement is the warm hours' again).
 TAIL_MINUTES = 10
 JOB_MINUTES = (10, 60)
+WEEK_HOURS = 7 * 24
 PLACEHOLDER_REPOSITORIES = {
     "github": "https://github.com/estimate/placeholder",
     "gitlab": "https://gitlab.com/estimate/placeholder",
@@ -140,6 +140,16 @@ def estimate(config: dict) -> Estimate:
         _times(_idle_nodes(c, waiting_gpus[name]) * hours, pool_hour[c.node_pools[0].name])
         for name, c in classes.items()
     ]
+    # Warm hours keep their nodes up whether or not a job comes: of the class's first pool
+    # (Spot first where it has Spot; the fallback's price is not counted).
+    warm = {
+        name: _times(
+            c.settings.warm_hours.nodes * c.settings.warm_hours.hours_per_week * hours / WEEK_HOURS,
+            pool_hour[c.node_pools[0].name],
+        )
+        for name, c in classes.items()
+        if c.settings.warm_hours is not None
+    }
     worst_gpu = [
         _times(pool.max_nodes * hours, pool_hour[pool.name])
         for c in classes.values()
@@ -163,6 +173,7 @@ def estimate(config: dict) -> Estimate:
         fee,
         _times(system.min_nodes * hours, system_hour),
         *idle_gpu,
+        *warm.values(),
         _times(idle_cpu_nodes * hours, cpu_hour),
     )
     worst = _sum(
@@ -175,8 +186,18 @@ def estimate(config: dict) -> Estimate:
         Figure("Month while idle", idle),
         Figure("Worst month (every pool at its maximum, all month)", worst),
     ]
+    for name, usd in warm.items():
+        schedule = classes[name].settings.warm_hours
+        lines.append(
+            Figure(
+                f"Warm hours of class {name}, in the month while idle ({schedule.nodes} "
+                f"node{'s' if schedule.nodes > 1 else ''}, {schedule.hours_per_week:g} h a week)",
+                usd,
+            )
+        )
     for runner in (r for r in runners if r.gpus > 0):
-        first, *fallback = stack_settings.class_named(classes, runner.gpu_pool).node_pools
+        gpu_class = stack_settings.class_named(classes, runner.gpu_pool)
+        first, *fallback = gpu_class.node_pools
         gpu_hour = pool_hour[first.name]
         lines.append(Figure(f"GPU node hour, runner {runner.name}", gpu_hour))
         if fallback:
@@ -187,15 +208,29 @@ def estimate(config: dict) -> Estimate:
                     pool_hour[fallback[0].name],
                 )
             )
-        for minutes in JOB_MINUTES:
-            billed = START_BILLED_MINUTES + minutes + TAIL_MINUTES
+        warm_class = gpu_class.settings.warm_hours is not None
+        for minutes, node in ((m, n) for m in JOB_MINUTES for n in ("cold", "warm")):
+            if node == "warm" and not warm_class:
+                continue
+            billed = job_start.billed_start_minutes(node == "warm") + minutes + TAIL_MINUTES
+            beyond = " beyond the warm hours" if node == "warm" else ""
             lines.append(
                 Figure(
-                    f"{minutes}-minute job on a cold node, runner {runner.name} "
-                    f"({billed:g} GPU minutes billed)",
+                    f"{minutes}-minute job on a {node} node, runner {runner.name} "
+                    f"({billed:g} GPU minutes billed{beyond}, first step after "
+                    f"{job_start.first_step_minutes(node == 'warm'):.2g} minutes)",
                     _times(billed / 60, gpu_hour),
                 )
             )
+    hosted = catalog()["hosted_gpu_runner"]["github"]
+    if any(r.gpus > 0 and r.platform == "github" for r in runners):
+        lines += [
+            Figure(
+                f"{minutes}-minute job on {hosted['name']}, to compare",
+                minutes * hosted["per_minute"],
+            )
+            for minutes in JOB_MINUTES
+        ]
     about = f"System pool: {system.machine_type}, {_BUYING[system.spot]}. " + " ".join(
         f"GPU class {c.name}: {c.settings.machine_type}, {_buying(c)}." for c in classes.values()
     )
