@@ -23,7 +23,7 @@ from infra.gcp.apis import CI_APIS, IDENTITY_APIS, STACK_APIS, ProjectApis
 from infra.gcp.ci import CiDeployer, CiDeployerArgs, DeployerClusterAdmin, PreviewerReads
 from infra.gcp.cluster import GpuCluster, GpuClusterArgs
 from infra.gcp.identity import KubernetesServiceAccount, RunnerIdentity, RunnerIdentityArgs
-from infra.gcp.registry import ImageMirror
+from infra.gcp.registry import ImageMirror, PackageCache
 
 settings = stack_settings.load()
 
@@ -108,6 +108,21 @@ def made_cluster() -> tuple[RunnerTarget, RunnerIdentity, GpuCluster, CiDeployer
         admins=ci_members,
         opts=after_apis,
     )
+    # Python packages, pulled through the cluster's region, for the runner accounts only.
+    runner_members = {"runner": identity.email, "trusted": identity.trusted_email}
+    packages = PackageCache(
+        "packages",
+        project=settings.project,
+        region=settings.cluster.region,
+        cluster_name=settings.cluster.name,
+        readers={
+            name: pulumi.Output.concat("serviceAccount:", email)
+            for name, email in runner_members.items()
+            if email is not None
+        },
+        admins=ci_members,
+        opts=after_apis,
+    )
     # What a preview reads in the cluster, for the previewer.
     if deployer:
         PreviewerReads(
@@ -119,10 +134,12 @@ def made_cluster() -> tuple[RunnerTarget, RunnerIdentity, GpuCluster, CiDeployer
         provider=cluster.provider,
         system_nodes=SYSTEM_NODES,
         registries=mirror.registries,
+        package_index=packages.index,
         services_range=cluster.services_range,
         # Runner pods pull their images through the mirror (its repositories and the nodes'
-        # grants), and select a ComputeClass, which exists first.
-        ready=[mirror, *cluster.compute_classes.values()],
+        # grants), install packages through the cache, and select a ComputeClass, which
+        # exists first.
+        ready=[mirror, packages, *cluster.compute_classes.values()],
         api_server_ports=(443,),
     )
     return target, identity, cluster, deployer
@@ -173,6 +190,7 @@ def existing_cluster() -> tuple[RunnerTarget, RunnerIdentity | None, CiDeployer 
         provider=provider,
         system_nodes=existing.system_node_labels,
         registries=Registries(),
+        package_index=None,
         services_range=None,
         ready=[],
         # A NetworkPolicy sees the API server's own port, behind the Service's 443: 6443 on
@@ -243,6 +261,7 @@ def runner_base_args(runner: stack_settings.RunnerSettings) -> dict:
         if identity
         else None,
         "registries": target.registries,
+        "package_index": target.package_index,
         "services_range": target.services_range,
         "runtime_class": SANDBOX_RUNTIME_CLASS
         if runner.gpus == 0 and settings.cpu_pool and settings.cpu_pool.sandbox

@@ -218,7 +218,9 @@ def test_the_runner_pod_meets_the_restricted_pod_security_standard(arc):
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
     }
-    assert "volumes" not in spec and "hostNetwork" not in spec
+    # One volume: the package index's keyring command, read-only.
+    assert [v["name"] for v in spec["volumes"]] == ["keyring"]
+    assert "hostNetwork" not in spec
 
 
 def test_a_pat_lives_only_in_the_secret_the_controller_reads(arc):

@@ -290,8 +290,10 @@ def test_ci_access_is_protected_so_a_ci_destroy_keeps_it(both):
     assert all(r.protect for r in deployer_rights)
     # And so are the image mirror's repositories with CI's grants on them (tests/test_registry).
     mirror = {f"images-{upstream}{grant}" for upstream in UPSTREAMS for grant in ("", "-admin-0")}
+    # And the package cache's repository with CI's grant on it, for the same reason.
+    packages = {"packages", "packages-admin-0"}
     protected = {r.name for r in both.resources if r.protect}
-    assert protected == {r.name for r in [*parts, *deployer_rights]} | mirror
+    assert protected == {r.name for r in [*parts, *deployer_rights]} | mirror | packages
 
 
 def test_a_github_url_instead_of_owner_and_repo_is_rejected():

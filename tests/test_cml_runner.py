@@ -199,6 +199,8 @@ def test_kubernetes_objects_use_the_clusters_provider_and_belong_to_their_runner
         SECRET,
         SCALED_JOB,
         "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+        # The package index's keyring command.
+        "kubernetes:core/v1:ConfigMap",
     }
     on_demand = always | {
         "kubernetes:keda.sh/v1alpha1:ClusterTriggerAuthentication",

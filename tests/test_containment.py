@@ -277,21 +277,20 @@ def test_trusted_github_runners_run_the_protected_refs_hook_before_every_job(eve
         assert (
             hook | {"value": "/opt/gpu-runners/hooks/protected-refs-only.sh"} in (container["env"])
         )
-        assert container["volumeMounts"] == [
-            {"name": "job-hooks", "mountPath": "/opt/gpu-runners/hooks", "readOnly": True}
-        ]
-        assert pods[name]["volumes"] == [
-            {
-                "name": "job-hooks",
-                "configMap": {"name": f"{name}-job-hooks", "defaultMode": 0o555},
-            }
-        ]
+        assert {"name": "job-hooks", "mountPath": "/opt/gpu-runners/hooks", "readOnly": True} in (
+            container["volumeMounts"]
+        )
+        assert {
+            "name": "job-hooks",
+            "configMap": {"name": f"{name}-job-hooks", "defaultMode": 0o555},
+        } in pods[name]["volumes"]
         config_map = every_engine.one("kubernetes:core/v1:ConfigMap", f"{name}-job-hooks")
         assert config_map.inputs["data"] == {"protected-refs-only.sh": PROTECTED_REFS_ONLY}
     for name in ("cml-gpu", "arc-cpu"):
         (container,) = pods[name]["containers"]
-        assert "volumeMounts" not in container, name
-        assert "volumes" not in pods[name], name
+        # The package index's keyring only.
+        assert [m["name"] for m in container["volumeMounts"]] == ["keyring"], name
+        assert [v["name"] for v in pods[name]["volumes"]] == ["keyring"], name
 
 
 @pytest.mark.parametrize(

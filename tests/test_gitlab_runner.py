@@ -47,6 +47,17 @@ def chart_values(program) -> dict:
     return reveal(program.one(RELEASE, "gl-gpu").inputs["values"])
 
 
+# The package index's keyring command, executable (the executor's own config_map volumes take
+# no mode).
+KEYRING_VOLUME = {"name": "keyring"}
+KEYRING_MOUNT = {
+    "name": "keyring",
+    "mountPath": "/usr/local/bin/keyring",
+    "subPath": "keyring",
+    "readOnly": True,
+}
+
+
 def runner_config(program) -> dict:
     (runner,) = tomllib.loads(chart_values(program)["runners"]["config"])["runners"]
     return runner
@@ -106,7 +117,16 @@ def test_job_pods_go_to_gpu_nodes_with_the_gpu_limit(given_token):
     gpus = {"nvidia.com/gpu": "1"}
     assert json.loads(patch["patch"]) == {
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{"name": "build", "resources": {"requests": gpus, "limits": gpus}}],
+        "volumes": [
+            KEYRING_VOLUME | {"configMap": {"name": "gl-gpu-package-index", "defaultMode": 0o555}}
+        ],
+        "containers": [
+            {
+                "name": "build",
+                "volumeMounts": [KEYRING_MOUNT],
+                "resources": {"requests": gpus, "limits": gpus},
+            }
+        ],
     }
     assert (kubernetes["cpu_request"], kubernetes["cpu_limit"]) == ("1", "1")
     assert (kubernetes["memory_request"], kubernetes["memory_limit"]) == ("2000Mi", "2000Mi")
@@ -157,7 +177,11 @@ def test_a_cpu_runner_has_no_gpu_patch_and_lands_on_the_cpu_runner_pool():
     )
     (patch,) = kubernetes["pod_spec"]
     assert json.loads(patch["patch"]) == {
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "volumes": [
+            KEYRING_VOLUME | {"configMap": {"name": "gl-cpu-package-index", "defaultMode": 0o555}}
+        ],
+        "containers": [{"name": "build", "volumeMounts": [KEYRING_MOUNT]}],
     }
     # A token rotated by the runner would live only in the pod's memory; the flag lets the
     # patch apply.

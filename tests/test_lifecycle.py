@@ -180,8 +180,26 @@ def test_upgrading_from_ec66a1f_keeps_the_gpu_pool_and_adds_its_fallback():
     now = run_program(WITH_CI)
     before = {old["urn"] for old in previous}
     added = {r.name for r in now.resources if r.type.startswith("gcp:") and r.urn not in before}
-    # The dev stack's Spot class gains its on-demand fallback, which starts from zero nodes.
-    assert added == {"gke-gpu-on-demand"}
+    # The dev stack's Spot class gains its on-demand fallback, which starts from zero nodes,
+    # and (since 0.5.0, below) the package cache.
+    assert added == {"gke-gpu-on-demand"} | PACKAGE_CACHE
     notes = (REPO / "docs" / "gpu-classes.md").read_text()
     assert "gets the new pool `gpu-on-demand`" in notes
     assert "gpuPool.onDemandFallback: false" in notes
+
+
+# The package cache: its repository, the runner account's read grant, CI's admin grant.
+PACKAGE_CACHE = {"packages", "packages-runner", "packages-admin-0"}
+
+
+def test_upgrading_from_0_4_0_adds_the_package_cache_and_changes_nothing_else():
+    previous, replaced, removed = upgrade("93b50de-dev-with-ci.json", WITH_CI)
+    assert (replaced, removed) == (set(), set())
+    now = run_program(WITH_CI)
+    before = {old["urn"] for old in previous}
+    added = [r for r in now.resources if r.type.startswith("gcp:") and r.urn not in before]
+    assert {r.name for r in added} == PACKAGE_CACHE
+    # Protected with CI access, as the mirror: CI could not create the repository again.
+    assert {r.name for r in added if r.protect} == {"packages", "packages-admin-0"}
+    section = LIFECYCLE[LIFECYCLE.index("## Upgrading to 0.5.0") :]
+    assert "`mlops-kubernetes-pypi`" in section.split("\n## ")[0]

@@ -25,10 +25,15 @@ REPOSITORIES = {
     "ghcr": "mlops-kubernetes-ghcr",
     "gitlab": "mlops-kubernetes-gitlab",
 }
+PYPI_REPOSITORY = "mlops-kubernetes-pypi"
 
 
 def test_one_remote_repository_per_upstream_in_the_clusters_region(dev):
-    repositories = {r.name.removeprefix("images-"): r.inputs for r in dev.of_type(REPOSITORY)}
+    repositories = {
+        r.name.removeprefix("images-"): r.inputs
+        for r in dev.of_type(REPOSITORY)
+        if r.name.startswith("images-")
+    }
     # Named after the cluster: another stack's cluster in the project has its own.
     assert {k: v["repositoryId"] for k, v in repositories.items()} == REPOSITORIES
     for repository in repositories.values():
@@ -46,11 +51,11 @@ def test_one_remote_repository_per_upstream_in_the_clusters_region(dev):
 
 
 def test_the_nodes_may_read_the_mirror_and_no_other_repository(dev):
-    grants = dev.of_type(REPOSITORY_READER)
+    grants = [g for g in dev.of_type(REPOSITORY_READER) if g.inputs["member"] == NODE_MEMBER]
     assert {g.inputs["repository"] for g in grants} == set(REPOSITORIES.values())
-    for grant in grants:
-        assert grant.inputs["role"] == "roles/artifactregistry.reader"
-        assert grant.inputs["member"] == NODE_MEMBER
+    assert all(g.inputs["role"] == "roles/artifactregistry.reader" for g in grants)
+    others = [g for g in dev.of_type(REPOSITORY_READER) if g not in grants]
+    assert {g.inputs["repository"] for g in others} == {PYPI_REPOSITORY}
     project_roles = {
         r.inputs["role"]
         for r in dev.of_type("gcp:projects/iAMMember:IAMMember")
@@ -87,14 +92,14 @@ def test_the_runners_wait_for_the_mirror_and_its_grants(dev):
     assert dev.waits_for(scaled_job, dev.one(REPOSITORY_READER, "images-docker-hub-nodes"))
 
 
-def test_ci_manages_the_three_repositories_and_no_other():
+def test_ci_manages_the_four_repositories_and_no_other():
     program = run_program(WITH_CI)
     admins = [
         g
         for g in program.of_type(REPOSITORY_READER)
         if g.inputs["role"] == "roles/artifactregistry.admin"
     ]
-    assert {g.inputs["repository"] for g in admins} == set(REPOSITORIES.values())
+    assert {g.inputs["repository"] for g in admins} == {*REPOSITORIES.values(), PYPI_REPOSITORY}
     assert all(
         g.inputs["member"].startswith("serviceAccount:gpu-runners-ci-deployer@") for g in admins
     )
@@ -107,7 +112,7 @@ def test_with_ci_the_repositories_and_cis_grants_on_them_survive_a_ci_destroy():
     # `destroy --exclude-protected` must keep them, and its own admin grants with them.
     program = run_program(WITH_CI)
     kept = [r for r in program.of_type(REPOSITORY_READER) if r.name.endswith("-admin-0")]
-    assert len(kept) == 3
+    assert len(kept) == 4
     assert all(r.protect for r in [*program.of_type(REPOSITORY), *kept])
     # The nodes' read grants are CI's to remove and give again.
     readers = [r for r in program.of_type(REPOSITORY_READER) if r.name.endswith("-nodes")]

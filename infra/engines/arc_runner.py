@@ -14,6 +14,7 @@ from infra.engines.runner_base import (
     RunnerObjects,
     app_labels,
     container_resources,
+    mount_pod_files,
     placement,
     pod_identity,
     pod_labels,
@@ -179,18 +180,14 @@ def _pod_template(args: ArcRunnerArgs, labels: dict[str, str], objects: RunnerOb
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    env = [{"name": "LD_LIBRARY_PATH", "value": NVIDIA_LIBRARIES}] if args.gpus > 0 else []
-    volumes = []
-    if objects.job_hook is not None:
-        env.append(objects.job_hook.env)
-        container["volumeMounts"] = [objects.job_hook.mount]
-        volumes.append(objects.job_hook.volume)
-    if env:
-        container["env"] = env
+    if args.gpus > 0:
+        container["env"] = [{"name": "LD_LIBRARY_PATH", "value": NVIDIA_LIBRARIES}]
+    volumes: dict = {}
+    mount_pod_files(container, volumes, objects.pod_files)
     return {
         "metadata": {"labels": pod_labels(labels, args), "annotations": NOT_EVICTABLE},
         "spec": {
-            **({"volumes": volumes} if volumes else {}),
+            **volumes,
             **pod_identity(objects.service_account),
             **placement(args),
             "securityContext": {

@@ -15,6 +15,7 @@ from infra.engines.runner_base import (
     RunnerObjects,
     app_labels,
     container_resources,
+    mount_pod_files,
     placement,
     pod_identity,
     pod_labels,
@@ -293,9 +294,7 @@ def _pod_template(args: CmlRunnerArgs, labels: dict[str, str], objects: RunnerOb
         "securityContext": RUNTIME_DEFAULT_SECCOMP,
         "containers": [container],
     }
-    if objects.job_hook is not None:
-        container["volumeMounts"] = [objects.job_hook.mount]
-        spec["volumes"] = [objects.job_hook.volume]
+    mount_pod_files(container, spec, objects.pod_files)
     return {
         "metadata": {"labels": pod_labels(labels, args), "annotations": NOT_EVICTABLE},
         "spec": spec,
@@ -316,8 +315,6 @@ def _runner_env(objects: RunnerObjects) -> list[dict]:
             "valueFrom": {"secretKeyRef": {"name": objects.secret, "key": TOKEN_KEY}},
         },
     ]
-    if objects.job_hook is not None:
-        env.append(objects.job_hook.env)
     secret = [e["name"] for e in env if "secretKeyRef" in e.get("valueFrom", {})]
     return [*env, {"name": SENSITIVE_ENV, "value": ":".join(secret)}]
 

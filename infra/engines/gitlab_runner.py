@@ -17,6 +17,7 @@ from infra.engines.runner_base import (
     NOT_EVICTABLE,
     RUNTIME_DEFAULT_SECCOMP,
     SYSTEM_NODES,
+    PodFile,
     RunnerBaseArgs,
     app_labels,
     node_selector,
@@ -192,6 +193,7 @@ class GitlabRunner(pulumi.ComponentResource):
                     objects.service_account,
                     cml_runner.runner_image(args.registries, args.image_tag, args.gpus),
                     args.registries.gitlab,
+                    objects.pod_files,
                 ),
             },
         }
@@ -217,9 +219,15 @@ class GitlabRunner(pulumi.ComponentResource):
 
 
 def runner_config(
-    args: GitlabRunnerArgs, namespace: str, service_account: str, image: str, gitlab_registry: str
+    args: GitlabRunnerArgs,
+    namespace: str,
+    service_account: str,
+    image: str,
+    gitlab_registry: str,
+    pod_files: Sequence[PodFile] = (),
 ) -> str:
-    """The runner's config.toml template: the Kubernetes executor and the job pods it makes."""
+    """The runner's config.toml template: the Kubernetes executor and the job pods it makes,
+    with `pod_files` mounted in the job's container and their variables in the job's."""
     kubernetes: dict = {
         "namespace": namespace,
         "image": image,
@@ -251,9 +259,14 @@ def runner_config(
     # stands in [runners.feature_flags], which a job's variables cannot override
     # (common/build_settings.go, populateFeatureFlags).
     patch: dict = {"securityContext": RUNTIME_DEFAULT_SECCOMP}
+    build: dict = {"name": "build"}
+    if pod_files:
+        # The executor's own config_map volumes take no file mode, and the keyring must run.
+        patch["volumes"] = [f.volume for f in pod_files]
+        build["volumeMounts"] = [f.mount for f in pod_files]
     if args.gpus > 0:
         gpus = {GPU_RESOURCE: str(args.gpus)}
-        patch["containers"] = [{"name": "build", "resources": {"requests": gpus, "limits": gpus}}]
+        build["resources"] = {"requests": gpus, "limits": gpus}
         kubernetes["node_tolerations"] = {f"{GPU_RESOURCE}=present": "NoSchedule"}
         if args.gpu_class is not None:
             # key=value: effect, the executor's form of an Equal toleration.
@@ -263,6 +276,8 @@ def runner_config(
             )
     elif args.node_labels is None:
         kubernetes["node_tolerations"] = {CPU_JOBS_LABEL: "NoSchedule"}
+    if len(build) > 1:
+        patch["containers"] = [build]
     # JSON is YAML, the patch format the executor reads.
     kubernetes["pod_spec"] = [
         {"name": "hardening", "patch": json.dumps(patch), "patch_type": "strategic"}
@@ -277,6 +292,10 @@ def runner_config(
         "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION": True,
     }
     runner = {"executor": "kubernetes", "kubernetes": kubernetes, "feature_flags": feature_flags}
+    # Each job's variables; a job may set its own over them.
+    environment = [f"{e['name']}={e['value']}" for f in pod_files for e in f.env]
+    if environment:
+        runner["environment"] = environment
     return tomli_w.dumps({"runners": [runner]})
 
 

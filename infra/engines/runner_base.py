@@ -83,6 +83,54 @@ class Registries:
     gitlab: str = "registry.gitlab.com"
 
 
+# Python packages from the package cache (infra/gcp/registry.py, PackageCache): pip and uv
+# ask a `keyring` command for the index's password when its URL names a user and their keyring
+# provider is `subprocess` (pip, src/pip/_internal/network/auth.py, KeyRingCliProvider: runs
+# `keyring get <url> <username>`, the password on stdout; uv, crates/uv-auth, the same CLI).
+# Artifact Registry takes an access token as the password of the user oauth2accesstoken
+# (Artifact Registry docs, "Configure authentication to Artifact Registry for Python package
+# repositories", password authentication); this one is the pod's Google account's, from the
+# GKE metadata server (Workload Identity), short-lived, asked for at each install.
+PACKAGE_INDEX_USER = "oauth2accesstoken"
+KEYRING_PATH = "/usr/local/bin/keyring"
+KEYRING = r"""#!/bin/sh
+# gpu-runners: `keyring get <service> oauth2accesstoken`, as pip and uv call it, prints an
+# access token of the pod's Google account, Artifact Registry's password for that user.
+[ "$1" = get ] && [ "$3" = oauth2accesstoken ] || exit 1
+url=http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token
+if command -v curl >/dev/null 2>&1; then
+  body=$(curl -sf -H 'Metadata-Flavor: Google' "$url") || exit 1
+elif command -v python3 >/dev/null 2>&1; then
+  body=$(python3 -c 'import sys, urllib.request as u
+r = u.Request(sys.argv[1], headers={"Metadata-Flavor": "Google"})
+print(u.urlopen(r, timeout=10).read().decode())' "$url") || exit 1
+else
+  exit 1
+fi
+token=$(printf '%s' "$body" | sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p')
+[ -n "$token" ] && printf '%s\n' "$token"
+"""
+
+
+@dataclass(frozen=True)
+class PackageIndex:
+    """A Python package index the runner's pods and jobs install from, as their Google account:
+    the stack's pull-through cache of PyPI in the cluster's region."""
+
+    url: str
+    """The index's simple API, https://<region>-python.pkg.dev/<project>/<repository>/simple/."""
+
+    def env(self) -> list[dict]:
+        """pip's and uv's standard variables: the index, with its user, and the keyring."""
+        url = self.url.replace("https://", f"https://{PACKAGE_INDEX_USER}@", 1)
+        return [
+            {"name": "PIP_INDEX_URL", "value": url},
+            {"name": "PIP_KEYRING_PROVIDER", "value": "subprocess"},
+            {"name": "UV_DEFAULT_INDEX", "value": url},
+            {"name": "UV_KEYRING_PROVIDER", "value": "subprocess"},
+        ]
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunnerBaseArgs:
     """What a runner is on any engine: where it registers, its labels, its pods' size and place."""
@@ -121,6 +169,8 @@ class RunnerBaseArgs:
     runtime_class: str | None = None
     """The pods' RuntimeClass: `gvisor` on a GKE Sandbox pool, whose RuntimeClass also adds its
     node selector and toleration (GKE docs, "Harden workload isolation with GKE Sandbox")."""
+    package_index: PackageIndex | None = None
+    """The Python package index the pods and jobs install from; None: PyPI, as the tools do."""
     trusted: bool = False
     """Take jobs of protected branches only (as far as the forge lets the engine enforce it),
     and act as `google_service_account`, which may then write the DVC remote."""
@@ -135,6 +185,8 @@ class RunnerTarget:
     system_nodes: Mapping[str, str]
     """Where the controllers and managers run."""
     registries: Registries
+    package_index: PackageIndex | None
+    """The Python package index of the runners' pods and jobs (RunnerBaseArgs.package_index)."""
     services_range: pulumi.Input[str] | None
     """The cluster's Service range, when known (RunnerBaseArgs.services_range)."""
     ready: Sequence[pulumi.Resource]
@@ -280,25 +332,27 @@ JOB_EGRESS = [{"to": DNS_PEERS, "ports": DNS_PORTS}, *METADATA_SERVER, INTERNET]
 
 
 @dataclass(frozen=True)
-class JobHook:
-    """The parts of a GitHub runner pod that run PROTECTED_REFS_ONLY before every job."""
+class PodFile:
+    """A file from a ConfigMap of the runner's that its runner pods mount, and the variables
+    that point at it: a trusted GitHub runner's job hook, the package index's sign-in."""
 
     volume: dict
     mount: dict
-    env: dict
+    env: list[dict]
 
 
 @dataclass(frozen=True)
 class RunnerObjects:
-    """The names of what every runner has before its pods (namespace, account, Secret, and a
-    trusted GitHub runner's job hook), and the objects themselves, for what must wait for them
-    (`depends_on`)."""
+    """The names of what every runner has before its pods (namespace, account, Secret, a
+    trusted GitHub runner's job hook, the package index's keyring), and the objects
+    themselves, for what must wait for them (`depends_on`)."""
 
     namespace: str
     service_account: str
     secret: str
     ready: list[pulumi.Resource]
-    job_hook: JobHook | None = None
+    pod_files: tuple[PodFile, ...] = ()
+    """What the engine's runner pods mount: the job hook, the package index's keyring."""
 
     def options(self, opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
         """`opts`, waiting for these objects too."""
@@ -412,7 +466,7 @@ def runner_objects(
         )
     )
     ready += allowed
-    job_hook = None
+    pod_files = []
     if github_job_hook and args.trusted:
         hooks = f"{name}-job-hooks"
         ready.append(
@@ -423,15 +477,54 @@ def runner_objects(
                 opts=in_namespace,
             )
         )
-        job_hook = JobHook(
-            volume={"name": "job-hooks", "configMap": {"name": hooks, "defaultMode": 0o555}},
-            mount={"name": "job-hooks", "mountPath": JOB_HOOK_DIR, "readOnly": True},
-            env={"name": JOB_HOOK_ENV, "value": f"{JOB_HOOK_DIR}/{JOB_HOOK_FILE}"},
+        pod_files.append(
+            PodFile(
+                volume={"name": "job-hooks", "configMap": {"name": hooks, "defaultMode": 0o555}},
+                mount={"name": "job-hooks", "mountPath": JOB_HOOK_DIR, "readOnly": True},
+                env=[{"name": JOB_HOOK_ENV, "value": f"{JOB_HOOK_DIR}/{JOB_HOOK_FILE}"}],
+            )
+        )
+    if args.package_index is not None:
+        keyring = package_index_config_map(name)
+        ready.append(
+            k8s.core.v1.ConfigMap(
+                keyring,
+                metadata={"name": keyring, "namespace": namespace, "labels": dict(labels)},
+                data={"keyring": KEYRING},
+                opts=in_namespace,
+            )
+        )
+        pod_files.append(
+            PodFile(
+                volume={"name": "keyring", "configMap": {"name": keyring, "defaultMode": 0o555}},
+                # One file, on the PATH of nearly every image, which keeps its own PATH.
+                mount={
+                    "name": "keyring",
+                    "mountPath": KEYRING_PATH,
+                    "subPath": "keyring",
+                    "readOnly": True,
+                },
+                env=args.package_index.env(),
+            )
         )
     return RunnerObjects(
         namespace=namespace,
         service_account=name,
         secret=f"{name}-token",
         ready=ready,
-        job_hook=job_hook,
+        pod_files=tuple(pod_files),
     )
+
+
+def package_index_config_map(name: str) -> str:
+    """The name of a runner's ConfigMap holding the package index's keyring command."""
+    return f"{name}-package-index"
+
+
+def mount_pod_files(container: dict, spec: dict, pod_files: Sequence[PodFile]) -> None:
+    """Mount each file in the runner container, with its variables."""
+    if not pod_files:
+        return
+    container["volumeMounts"] = [f.mount for f in pod_files]
+    container["env"] = [*container.get("env", []), *(e for f in pod_files for e in f.env)]
+    spec["volumes"] = [*spec.get("volumes", []), *(f.volume for f in pod_files)]

@@ -37,7 +37,8 @@ def previewer_account_id(pool_id: str) -> str:
 
 
 def repository_id(cluster_name: str, upstream: str) -> str:
-    """An image mirror repository's ID (at most 63 characters: a cluster name has 40)."""
+    """An image mirror or package cache repository's ID (at most 63 characters: a cluster
+    name has 40)."""
     return f"{cluster_name}-{upstream}"
 
 

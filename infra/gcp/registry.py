@@ -2,11 +2,12 @@
 the cluster's own region."""
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.engines.runner_base import Registries
+from infra.engines.runner_base import PackageIndex, Registries
 from infra.gcp.names import repository_id
 from infra.options import child_options
 
@@ -36,7 +37,9 @@ ADMIN = "roles/artifactregistry.admin"
 
 # Project roles the person running the first `pulumi up` needs for this component.
 DEPLOY_ROLES: dict[str, str] = {
-    "roles/artifactregistry.admin": "the image mirror's repositories, and who may read them",
+    "roles/artifactregistry.admin": (
+        "the image mirror's and the package cache's repositories, and who may read them"
+    ),
 }
 
 
@@ -67,33 +70,21 @@ class ImageMirror(pulumi.ComponentResource):
         kept_for_admins = child_options(self, opts, protect=bool(admins))
         hosts = {}
         for upstream_name, upstream in UPSTREAMS.items():
-            repository = gcp.artifactregistry.Repository(
+            remote_repository(
                 f"{name}-{upstream_name}",
-                project=project,
-                location=region,
-                repository_id=repository_id(cluster_name, upstream_name),
-                format="DOCKER",
-                mode="REMOTE_REPOSITORY",
-                description=f"gpu-runners ({cluster_name}): pulls through to {upstream_name}",
-                remote_repository_config={"description": upstream_name, **upstream},
-                opts=kept_for_admins,
-            )
-            # On the repository, not the project: the nodes read these images only, and CI
-            # manages these repositories only.
-            members = [(reader, READER, member, child) for reader, member in readers.items()]
-            members += [
-                (f"admin-{i}", ADMIN, member, kept_for_admins) for i, member in enumerate(admins)
-            ]
-            for role_name, role, member, options in members:
-                gcp.artifactregistry.RepositoryIamMember(
-                    f"{name}-{upstream_name}-{role_name}",
+                RemoteRepositoryArgs(
                     project=project,
-                    location=region,
-                    repository=repository.repository_id,
-                    role=role,
-                    member=member,
-                    opts=options,
-                )
+                    region=region,
+                    repository_id=repository_id(cluster_name, upstream_name),
+                    format="DOCKER",
+                    description=f"gpu-runners ({cluster_name}): pulls through to {upstream_name}",
+                    upstream={"description": upstream_name, **upstream},
+                    readers=readers,
+                    admins=admins,
+                ),
+                child,
+                kept_for_admins,
+            )
             # A plain string, known on a first preview (the policy pack reads image
             # references). Whatever pulls through it waits for this component (depends_on,
             # __main__.py), reader grants included, so no pod starts before its node may pull.
@@ -104,4 +95,101 @@ class ImageMirror(pulumi.ComponentResource):
         self.registries = Registries(
             docker_hub=hosts[DOCKER_HUB], ghcr=hosts["ghcr"], gitlab=hosts["gitlab"]
         )
+        self.register_outputs({})
+
+
+@dataclass(frozen=True)
+class RemoteRepositoryArgs:
+    """An Artifact Registry remote repository, and who may read and manage it."""
+
+    project: str
+    region: str
+    repository_id: str
+    format: str
+    description: str
+    upstream: dict
+    """remote_repository_config."""
+    readers: Mapping[str, pulumi.Input[str]]
+    admins: Sequence[pulumi.Input[str]]
+
+
+def remote_repository(
+    name: str,
+    args: RemoteRepositoryArgs,
+    child: pulumi.ResourceOptions,
+    kept_for_admins: pulumi.ResourceOptions,
+) -> gcp.artifactregistry.Repository:
+    """The repository, with its grants on the repository itself, not the project: its readers
+    read it only, and CI manages it only."""
+    repository = gcp.artifactregistry.Repository(
+        name,
+        project=args.project,
+        location=args.region,
+        repository_id=args.repository_id,
+        format=args.format,
+        mode="REMOTE_REPOSITORY",
+        description=args.description,
+        remote_repository_config=args.upstream,
+        opts=kept_for_admins,
+    )
+    members = [(reader, READER, member, child) for reader, member in args.readers.items()]
+    members += [
+        (f"admin-{i}", ADMIN, member, kept_for_admins) for i, member in enumerate(args.admins)
+    ]
+    for role_name, role, member, options in members:
+        gcp.artifactregistry.RepositoryIamMember(
+            f"{name}-{role_name}",
+            project=args.project,
+            location=args.region,
+            repository=repository.repository_id,
+            role=role,
+            member=member,
+            opts=options,
+        )
+    return repository
+
+
+# PyPI, cached in the cluster's region: the Python remote repository of Artifact Registry
+# (pulumi-gcp, artifactregistry.Repository: format PYTHON, mode REMOTE_REPOSITORY,
+# remote_repository_config.python_repository.public_repository PYPI).
+PYPI = "pypi"
+
+
+class PackageCache(pulumi.ComponentResource):
+    """A pull-through cache of PyPI in the cluster's region, which only the runner accounts
+    may read (through Workload Identity, runner_base.PackageIndex)."""
+
+    index: PackageIndex
+
+    def __init__(
+        self,
+        name: str,
+        project: str,
+        region: str,
+        cluster_name: str,
+        readers: Mapping[str, pulumi.Input[str]],
+        admins: Sequence[pulumi.Input[str]] = (),
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        """As ImageMirror: `readers` by name (the runner accounts), `admins` (the CI deployer)
+        manage it, and with admins the repository and their grants are protected."""
+        super().__init__("gpu-runners:index:PackageCache", name, None, opts)
+        repository = repository_id(cluster_name, PYPI)
+        remote_repository(
+            name,
+            RemoteRepositoryArgs(
+                project=project,
+                region=region,
+                repository_id=repository,
+                format="PYTHON",
+                description=f"gpu-runners ({cluster_name}): pulls through to PyPI",
+                upstream={"description": PYPI, "python_repository": {"public_repository": "PYPI"}},
+                readers=readers,
+                admins=admins,
+            ),
+            child_options(self, opts),
+            child_options(self, opts, protect=bool(admins)),
+        )
+        # A plain string, as the mirror's hosts (the policy pack and a first preview read it).
+        self.index = PackageIndex(f"https://{region}-python.pkg.dev/{project}/{repository}/simple/")
         self.register_outputs({})

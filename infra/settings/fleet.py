@@ -182,7 +182,7 @@ def _project_unique_ids(
         cluster.name,
         cluster.location,
         cluster.region,
-        registry.UPSTREAMS,
+        [*registry.UPSTREAMS, registry.PYPI],
         ci.pool_id if ci.enabled else None,
         [runner.name for runner in runners],
         any(runner.trust == "trusted" for runner in runners),
