@@ -221,3 +221,13 @@ def test_the_price_of_an_on_demand_system_node_is_the_estimates():
     config["gpu-runners:systemPool"]["spot"] = False
     on_demand = by_label(estimate.estimate(config))["Month while idle"]
     assert f"`systemPool.spot: false` (about {on_demand - spot:.0f} more a month)" in manual()
+
+
+def test_the_manual_sets_the_dev_jobs_beside_githubs_hosted_runner_as_the_estimate_does():
+    figures = by_label(estimate.estimate(stack("dev")))
+    hosted = [figures[f"{m}-minute job on GitHub's hosted Linux GPU runner"] for m in (10, 60)]
+    ours = [figures[f"{m}-minute job on a cold node, runner cml-runner"] for m in (10, 60)]
+    assert (
+        f"the ratio: {hosted[0]:.2f}\nand {hosted[1]:.2f} against the dev stack's {ours[0]:.2f} "
+        f"and {ours[1]:.2f}" in manual()
+    )

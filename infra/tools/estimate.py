@@ -2,10 +2,12 @@
 
     python -m infra.tools.estimate [Pulumi.<stack>.yaml] [--base <stack file of the base branch>]
 
-Prints a Markdown table: the month while idle, the worst month (every pool at its maximum),
-and for each GPU runner one hour of its class's node (and of its on-demand fallback) and one
-job of 10 and of 60 minutes. A price the
-catalog (infra/data/prices.yaml) lacks makes a figure "unpriced", never a guess.
+Prints a Markdown table: the month while idle (warm hours included), the worst month (every
+pool at its maximum), each class's warm hours, and for each GPU runner one hour of its class's
+node (and of its on-demand fallback) and one job of 10 and of 60 minutes on a cold node (and on
+a warm one, with warm hours); with GitHub GPU runners, the same jobs on GitHub's hosted GPU
+runner. A price the catalog (infra/data/prices.yaml) lacks makes a figure "unpriced", never a
+guess.
 """
 
 import argparse
