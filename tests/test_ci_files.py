@@ -581,15 +581,18 @@ def test_every_cloud_job_signs_in_to_an_existing_gke_cluster_before_pulumi(workf
     assert signs_in < next(i for i, line in enumerate(before) if "pulumi login" in line)
 
 
-@pytest.mark.parametrize("forge", ["github", "gitlab"])
-def test_the_credentials_step_runs_gcloud_for_an_existing_gke_cluster_only(
-    workflow, gitlab, forge, tmp_path
-):
+def credentials_script(workflow: dict, gitlab: dict, forge: str) -> str:
     if forge == "github":
         (step,) = [s for s in workflow["jobs"]["up"]["steps"] if CREDENTIALS in s.get("run", "")]
-        script = step["run"]
-    else:
-        (script,) = [s for s in gitlab[".pulumi"]["before_script"] if CREDENTIALS in s]
+        return step["run"]
+    (script,) = [s for s in gitlab[".pulumi"]["before_script"] if CREDENTIALS in s]
+    return script
+
+
+@pytest.mark.parametrize("forge", ["github", "gitlab"])
+def test_the_credentials_step_signs_in_to_an_existing_gke_cluster(
+    workflow, gitlab, forge, tmp_path
+):
     path, calls = fake_gcloud(tmp_path)
     team = {
         "config": {
@@ -601,14 +604,23 @@ def test_the_credentials_step_runs_gcloud_for_an_existing_gke_cluster_only(
         }
     }
     (tmp_path / "Pulumi.team.yaml").write_text(yaml.safe_dump(team))
+    script = credentials_script(workflow, gitlab, forge)
     status, output = run_ci_script(script, tmp_path, {"PATH": path, "PULUMI_STACK": "team"})
     assert status == 0, output
     assert calls.read_text() == (
         "container clusters get-credentials team-cluster --location europe-west6 "
         "--project ml-team-sandbox\n"
     )
-    calls.unlink()
+
+
+def test_the_credentials_step_does_nothing_for_a_stack_that_makes_its_cluster(
+    workflow, gitlab, tmp_path
+):
+    # Both forges run the same command (the test above); the GitHub step stands for both.
+    path, calls = fake_gcloud(tmp_path)
     stack_files(tmp_path)
+    script = credentials_script(workflow, gitlab, "github")
     status, output = run_ci_script(script, tmp_path, {"PATH": path, "PULUMI_STACK": "dev"})
     assert status == 0, output
+    assert "the stack makes its cluster" in output
     assert not calls.exists()

@@ -52,7 +52,7 @@ def chart_values(program) -> dict:
 KEYRING_VOLUME = {"name": "keyring"}
 KEYRING_MOUNT = {
     "name": "keyring",
-    "mountPath": "/usr/local/bin/keyring",
+    "mountPath": "/usr/local/sbin/keyring",
     "subPath": "keyring",
     "readOnly": True,
 }

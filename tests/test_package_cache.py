@@ -11,7 +11,7 @@ import pytest
 from pip._internal.network import auth as pip_auth
 
 from infra import job_start
-from infra.engines.runner_base import KEYRING
+from infra.engines.runner_base import KEYRING_PATH, keyring_script
 from tests.harness import REPO, TEST_PROJECT_ID, TOKENS, reveal, run_program
 from tests.test_containment import job_pods
 from tests.test_existing_cluster import job_pod as local_job_pod
@@ -25,9 +25,10 @@ SETTINGS = {
     "UV_DEFAULT_INDEX": f"https://oauth2accesstoken@{INDEX}",
     "UV_KEYRING_PROVIDER": "subprocess",
 }
+HOST = "europe-west6-python.pkg.dev"
 KEYRING_MOUNT = {
     "name": "keyring",
-    "mountPath": "/usr/local/bin/keyring",
+    "mountPath": "/usr/local/sbin/keyring",
     "subPath": "keyring",
     "readOnly": True,
 }
@@ -89,7 +90,7 @@ def test_runner_and_job_pods_of_every_engine_install_through_the_cache(every_eng
         (volume,) = [v for v in pods[name]["volumes"] if v["name"] == "keyring"]
         assert volume["configMap"] == {"name": f"{name}-package-index", "defaultMode": 0o555}
         config_map = every_engine.one("kubernetes:core/v1:ConfigMap", f"{name}-package-index")
-        assert config_map.inputs["data"] == {"keyring": KEYRING}
+        assert config_map.inputs["data"] == {"keyring": keyring_script(HOST)}
     # GitLab's job pods: the variables in each job's environment, the keyring in its build
     # container through the pod patch.
     values = reveal(every_engine.one("kubernetes:helm.sh/v3:Release", "gl-gpu").inputs["values"])
@@ -111,30 +112,40 @@ def test_a_stack_on_a_cluster_it_does_not_make_leaves_pip_alone():
 
 @pytest.fixture
 def node_tools(tmp_path, monkeypatch):
-    """The keyring command on PATH, with a `curl` that answers as the GKE metadata server."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    keyring = bin_dir / "keyring"
-    keyring.write_text(KEYRING)
-    keyring.chmod(stat.S_IRWXU)
+    """A node's directories under tmp_path: the keyring command where the stack mounts it, a
+    `curl` that answers as the GKE metadata server, and /usr/local/bin as the interpreter's
+    scripts directory, as in the python images and Debian's and Ubuntu's newer Pythons."""
+    mounted = tmp_path / KEYRING_PATH.lstrip("/")
+    mounted.parent.mkdir(parents=True)
+    mounted.write_text(keyring_script(HOST))
+    mounted.chmod(stat.S_IRWXU)
+    scripts = tmp_path / "usr/local/bin"
+    scripts.mkdir(parents=True)
     calls = tmp_path / "curl-calls"
-    curl = bin_dir / "curl"
+    curl = scripts / "curl"
     curl.write_text(
         f'#!/bin/sh\necho "$@" >> {calls}\n'
         'printf \'{"access_token":"ya29.short-lived","expires_in":3599,"token_type":"Bearer"}\'\n'
     )
     curl.chmod(stat.S_IRWXU)
-    for tool in ("sed", "sh", "printf", "cat"):
+    for tool in ("sed", "sh"):
         for directory in ("/usr/bin", "/bin"):
-            if os.path.exists(f"{directory}/{tool}") and not (bin_dir / tool).exists():
-                (bin_dir / tool).symlink_to(f"{directory}/{tool}")
-    monkeypatch.setenv("PATH", str(bin_dir))
+            if os.path.exists(f"{directory}/{tool}") and not (scripts / tool).exists():
+                (scripts / tool).symlink_to(f"{directory}/{tool}")
+    monkeypatch.setenv("PATH", f"{scripts}:{mounted.parent}")
+    real_get_path = pip_auth.sysconfig.get_path
+    monkeypatch.setattr(
+        pip_auth.sysconfig,
+        "get_path",
+        lambda name, *a, **k: str(scripts) if name == "scripts" else real_get_path(name, *a, **k),
+    )
     pip_auth.get_keyring_provider.cache_clear()
-    yield calls
+    yield calls, mounted, scripts
     pip_auth.get_keyring_provider.cache_clear()
 
 
 def test_pip_signs_in_to_the_cache_with_the_pods_google_token(node_tools):
+    calls, _, _ = node_tools
     # pip's own keyring provider, as PIP_KEYRING_PROVIDER=subprocess makes it: it finds
     # `keyring` on PATH and asks it for the password of the index URL's user.
     provider = pip_auth.get_keyring_provider("subprocess")
@@ -144,16 +155,30 @@ def test_pip_signs_in_to_the_cache_with_the_pods_google_token(node_tools):
         "oauth2accesstoken",
         "ya29.short-lived",
     )
-    asked = node_tools.read_text()
+    # uv asks with the index's host.
+    assert provider.get_auth_info(HOST, "oauth2accesstoken")[1] == "ya29.short-lived"
+    asked = calls.read_text()
     assert "Metadata-Flavor: Google" in asked
     assert (
         "metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
         in (asked)
     )
-    # Any other user gets no password, and the metadata server is not asked.
-    node_tools.unlink()
+    # Another user, or another index (an --extra-index-url naming the same user), gets no
+    # password, and the metadata server is not asked.
+    calls.unlink()
     assert provider.get_auth_info(url, "someone") is None
-    assert not node_tools.exists()
+    assert provider.get_auth_info("https://other.example/simple/", "oauth2accesstoken") is None
+    assert provider.get_auth_info("other.example", "oauth2accesstoken") is None
+    assert not calls.exists()
+
+
+def test_pip_would_not_run_a_keyring_in_its_own_scripts_directory(node_tools):
+    # Why the command is not mounted in /usr/local/bin: pip skips its interpreter's scripts
+    # directory when it looks for `keyring`, and would find none.
+    _, mounted, scripts = node_tools
+    mounted.rename(scripts / "keyring")
+    pip_auth.get_keyring_provider.cache_clear()
+    assert not isinstance(pip_auth.get_keyring_provider("subprocess"), pip_auth.KeyRingCliProvider)
 
 
 def test_the_pages_download_figures_are_the_models():

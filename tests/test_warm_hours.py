@@ -12,9 +12,19 @@ import yaml
 from infra import job_start
 from infra.engines import warm_capacity
 from infra.tools import estimate
-from tests.harness import REPO, RUNNERS, Program, reveal, run_program, run_rejected_program
+from tests.harness import (
+    REPO,
+    RUNNERS,
+    TOKENS,
+    Program,
+    reveal,
+    run_program,
+    run_rejected_program,
+)
 from tests.stacks import GITLAB, WARM_HOURS
+from tests.test_containment import job_pods
 from tests.test_kubernetes_schema import GKE_MINORS
+from tests.test_package_cache import EVERY_ENGINE, RUNNER_TOKENS
 from tests.test_scaling import crd_validator
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -49,8 +59,13 @@ def test_the_class_keeps_a_placeholder_per_node_that_holds_one_gpu(warm):
     (anti,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert anti["topologyKey"] == "kubernetes.io/hostname"
     assert anti["labelSelector"]["matchLabels"] == pod_labels(warm)
+    deployment = warm.one(DEPLOYMENT, "warm-gpu").inputs
     # KEDA owns the count: a `replicas` here would fight it on every `pulumi up`.
-    assert "replicas" not in warm.one(DEPLOYMENT, "warm-gpu").inputs["spec"]
+    assert "replicas" not in deployment["spec"]
+    # `pulumi up` does not wait for a GPU node; a changed placeholder replaces the old ones in
+    # place, where a rolling update would need a node beyond maxNodes.
+    assert deployment["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def pod_labels(program: Program) -> dict:
@@ -63,10 +78,16 @@ def test_any_runner_pod_preempts_a_placeholder_and_a_placeholder_preempts_nothin
     assert priority.inputs["preemptionPolicy"] == "Never"
     assert priority.inputs["globalDefault"] is False
     assert placeholder(warm)["priorityClassName"] == priority.inputs["metadata"]["name"]
-    # Runner pods set no priority class, so they have 0, above the placeholders' -10, which
-    # is still high enough to make the autoscaler add a node (its cutoff is -10).
-    scaled_job = warm.one("kubernetes:keda.sh/v1alpha1:ScaledJob", "cml-runner")
-    assert "priorityClassName" not in scaled_job.inputs["spec"]["jobTargetRef"]["template"]["spec"]
+    # Runner and job pods of every engine set no priority class, so they have 0, above the
+    # placeholders' -10, which is still high enough to make the autoscaler add a node (its
+    # cutoff is -10).
+    program = run_program(
+        {**WARM_HOURS, RUNNERS: EVERY_ENGINE[RUNNERS]}, secrets={TOKENS: RUNNER_TOKENS}
+    )
+    pods = job_pods(program)
+    assert len(pods) == len(EVERY_ENGINE[RUNNERS])
+    for name, pod in pods.items():
+        assert "priorityClassName" not in pod and "priority_class_name" not in pod, name
 
 
 def test_placeholders_pull_the_class_runners_images_ahead(warm):
@@ -223,6 +244,20 @@ def test_the_estimate_prices_the_warm_hours_into_the_idle_month():
         (0.6 + 10 + 10) / 60 * node_hour
     )
     assert "10-minute job on a warm node, runner cml-runner" not in dev
+
+
+def test_a_placeholder_on_a_node_that_is_up_anyway_costs_nothing_more():
+    # With minNodes 1 the class keeps a node up while idle; its free GPU holds the one
+    # placeholder, so the warm hours add no node.
+    gpu_pool = {**stack("dev")[GPU_POOL], **WARM_HOURS[GPU_POOL], "minNodes": 1}
+    figures = by_label(estimate.estimate(stack("dev", **{GPU_POOL: gpu_pool})))
+    assert figures["Warm hours of class gpu, in the month while idle"] == 0
+    two = {**gpu_pool, "warmHours": {**gpu_pool["warmHours"], "nodes": 2}}
+    node_hour = estimate.node_hour("europe-west6", "g2-standard-4", True, 100)
+    figures = by_label(estimate.estimate(stack("dev", **{GPU_POOL: two})))
+    assert figures["Warm hours of class gpu, in the month while idle"] == pytest.approx(
+        55 * 730 / 168 * node_hour
+    )
 
 
 def test_a_warm_node_takes_a_job_to_its_first_step_in_under_a_minute():

@@ -92,11 +92,23 @@ class Registries:
 # repositories", password authentication); this one is the pod's Google account's, from the
 # GKE metadata server (Workload Identity), short-lived, asked for at each install.
 PACKAGE_INDEX_USER = "oauth2accesstoken"
-KEYRING_PATH = "/usr/local/bin/keyring"
+# On the default PATH of Debian, Ubuntu, Alpine and the python images, and no Python's scripts
+# directory: pip skips a `keyring` in its own interpreter's (/usr/local/bin in the python
+# images, and for Debian's and Ubuntu's Python 3.10 and later; pip, network/auth.py,
+# get_keyring_provider), and a `pip install` of a package that ships one (keyring, twine)
+# would try to replace a file mounted read-only there.
+KEYRING_PATH = "/usr/local/sbin/keyring"
+
+
 KEYRING = r"""#!/bin/sh
-# gpu-runners: `keyring get <service> oauth2accesstoken`, as pip and uv call it, prints an
-# access token of the pod's Google account, Artifact Registry's password for that user.
+# gpu-runners: `keyring get <service> oauth2accesstoken`, as pip and uv call it for the package
+# cache, prints an access token of the pod's Google account, Artifact Registry's password for
+# that user. Any other service or user: no password.
 [ "$1" = get ] && [ "$3" = oauth2accesstoken ] || exit 1
+case "$2" in
+  @HOST@ | https://@HOST@/*) ;;
+  *) exit 1 ;;
+esac
 url=http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token
 if command -v curl >/dev/null 2>&1; then
   body=$(curl -sf -H 'Metadata-Flavor: Google' "$url") || exit 1
@@ -112,6 +124,14 @@ token=$(printf '%s' "$body" | sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p'
 """
 
 
+def keyring_script(host: str) -> str:
+    """The `keyring` command pip and uv run: for the user oauth2accesstoken at `host` (the
+    index's host; pip asks with the index URL, uv with its host), an access token of the pod's
+    Google account, Artifact Registry's password for that user; for anything else, nothing,
+    so no other index ever gets the token."""
+    return KEYRING.replace("@HOST@", host)
+
+
 @dataclass(frozen=True)
 class PackageIndex:
     """A Python package index the runner's pods and jobs install from, as their Google account:
@@ -119,6 +139,10 @@ class PackageIndex:
 
     url: str
     """The index's simple API, https://<region>-python.pkg.dev/<project>/<repository>/simple/."""
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("https://").split("/", 1)[0]
 
     def env(self) -> list[dict]:
         """pip's and uv's standard variables: the index, with its user, and the keyring."""
@@ -490,7 +514,7 @@ def runner_objects(
             k8s.core.v1.ConfigMap(
                 keyring,
                 metadata={"name": keyring, "namespace": namespace, "labels": dict(labels)},
-                data={"keyring": KEYRING},
+                data={"keyring": keyring_script(args.package_index.host)},
                 opts=in_namespace,
             )
         )

@@ -154,9 +154,16 @@ class WarmCapacity(pulumi.ComponentResource):
         super().__init__("gpu-runners:index:WarmCapacity", name, None, opts)
         child = child_options(self, opts)
         labels = {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": name}
-        deployment = k8s.apps.v1.Deployment(
+        k8s.apps.v1.Deployment(
             name,
-            metadata={"name": name, "namespace": NAMESPACE, "labels": labels},
+            metadata={
+                "name": name,
+                "namespace": NAMESPACE,
+                "labels": labels,
+                # `pulumi up` would wait for the placeholder to run, a GPU node and more: the
+                # ScaledObject, made after it, removes it outside the hours instead.
+                "annotations": {"pulumi.com/skipAwait": "true"},
+            },
             # No `replicas`: KEDA owns the count (a Deployment scaled by an autoscaler leaves
             # it out, Kubernetes docs, "Migrating Deployments and StatefulSets to horizontal
             # autoscaling"). The one pod Kubernetes starts by default goes at KEDA's first
@@ -165,6 +172,10 @@ class WarmCapacity(pulumi.ComponentResource):
             # scaleToZeroOrIdle).
             spec={
                 "selector": {"matchLabels": labels},
+                # A changed placeholder (another runner image to pull) replaces the old ones
+                # where they are: a rolling update would need a node more than the class may
+                # have, since one placeholder may not share a node with another.
+                "strategy": {"type": "Recreate"},
                 "template": placeholder_pod(args, labels),
             },
             opts=child,
@@ -176,7 +187,7 @@ class WarmCapacity(pulumi.ComponentResource):
             kind="ScaledObject",
             metadata={"name": name, "namespace": NAMESPACE, "labels": labels},
             spec={
-                "scaleTargetRef": {"name": deployment.metadata["name"]},
+                "scaleTargetRef": {"name": name},
                 "minReplicaCount": 0,
                 "maxReplicaCount": schedule.nodes,
                 "pollingInterval": POLLING_SECONDS,

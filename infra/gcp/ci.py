@@ -254,6 +254,7 @@ PREVIEWER_RULES = [
             "networking.k8s.io",
             "policy",
             "rbac.authorization.k8s.io",
+            "scheduling.k8s.io",
         ],
         "resources": ["*"],
         "verbs": ["get", "list", "watch"],

@@ -143,10 +143,14 @@ def estimate(config: dict) -> Estimate:
         for name, c in classes.items()
     ]
     # Warm hours keep their nodes up whether or not a job comes: of the class's first pool
-    # (Spot first where it has Spot; the fallback's price is not counted).
+    # (Spot first where it has Spot; the fallback's price is not counted). A placeholder takes
+    # one GPU, so it may sit on a node that is up anyway with a GPU free.
     warm = {
         name: _times(
-            c.settings.warm_hours.nodes * c.settings.warm_hours.hours_per_week * hours / WEEK_HOURS,
+            _warm_nodes(c, waiting_gpus[name])
+            * c.settings.warm_hours.hours_per_week
+            * hours
+            / WEEK_HOURS,
             pool_hour[c.node_pools[0].name],
         )
         for name, c in classes.items()
@@ -259,6 +263,16 @@ def _idle_nodes(gpu_class: stack_settings.GpuClass, waiting_gpus: int) -> int:
     settings, first = gpu_class.settings, gpu_class.node_pools[0]
     per_node = settings.gpus_per_node * (settings.time_sharing_clients_per_gpu or 1)
     return min(first.max_nodes, max(first.min_nodes, math.ceil(waiting_gpus / per_node)))
+
+
+def _warm_nodes(gpu_class: stack_settings.GpuClass, waiting_gpus: int) -> int:
+    """Nodes warm hours add to those up while idle: the idle ones with a GPU free hold a
+    placeholder each."""
+    settings = gpu_class.settings
+    per_node = settings.gpus_per_node * (settings.time_sharing_clients_per_gpu or 1)
+    idle = _idle_nodes(gpu_class, waiting_gpus)
+    with_room = idle - waiting_gpus // per_node
+    return max(0, settings.warm_hours.nodes - with_room)
 
 
 def _usd(value: float | None) -> str:
