@@ -149,7 +149,8 @@ def test_every_deployer_role_is_listed_and_nothing_more():
     assert {row for row in rows if " only" in row} == {
         "`roles/iam.serviceAccountUser` on the node account only",
         "`roles/iam.serviceAccountAdmin` on the runner account only",
-        "`roles/artifactregistry.admin` on the image mirror's repositories only",
+        "`roles/artifactregistry.admin` on the image mirror's and the package cache's "
+        "repositories only",
         "`roles/cloudkms.cryptoKeyDecrypter` on the stack's key only",
     }
 
