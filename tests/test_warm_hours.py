@@ -12,6 +12,7 @@ import yaml
 from infra import job_start
 from infra.engines import warm_capacity
 from infra.tools import estimate
+from tests import test_estimate
 from tests.harness import (
     REPO,
     RUNNERS,
@@ -23,6 +24,7 @@ from tests.harness import (
 )
 from tests.stacks import GITLAB, WARM_HOURS
 from tests.test_containment import job_pods
+from tests.test_estimate import by_label
 from tests.test_kubernetes_schema import GKE_MINORS
 from tests.test_package_cache import EVERY_ENGINE, RUNNER_TOKENS
 from tests.test_scaling import crd_validator
@@ -221,12 +223,7 @@ def test_more_warm_nodes_than_the_class_may_have_is_refused():
 
 
 def stack(name: str, **overrides) -> dict:
-    config = yaml.safe_load((REPO / f"Pulumi.{name}.yaml").read_text())["config"]
-    return config | overrides
-
-
-def by_label(result: estimate.Estimate) -> dict[str, float | None]:
-    return {line.label.split(" (")[0]: line.usd for line in result.lines}
+    return test_estimate.stack(name) | overrides
 
 
 def test_the_estimate_prices_the_warm_hours_into_the_idle_month():

@@ -148,6 +148,9 @@ class GitlabRunner(pulumi.ComponentResource):
             child_options(self, opts),
             exceptions={f"{name}-manager-egress": _manager_egress(name, args.api_server_ports)},
         )
+        # The jobs' default image; the helper's tag is the runner's own revision, known only
+        # when it runs.
+        job_image = cml_runner.runner_image(args.registries, args.image_tag, args.gpus)
         values = {
             # The manager's Deployment (and the chart's other objects) named after the runner,
             # not `<runner>-gitlab-runner`.
@@ -191,7 +194,7 @@ class GitlabRunner(pulumi.ComponentResource):
                     args,
                     objects.namespace,
                     objects.service_account,
-                    cml_runner.runner_image(args.registries, args.image_tag, args.gpus),
+                    job_image,
                     args.registries.gitlab,
                     objects.pod_files,
                 ),
@@ -210,9 +213,7 @@ class GitlabRunner(pulumi.ComponentResource):
         self.namespace = objects.namespace
         self.workload = pulumi.Output.concat("Deployment/", release.name)
         self.labels = list(args.labels)
-        # The jobs' default image; the helper's tag is the runner's own revision, known only
-        # when it runs.
-        self.images = (cml_runner.runner_image(args.registries, args.image_tag, args.gpus),)
+        self.images = (job_image,)
         self.register_outputs(
             {"namespace": self.namespace, "workload": self.workload, "labels": self.labels}
         )

@@ -68,7 +68,7 @@ def _fleet_problems(
             continue
         name, settings = gpu_class.name, gpu_class.settings
         shared = settings.time_sharing_clients_per_gpu or 1
-        capacity = settings.max_nodes * settings.gpus_per_node * shared
+        capacity = settings.max_nodes * settings.gpu_slots_per_node
         held_gpus[name] = held_gpus.get(name, 0) + runner.replica_count * runner.gpus
         if held_gpus[name] > capacity and name not in full:
             full.add(name)

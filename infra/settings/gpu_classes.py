@@ -181,6 +181,12 @@ class GpuPoolSettings(_Section):
         return self.accelerator_count or gpu.default_count(self.accelerator_type, self.machine_type)
 
     @property
+    def gpu_slots_per_node(self) -> int:
+        """How many one-GPU pods a node of the class takes: its GPUs, times the pods that
+        share each with time-sharing."""
+        return self.gpus_per_node * (self.time_sharing_clients_per_gpu or 1)
+
+    @property
     def node_labels(self) -> dict[str, str]:
         return {**self.labels, GPU_LABEL: "true"}
 

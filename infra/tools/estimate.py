@@ -260,8 +260,7 @@ def _buying(gpu_class: stack_settings.GpuClass) -> str:
 def _idle_nodes(gpu_class: stack_settings.GpuClass, waiting_gpus: int) -> int:
     """Nodes of a class's first pool up while no job runs: its minimum, or what always-on
     runners hold."""
-    settings, first = gpu_class.settings, gpu_class.node_pools[0]
-    per_node = settings.gpus_per_node * (settings.time_sharing_clients_per_gpu or 1)
+    first, per_node = gpu_class.node_pools[0], gpu_class.settings.gpu_slots_per_node
     return min(first.max_nodes, max(first.min_nodes, math.ceil(waiting_gpus / per_node)))
 
 
@@ -269,9 +268,7 @@ def _warm_nodes(gpu_class: stack_settings.GpuClass, waiting_gpus: int) -> int:
     """Nodes warm hours add to those up while idle: the idle ones with a GPU free hold a
     placeholder each."""
     settings = gpu_class.settings
-    per_node = settings.gpus_per_node * (settings.time_sharing_clients_per_gpu or 1)
-    idle = _idle_nodes(gpu_class, waiting_gpus)
-    with_room = idle - waiting_gpus // per_node
+    with_room = _idle_nodes(gpu_class, waiting_gpus) - waiting_gpus // settings.gpu_slots_per_node
     return max(0, settings.warm_hours.nodes - with_room)
 
 
