@@ -264,8 +264,7 @@ PREVIEWER_RULES = [
 
 class PreviewerReads(pulumi.ComponentResource):
     """Kubernetes RBAC on the stack's cluster: the previewer may get, list and watch what a
-    preview reads, and no Secret. GKE names a Google service account in RBAC by its e-mail,
-    as a User."""
+    preview reads, and no Secret."""
 
     def __init__(
         self,
@@ -281,19 +280,7 @@ class PreviewerReads(pulumi.ComponentResource):
             rules=PREVIEWER_RULES,
             opts=child,
         )
-        k8s.rbac.v1.ClusterRoleBinding(
-            name,
-            metadata={"name": "gpu-runners-previewer"},
-            role_ref={
-                "api_group": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": role.metadata.name,
-            },
-            subjects=[
-                {"api_group": "rbac.authorization.k8s.io", "kind": "User", "name": previewer_email}
-            ],
-            opts=child,
-        )
+        _bind_account(name, "gpu-runners-previewer", role.metadata.name, previewer_email, child)
         self.register_outputs({})
 
 
@@ -313,20 +300,36 @@ class DeployerClusterAdmin(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gpu-runners:index:DeployerClusterAdmin", name, None, opts)
-        k8s.rbac.v1.ClusterRoleBinding(
+        _bind_account(
             name,
-            metadata={"name": "gpu-runners-deployer"},
-            role_ref={
-                "api_group": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "cluster-admin",
-            },
-            subjects=[
-                {"api_group": "rbac.authorization.k8s.io", "kind": "User", "name": deployer_email}
-            ],
-            opts=child_options(self, opts, protect=True),
+            "gpu-runners-deployer",
+            "cluster-admin",
+            deployer_email,
+            child_options(self, opts, protect=True),
         )
         self.register_outputs({})
+
+
+def _bind_account(
+    name: str,
+    binding: str,
+    cluster_role: pulumi.Input[str],
+    email: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+) -> k8s.rbac.v1.ClusterRoleBinding:
+    """A ClusterRoleBinding of a Google service account, which GKE names in RBAC by its
+    e-mail, as a User."""
+    return k8s.rbac.v1.ClusterRoleBinding(
+        name,
+        metadata={"name": binding},
+        role_ref={
+            "api_group": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": cluster_role,
+        },
+        subjects=[{"api_group": "rbac.authorization.k8s.io", "kind": "User", "name": email}],
+        opts=opts,
+    )
 
 
 @dataclass(frozen=True)
